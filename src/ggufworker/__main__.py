@@ -1,0 +1,5 @@
+import sys
+
+from ggufworker.cli import main
+
+sys.exit(main())

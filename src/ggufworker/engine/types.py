@@ -1,0 +1,114 @@
+"""The engine's public data types: what a caller submits and what it gets back.
+
+These are plain dataclasses with no llama_cpp import, so the server and tests can use them
+without loading llama.cpp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings (llama.cpp sampler chain).
+
+    temperature 0 means greedy. ``logprobs`` is the number of top alternatives to return per
+    token (None: no logprobs; 0: only the chosen token's logprob).
+    """
+
+    max_tokens: int | None = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: a prompt (text or token ids) plus sampling settings.
+
+    ``prompt`` given as text is tokenized with BOS added as the model wants and special tokens
+    parsed only when ``parse_special`` is true (chat templates render special tokens; raw user
+    text must never be parsed as special).
+    """
+
+    prompt: str | list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    parse_special: bool = False
+    add_bos: bool = True
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One step of a request's stream.
+
+    ``text`` is the printable delta (never a split UTF-8 character, never part of a stop
+    string); it may be empty while bytes are held back. The final event has ``finish_reason``
+    and ``usage`` set. ``token_id`` is None on a final event that carries no new token.
+    """
+
+    text: str
+    token_id: int | None = None
+    logprob: float | None = None
+    top_logprobs: tuple[TopLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    time_to_first_token: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata read from a loaded GGUF."""
+
+    path: str
+    name: str
+    architecture: str
+    n_ctx_train: int
+    n_ctx: int
+    n_parallel: int
+    n_vocab: int
+    n_embd: int
+    n_params: int
+    size_bytes: int
+    quantization: str
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+    eos_token_ids: tuple[int, ...]
+    gpu_layers: int
+    backend: str
+    metadata: dict[str, str] = field(default_factory=dict)

