@@ -155,13 +155,21 @@ class Registry(_Strict):
         return None
 
     def closest(self, name: str, n: int = 3) -> list[str]:
-        """Registry names that look most like ``name`` (best first)."""
-        names = self.names()
+        """Registry names that look most like ``name`` (best first).
+
+        A name is compared whole, by its prefix of the same length, and by its dash-separated
+        words, so that a short "smolm2" still finds "smollm2-135m-instruct".
+        """
         wanted = name.strip().lower()
-        found = difflib.get_close_matches(wanted, names, n=n, cutoff=0.5)
-        if not found:
-            found = [m for m in names if wanted and (wanted in m or m in wanted)][:n]
-        return found
+        if not wanted:
+            return []
+
+        def score(candidate: str) -> float:
+            pieces = [candidate, candidate[: len(wanted)], *candidate.split("-")]
+            return max(difflib.SequenceMatcher(None, wanted, p).ratio() for p in pieces)
+
+        scored = sorted(((score(m), m) for m in self.names()), key=lambda x: -x[0])
+        return [m for s, m in scored if s >= 0.6][:n]
 
     def architecture_for_hf(self, hf_architecture: str) -> tuple[str, Architecture] | None:
         """The architecture family that covers a config.json architecture name."""
