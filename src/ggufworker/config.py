@@ -1,0 +1,261 @@
+"""Server settings: one pydantic-settings class for flags, ``GGUFWORKER_*`` env vars and a
+config file.
+
+Precedence, highest first, is resolved in :func:`resolve_settings`:
+command-line flags > environment variables > config file > defaults.
+
+The ``serve`` command's flags are derived from the fields below (:func:`add_settings_arguments`),
+so a new setting is one field here and shows up as a flag, an env var and a config-file key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+from ggufworker.paths import DEFAULT_MODEL, ENV_PREFIX
+
+logger = logging.getLogger(__name__)
+
+ENV_CONFIG = f"{ENV_PREFIX}CONFIG"
+
+StrList = Annotated[list[str], NoDecode]
+
+
+def default_parallel() -> int:
+    """Engine slots sized for the machine: enough to batch 8 clients on a small CPU box."""
+    return max(4, min(16, 4 * (os.cpu_count() or 2)))
+
+
+def _cli(flag: str | None = None, metavar: str | None = None, short: str | None = None) -> dict:
+    """Field metadata that shapes the derived CLI flag."""
+    return {"cli": {"flag": flag, "metavar": metavar, "short": short}}
+
+
+class ServerSettings(BaseSettings):
+    """Everything `ggufworker serve` can be told. Env vars are the field names, upper-cased,
+    prefixed with ``GGUFWORKER_``; list values may be comma-separated or JSON."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # --- network ---------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="address to bind (127.0.0.1 unless told otherwise)")
+    port: int = Field(8080, ge=0, le=65535, description="port to bind")
+    public_url: str | None = Field(
+        None, description="URL clients reach this server at (default http://HOST:PORT)"
+    )
+
+    # --- models ----------------------------------------------------------------------------
+    models: StrList = Field(
+        default_factory=list,
+        description=f"model to serve, registry name or GGUF path; repeatable "
+        f"(default {DEFAULT_MODEL})",
+        json_schema_extra=_cli("--model", "NAME|PATH", "-m"),
+    )
+    embedding_models: StrList = Field(
+        default_factory=list,
+        description="model to serve on /v1/embeddings, registry name or GGUF path; repeatable",
+        json_schema_extra=_cli("--embedding-model", "NAME|PATH"),
+    )
+    pin: StrList = Field(
+        default_factory=list,
+        description="model name to keep resident (loaded at start, never unloaded); repeatable",
+        json_schema_extra=_cli("--pin", "NAME"),
+    )
+    keep_alive: float = Field(
+        300.0,
+        description="seconds an idle model stays loaded; negative keeps models forever",
+    )
+    preload: bool = Field(True, description="load the first model at start (else on first use)")
+    offline: bool = Field(False, description="never download; use only cached models")
+    home: Path | None = Field(None, description="cache root (default $GGUFWORKER_HOME)")
+
+    # --- engine ----------------------------------------------------------------------------
+    parallel: int = Field(
+        default_factory=default_parallel,
+        ge=1,
+        le=256,
+        description="sequence slots per model (requests decoded together)",
+    )
+    ctx_size: int = Field(
+        4096,
+        ge=64,
+        description="context window per slot, in tokens",
+        json_schema_extra=_cli(short="-c"),
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice)")
+    batch_size: int = Field(512, ge=1, description="tokens per llama_decode step")
+    gpu_layers: int | None = Field(None, description="layers to offload to the GPU (-1: all)")
+    flash_attn: bool | None = Field(None, description="flash attention (default: auto)")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a slot before 429")
+
+    # --- security and limits ---------------------------------------------------------------
+    api_keys: StrList = Field(
+        default_factory=list,
+        description="accepted Bearer API key; repeatable (none: no auth)",
+        json_schema_extra=_cli("--api-key", "KEY"),
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest accepted request body, in bytes"
+    )
+    cors_origins: StrList = Field(
+        default_factory=list,
+        description="allowed CORS origin, '*' for any; repeatable (none: CORS off)",
+        json_schema_extra=_cli("--cors-origin", "ORIGIN"),
+    )
+
+    # --- worker API ------------------------------------------------------------------------
+    worker_id: str | None = Field(None, description="worker id sent in the readiness callback")
+    callback_url: str | None = Field(
+        None, description="URL to POST {worker_id, url, model, backend, slots} to once ready"
+    )
+    callback_attempts: int = Field(8, ge=1, description="readiness callback tries before giving up")
+
+    @field_validator("models", "embedding_models", "pin", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (env vars, config files)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def served_models(self) -> list[str]:
+        """Generation models, with the registry default when none was named."""
+        if self.models:
+            return list(self.models)
+        return [] if self.embedding_models else [DEFAULT_MODEL]
+
+    def base_url(self) -> str:
+        """Where clients reach this server."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a config file (TOML, YAML or JSON, by extension) into a dict of settings.
+
+    Keys are field names; dashes are accepted for underscores, and ``model``/``api_key``-style
+    flag names for their list fields.
+
+    Raises:
+        InvalidRequestError: the file is missing, unreadable or not a mapping.
+    """
+    from ggufworker.errors import InvalidRequestError
+
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # parse errors of three libraries, one message
+        raise InvalidRequestError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise InvalidRequestError(f"config file {path} must hold a mapping of settings")
+    aliases = _flag_aliases()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        out[aliases.get(name, name)] = value
+    return out
+
+
+def resolve_settings(
+    cli_values: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+) -> ServerSettings:
+    """Build the settings from every source: flags > env vars > config file > defaults.
+
+    Args:
+        cli_values: values given on the command line (None values mean "not given").
+        config_file: a TOML/YAML/JSON file; default ``$GGUFWORKER_CONFIG`` when set.
+
+    Returns:
+        The validated settings.
+    """
+    env_values = EnvSettingsSource(ServerSettings)()
+    path = config_file or os.environ.get(ENV_CONFIG)
+    file_values = read_config_file(path) if path else {}
+    given = {k: v for k, v in (cli_values or {}).items() if v is not None}
+    merged = {**file_values, **env_values, **given}
+    return ServerSettings(**merged)
+
+
+# --- CLI flags derived from the fields ---------------------------------------------------------
+
+
+def _flag_aliases() -> dict[str, str]:
+    """Singular flag names (``model``) to field names (``models``)."""
+    out = {}
+    for name, info in ServerSettings.model_fields.items():
+        cli = (info.json_schema_extra or {}).get("cli", {})  # type: ignore[union-attr]
+        if cli.get("flag"):
+            out[cli["flag"].lstrip("-").replace("-", "_")] = name
+    return out
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> int; ``Annotated[list[str], ...]`` -> list."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else str
+    origin = get_origin(annotation)
+    return origin or annotation
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per settings field. Defaults are None, so "not given" is visible to
+    :func:`resolve_settings` and env vars / the config file still apply."""
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"TOML/YAML/JSON settings file (env {ENV_CONFIG})"
+    )
+    for name, info in ServerSettings.model_fields.items():
+        cli = (info.json_schema_extra or {}).get("cli", {})  # type: ignore[union-attr]
+        flag = cli.get("flag") or "--" + name.replace("_", "-")
+        flags = [flag] + ([cli["short"]] if cli.get("short") else [])
+        env = ENV_PREFIX + name.upper()
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, []) else f"; default {default}"
+        help_text = f"{info.description} (env {env}{shown})"
+        kind = _base_type(info.annotation)
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs.update(action="append", metavar=cli.get("metavar") or name.upper())
+        else:
+            kwargs.update(type=kind, metavar=cli.get("metavar") or name.upper())
+        parser.add_argument(*flags, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Resolve settings from a parsed namespace built with :func:`add_settings_arguments`."""
+    values = {name: getattr(args, name, None) for name in ServerSettings.model_fields}
+    return resolve_settings(values, config_file=getattr(args, "config", None))

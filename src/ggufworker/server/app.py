@@ -1,0 +1,92 @@
+"""The FastAPI application factory. Runtime state is built in the lifespan and kept on
+``app.state``: settings, model manager, metrics, serving layer, readiness callback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from ggufworker import __version__
+from ggufworker.config import ServerSettings
+from ggufworker.server.api_router import public, router
+from ggufworker.server.errors import install_error_handlers
+from ggufworker.server.limits import BodyLimitMiddleware
+from ggufworker.server.metrics import Metrics, RequestMetricsMiddleware
+from ggufworker.server.models import (
+    EngineFactory,
+    ModelManager,
+    Resolver,
+    load_engine,
+    resolve_source,
+)
+from ggufworker.server.serving import OpenAIServing
+from ggufworker.server.worker import ReadinessCallback
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    engine_factory: EngineFactory = load_engine,
+    resolver: Resolver = resolve_source,
+) -> FastAPI:
+    """Build the server app.
+
+    Args:
+        settings: resolved server settings.
+        engine_factory: loads one model (tests pass a fake engine).
+        resolver: turns a model name or path into a GGUF path.
+
+    Returns:
+        The app; models load in its lifespan (start-up) and close at shutdown.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = ModelManager(settings, engine_factory=engine_factory, resolver=resolver)
+        metrics = app.state.metrics
+        app.state.manager = manager
+        app.state.serving = OpenAIServing(manager, metrics)
+        callback = None
+        if settings.callback_url:
+            callback = ReadinessCallback(
+                settings.callback_url,
+                settings.worker_id or "ggufworker",
+                settings.base_url(),
+                attempts=settings.callback_attempts,
+            )
+            manager.on_ready.append(callback.on_ready)
+        app.state.callback = callback
+        await manager.start()
+        try:
+            yield
+        finally:
+            if callback is not None:
+                await callback.close()
+            await manager.close()
+
+    app = FastAPI(title="ggufworker", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    # built with the app (not in the lifespan) so the request counter wraps every route;
+    # it reads the model manager from app.state at scrape time
+    app.state.metrics = Metrics(lambda: getattr(app.state, "manager", None))
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(router)
+    endpoints = {getattr(r, "path", "") for r in [*public.routes, *router.routes]}
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # outermost, so 413s and CORS rejections are counted too
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, endpoints=endpoints)
+    return app

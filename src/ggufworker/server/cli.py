@@ -1,0 +1,61 @@
+"""`ggufworker serve`: flags derived from the settings class, then uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ggufworker.config import add_settings_arguments, settings_from_args
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve GGUF models over an OpenAI-compatible API with continuous batching. "
+            "With no arguments: the registry's default model on 127.0.0.1:8080. "
+            "Every flag can also be set by a GGUFWORKER_* env var or a config file; "
+            "precedence: flags > env > config file > defaults."
+        ),
+    )
+    add_settings_arguments(parser)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve settings and serve until interrupted."""
+    import uvicorn
+
+    from ggufworker.server.app import create_app
+
+    settings = settings_from_args(args)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
+        logger.warning(
+            "listening on %s without API keys: anyone who can reach it can use it", settings.host
+        )
+    app = create_app(settings)
+    logger.info(
+        "serving %s on %s",
+        ", ".join(settings.served_models() + settings.embedding_models),
+        settings.base_url(),
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        log_config=None,
+    )
+    return 0

@@ -1,0 +1,104 @@
+"""Every HTTP error in OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}``.
+
+Typed exceptions are classified by :func:`ggufworker.errors.error_spec`; validation errors are
+400 (not FastAPI's 422 body); unknown routes keep their status; anything unexpected is a 500
+with no traceback in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ggufworker.errors import GGUFWorkerError, error_spec
+from ggufworker.server.sse import error_payload
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+_RETRY_STATUSES = {429, 503}
+
+
+def envelope(
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An OpenAI error response."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    if status in _RETRY_STATUSES:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The response for an exception, classified by the errors table."""
+    spec = error_spec(exc)
+    payload = error_payload(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if spec.status == 401 else None
+    err = payload["error"]
+    return envelope(
+        spec.status,
+        err["message"],
+        type_=err["type"],
+        code=err["code"],
+        param=err["param"],
+        headers=headers,
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors: list[Any] = list(exc.errors())
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the exception handlers that produce the envelope."""
+
+    @app.exception_handler(GGUFWorkerError)
+    async def _typed(request: Request, exc: GGUFWorkerError) -> JSONResponse:
+        if error_spec(exc).status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return envelope(
+            400, message, type_="invalid_request_error", code="invalid_value", param=param
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return envelope(
+            exc.status_code,
+            str(exc.detail),
+            type_=type_,
+            code=code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return envelope(500, "internal server error", type_="server_error", code="internal_error")

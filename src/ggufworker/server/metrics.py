@@ -1,0 +1,140 @@
+"""Prometheus metrics, on a registry owned by the app (no module-level collectors).
+
+Counters and histograms are updated as requests run; engine gauges (queue depth, busy slots,
+loaded models) are read from the engines at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ggufworker.server.models import ModelManager
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "ggufworker"
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _EngineCollector(Collector):
+    """Gauges read from the engines when Prometheus scrapes."""
+
+    def __init__(self, manager: Callable[[], ModelManager | None]) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        manager = self._manager()
+        queue = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "requests waiting for a slot", labels=["model"]
+        )
+        busy = GaugeMetricFamily(
+            f"{PREFIX}_busy_slots", "slots decoding a request", labels=["model"]
+        )
+        slots = GaugeMetricFamily(
+            f"{PREFIX}_slots", "sequence slots of a loaded model", labels=["model"]
+        )
+        loaded = GaugeMetricFamily(
+            f"{PREFIX}_model_loaded", "1 when a model is loaded", labels=["model"]
+        )
+        count = 0
+        for model in manager.all_models() if manager else ():
+            name = model.spec.name
+            engine = model.engine
+            is_loaded = model.state == "ready" and engine is not None
+            loaded.add_metric([name], 1.0 if is_loaded else 0.0)
+            if not is_loaded:
+                continue
+            count += 1
+            try:
+                stats = engine.stats()
+            except Exception:  # a model closing under us: skip its gauges this scrape
+                logger.debug("stats of %s unavailable", name, exc_info=True)
+                continue
+            queue.add_metric([name], stats.queue_depth)
+            busy.add_metric([name], stats.busy_slots)
+            slots.add_metric([name], stats.n_parallel)
+        total = GaugeMetricFamily(f"{PREFIX}_models_loaded", "number of loaded models")
+        total.add_metric([], count)
+        yield from (queue, busy, slots, loaded, total)
+
+
+class Metrics:
+    """The server's metrics and their registry."""
+
+    def __init__(self, manager: Callable[[], ModelManager | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_duration_seconds", "time to response end", ["endpoint"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "prompt tokens processed", ["model"], registry=r
+        )
+        self.generation_tokens = Counter(
+            f"{PREFIX}_generation_tokens", "tokens generated", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "time from request to first generated token",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds",
+            "time between generated tokens of one stream",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        r.register(_EngineCollector(manager))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request by route path (unknown paths as "other") and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: set[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in self.endpoints else "other"
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,268 @@
+"""The served models: load on first use, unload after an idle timeout, pin some resident.
+
+Like Ollama's keep_alive: a model that no request has used for ``keep_alive`` seconds is
+closed (its memory returned); the next request loads it again. Pinned models load at start
+and stay. Loading and closing run in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ggufworker.config import ServerSettings
+from ggufworker.errors import GGUFWorkerError, ModelLoadError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+State = Literal["unloaded", "loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the server may serve."""
+
+    name: str
+    source: str
+    embedding: bool = False
+    pinned: bool = False
+
+
+EngineFactory = Callable[[Path, ModelSpec, ServerSettings], Any]
+Resolver = Callable[[str, ServerSettings], Path]
+
+
+def served_name(source: str) -> str:
+    """Clients' name for a model: the registry name, or the file stem of a path."""
+    if source.endswith(".gguf") or "/" in source or Path(source).is_file():
+        return Path(source).stem
+    return source
+
+
+def resolve_source(source: str, settings: ServerSettings) -> Path:
+    """A GGUF path for a registry name or path (pulls registry models on first use)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if source.endswith(".gguf") or "/" in source:
+        raise ModelNotFoundError(f"model file {source} does not exist")
+    from ggufworker.registry import pull
+
+    return pull(source, home=settings.home, offline=settings.offline or None, progress=False)
+
+
+def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
+    """Load a GGUF into a batched engine with the server's engine settings."""
+    from ggufworker.engine import Engine
+
+    return Engine.load(
+        path,
+        name=spec.name,
+        n_ctx=settings.ctx_size,
+        n_parallel=1 if spec.embedding else settings.parallel,
+        n_threads=settings.threads,
+        n_batch=settings.batch_size,
+        n_gpu_layers=settings.gpu_layers,
+        flash_attn=settings.flash_attn,
+        embedding=spec.embedding,
+        max_queue=settings.max_queue,
+    )
+
+
+@dataclass
+class ServedModel:
+    spec: ModelSpec
+    engine: Any = None
+    state: State = "unloaded"
+    error: str | None = None
+    active: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Lease:
+    """A request's hold on a loaded model; the model is not unloaded while leases are out."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self._model = model
+        self.engine = model.engine
+        self.name = model.spec.name
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._model.active -= 1
+            self._model.last_used = time.monotonic()
+
+
+class ModelManager:
+    """Owns every engine of the server. Create in the app's lifespan; call :meth:`start`,
+    then :meth:`close` at shutdown."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        engine_factory: EngineFactory = load_engine,
+        resolver: Resolver = resolve_source,
+    ) -> None:
+        self.settings = settings
+        self._factory = engine_factory
+        self._resolver = resolver
+        pinned = set(settings.pin)
+        self._generation: dict[str, ServedModel] = {}
+        self._embedding: dict[str, ServedModel] = {}
+        for source in settings.served_models():
+            name = served_name(source)
+            self._generation[name] = ServedModel(
+                ModelSpec(name, source, pinned=name in pinned or source in pinned)
+            )
+        for source in settings.embedding_models:
+            name = served_name(source)
+            self._embedding[name] = ServedModel(
+                ModelSpec(name, source, embedding=True, pinned=name in pinned or source in pinned)
+            )
+        self.startup_done = asyncio.Event()
+        self.startup_error: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.on_ready: list[Callable[[ServedModel], Any]] = []
+
+    # --- lookup ----------------------------------------------------------------------------
+
+    @property
+    def default_name(self) -> str | None:
+        return next(iter(self._generation), None)
+
+    def all_models(self) -> list[ServedModel]:
+        return [*self._generation.values(), *self._embedding.values()]
+
+    def lookup(self, name: str | None, *, embedding: bool = False) -> ServedModel:
+        """The served model a request names (None: the first one).
+
+        Raises:
+            ModelNotFoundError: no such model is served for this kind of request.
+        """
+        table = self._embedding if embedding else self._generation
+        if name is None:
+            if not table:
+                kind = "embedding" if embedding else "generation"
+                raise ModelNotFoundError(f"no {kind} model is served")
+            return next(iter(table.values()))
+        model = table.get(name) or table.get(served_name(name))
+        if model is None:
+            kind = "an embedding model" if embedding else "a generation model"
+            served = ", ".join(table) or "none"
+            raise ModelNotFoundError(f"model {name!r} is not served as {kind} (served: {served})")
+        return model
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load pinned models (and the first one when ``preload``), then watch for idle ones."""
+        first = [m for m in self.all_models() if m.spec.pinned]
+        if self.settings.preload and self.all_models():
+            head = self.all_models()[0]
+            if head not in first:
+                first.insert(0, head)
+        self._tasks.append(asyncio.create_task(self._startup(first)))
+        if self.settings.keep_alive >= 0:
+            self._tasks.append(asyncio.create_task(self._idle_loop()))
+
+    async def _startup(self, models: list[ServedModel]) -> None:
+        for model in models:
+            try:
+                await self._ensure_loaded(model)
+            except GGUFWorkerError as exc:
+                self.startup_error = f"{model.spec.name}: {exc}"
+                logger.error("could not load %s at start: %s", model.spec.name, exc)
+        self.startup_done.set()
+
+    async def acquire(self, name: str | None, *, embedding: bool = False) -> Lease:
+        """Hold a model for one request, loading it first when needed.
+
+        Raises:
+            ModelNotFoundError: the name is not served.
+            ModelLoadError: the model failed to load.
+        """
+        model = self.lookup(name, embedding=embedding)
+        model.active += 1
+        try:
+            await self._ensure_loaded(model)
+        except BaseException:
+            model.active -= 1
+            raise
+        model.last_used = time.monotonic()
+        return Lease(model)
+
+    async def _ensure_loaded(self, model: ServedModel) -> None:
+        if model.state == "ready":
+            return
+        async with model.lock:
+            if model.state == "ready":
+                return
+            model.state, model.error = "loading", None
+            started = time.monotonic()
+            try:
+                path = await asyncio.to_thread(self._resolver, model.spec.source, self.settings)
+                model.engine = await asyncio.to_thread(
+                    self._factory, Path(path), model.spec, self.settings
+                )
+            except GGUFWorkerError as exc:
+                model.state, model.error = "failed", str(exc)
+                raise
+            except Exception as exc:
+                model.state, model.error = "failed", str(exc)
+                raise ModelLoadError(f"could not load {model.spec.name}: {exc}") from exc
+            model.state = "ready"
+            model.last_used = time.monotonic()
+            logger.info("loaded %s in %.1fs", model.spec.name, time.monotonic() - started)
+        for callback in self.on_ready:
+            try:
+                callback(model)
+            except Exception:
+                logger.exception("on_ready callback failed")
+
+    async def unload(self, model: ServedModel) -> None:
+        """Close a model's engine (it loads again on next use)."""
+        async with model.lock:
+            if model.state != "ready" or model.active:
+                return
+            engine, model.engine, model.state = model.engine, None, "unloaded"
+            await asyncio.to_thread(engine.close)
+            logger.info("unloaded %s", model.spec.name)
+
+    async def _idle_loop(self) -> None:
+        keep = self.settings.keep_alive
+        tick = max(0.05, min(5.0, keep / 4 if keep > 0 else 0.05))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for model in self.all_models():
+                if (
+                    model.state == "ready"
+                    and not model.spec.pinned
+                    and model.active == 0
+                    and now - model.last_used >= keep
+                ):
+                    await self.unload(model)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for model in self.all_models():
+            if model.engine is not None:
+                engine, model.engine, model.state = model.engine, None, "unloaded"
+                try:
+                    await asyncio.to_thread(engine.close)
+                except Exception:
+                    logger.exception("closing %s failed", model.spec.name)
+
+    def loaded(self) -> list[ServedModel]:
+        return [m for m in self.all_models() if m.state == "ready"]

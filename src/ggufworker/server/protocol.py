@@ -1,0 +1,315 @@
+"""Request and response types of the OpenAI-compatible API (pydantic v2).
+
+Fields follow OpenAI's order; our extensions sit in a marked block at the end of each request.
+Every request accepts unknown fields (clients send many) and logs the ones it ignores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ggufworker.engine.types import SamplingParams
+from ggufworker.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+MAX_STOP = 16
+MAX_N = 16
+
+
+class OpenAIBaseModel(BaseModel):
+    """Base of every request: unknown fields are accepted and logged, never an error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_ignored(self) -> OpenAIBaseModel:
+        if self.model_extra:
+            logger.info(
+                "%s: ignoring unsupported fields %s",
+                type(self).__name__,
+                sorted(self.model_extra),
+            )
+        return self
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# --- shared pieces -------------------------------------------------------------------------
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(OpenAIBaseModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.json_schema is required when type is 'json_schema'")
+        return self
+
+
+class SamplingFields(OpenAIBaseModel):
+    """Sampling fields shared by chat and completions, in OpenAI's order."""
+
+    model: str | None = Field(None, description="served model name (default: the first one)")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, description="token id -> bias (-100..100)")
+    n: int = Field(1, ge=1, le=MAX_N, description="choices to generate")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, description="sampling seed, for reproducible output")
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP} stop strings")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    user: str | None = None
+
+    # --- extensions (llama.cpp samplers) -------------------------------------------------------
+    top_k: int | None = Field(None, ge=0, description="top-k sampling (0: off)")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="min-p sampling")
+    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0, description="repetition penalty")
+    grammar: str | None = Field(None, description="GBNF grammar constraining the output")
+    ignore_eos: bool = Field(False, description="keep generating past end-of-sequence")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError("logit_bias values must be between -100 and 100")
+        return value
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _sampling(
+        self, *, max_tokens: int | None, logprobs: int | None, json_schema: Any
+    ) -> SamplingParams:
+        defaults = SamplingParams()
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
+            top_p=defaults.top_p if self.top_p is None else self.top_p,
+            top_k=defaults.top_k if self.top_k is None else self.top_k,
+            min_p=defaults.min_p if self.min_p is None else self.min_p,
+            repeat_penalty=defaults.repeat_penalty
+            if self.repeat_penalty is None
+            else self.repeat_penalty,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            seed=self.seed,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            stop=tuple(s for s in stop if s),
+            grammar=self.grammar,
+            json_schema=json_schema,
+            logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+# --- chat ----------------------------------------------------------------------------------
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it: content flattened to text."""
+        content = self.content
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") != "text":
+                    raise InvalidRequestError(
+                        f"content part type {part.get('type')!r} is not supported (text only)",
+                        param="messages",
+                    )
+                parts.append(str(part.get("text", "")))
+            content = "".join(parts)
+        role = "system" if self.role == "developer" else self.role
+        out: dict[str, Any] = {"role": role, "content": content or ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    logprobs: bool = False
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(
+        None, ge=1, description="deprecated alias of max_completion_tokens"
+    )
+    response_format: ResponseFormat | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        return [m.to_template() for m in self.messages]
+
+    def to_sampling_params(self) -> SamplingParams:
+        """Map the request to the engine's sampling settings."""
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        schema: Any = None
+        if self.response_format is not None:
+            if self.response_format.type == "json_object":
+                schema = {"type": "object"}
+            elif self.response_format.type == "json_schema":
+                assert self.response_format.json_schema is not None
+                schema = self.response_format.json_schema.schema_ or {"type": "object"}
+        if schema is not None and self.grammar:
+            raise InvalidRequestError(
+                "give either grammar or response_format, not both", param="grammar"
+            )
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        return self._sampling(max_tokens=max_tokens, logprobs=logprobs, json_schema=schema)
+
+
+# --- completions ---------------------------------------------------------------------------
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(16, ge=1)
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of this request (a list of strings or token lists is a batch)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def to_sampling_params(self) -> SamplingParams:
+        """Map the request to the engine's sampling settings."""
+        if self.suffix:
+            raise InvalidRequestError(
+                "suffix (fill-in-the-middle) is not supported", param="suffix"
+            )
+        return self._sampling(max_tokens=self.max_tokens, logprobs=self.logprobs, json_schema=None)
+
+
+# --- embeddings, tokenize ------------------------------------------------------------------
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    input: str | list[str] = Field(...)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not texts:
+            raise InvalidRequestError("input must not be empty", param="input")
+        return texts
+
+
+class TokenizeRequest(OpenAIBaseModel):
+    content: str = Field(..., description="text to tokenize")
+    model: str | None = None
+    add_special: bool = Field(False, description="add BOS/EOS as the model wants")
+    parse_special: bool = Field(True, description="parse special-token text as special tokens")
+    with_pieces: bool = Field(False, description="return each token's text too")
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    tokens: list[int] = Field(...)
+    model: str | None = None
+
+
+class ExecuteRequest(OpenAIBaseModel):
+    """The worker API's job: a raw-text prompt streamed back as worker events."""
+
+    job_id: str = Field(..., min_length=1)
+    prompt: str
+    max_tokens: int | None = Field(256, ge=1)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    model: str | None = None
+
+    def to_sampling_params(self) -> SamplingParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(s for s in stop if s),
+        )
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "ggufworker"
+    # --- extensions ---
+    loaded: bool = False
+    pinned: bool = False
+    embedding: bool = False
+    meta: dict[str, Any] | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard] = Field(default_factory=list)

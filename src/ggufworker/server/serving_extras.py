@@ -1,0 +1,103 @@
+"""Serving logic of the endpoints around generation: models, embeddings, tokenize, health."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from typing import Any
+
+from ggufworker.server.models import ModelManager
+from ggufworker.server.protocol import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+)
+
+
+def list_models(manager: ModelManager) -> ModelList:
+    """Every served model, loaded or not."""
+    cards = []
+    for model in manager.all_models():
+        meta = None
+        if model.state == "ready" and model.engine is not None:
+            info = model.engine.info
+            meta = {
+                "architecture": info.architecture,
+                "n_ctx": info.n_ctx,
+                "n_ctx_train": info.n_ctx_train,
+                "n_params": info.n_params,
+                "size": info.size_bytes,
+                "quantization": info.quantization,
+                "backend": info.backend,
+            }
+        cards.append(
+            ModelCard(
+                id=model.spec.name,
+                loaded=model.state == "ready",
+                pinned=model.spec.pinned,
+                embedding=model.spec.embedding,
+                meta=meta,
+            )
+        )
+    return ModelList(data=cards)
+
+
+async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str, Any]:
+    """OpenAI embeddings from a model served for embeddings."""
+    texts = body.texts()
+    lease = await manager.acquire(body.model, embedding=True)
+    try:
+        engine = lease.engine
+        vectors = await asyncio.to_thread(engine.embed, texts)
+        prompt_tokens = sum(len(engine.tokenize(t)) for t in texts)
+    finally:
+        lease.release()
+    data = []
+    for i, vector in enumerate(vectors):
+        if body.dimensions is not None:
+            vector = vector[: body.dimensions]
+        value: Any = vector
+        if body.encoding_format == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {
+        "object": "list",
+        "data": data,
+        "model": lease.name,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+async def tokenize(manager: ModelManager, body: TokenizeRequest) -> dict[str, Any]:
+    lease = await manager.acquire(body.model)
+    try:
+        engine = lease.engine
+        ids = engine.tokenize(
+            body.content, add_special=body.add_special, parse_special=body.parse_special
+        )
+        if not body.with_pieces:
+            return {"tokens": ids}
+        return {"tokens": [{"id": i, "piece": engine.detokenize([i])} for i in ids]}
+    finally:
+        lease.release()
+
+
+async def detokenize(manager: ModelManager, body: DetokenizeRequest) -> dict[str, Any]:
+    lease = await manager.acquire(body.model)
+    try:
+        return {"content": lease.engine.detokenize(body.tokens)}
+    finally:
+        lease.release()
+
+
+def health(manager: ModelManager) -> tuple[int, dict[str, Any]]:
+    """503 while the start-up models load (or failed to), 200 once the server can answer."""
+    models = {m.spec.name: m.state for m in manager.all_models()}
+    if not manager.startup_done.is_set():
+        return 503, {"status": "loading", "models": models}
+    if manager.startup_error:
+        return 503, {"status": "error", "error": manager.startup_error, "models": models}
+    return 200, {"status": "ok", "models": models}
