@@ -1,0 +1,42 @@
+"""Architecture registry: Hugging Face architecture name -> converter class.
+
+Each family lives in its own module and lists the HF names it serves; ``ALIASES`` maps other
+spellings of the same architecture onto a registered name.
+"""
+
+from __future__ import annotations
+
+from converters.archs.base import ArchConverter
+from converters.archs.llama import LlamaConverter
+from ggufworker.errors import UnsupportedArchitectureError
+
+_FAMILIES: tuple[type[ArchConverter], ...] = (LlamaConverter,)
+
+CONVERTERS: dict[str, type[ArchConverter]] = {
+    name: cls for cls in _FAMILIES for name in cls.hf_architectures
+}
+
+ALIASES: dict[str, str] = {
+    "LLaMAForCausalLM": "LlamaForCausalLM",
+}
+
+
+def supported_architectures() -> list[str]:
+    """Every architecture name ``convert`` accepts, sorted."""
+    return sorted({*CONVERTERS, *ALIASES})
+
+
+def get_converter(hf_architecture: str) -> type[ArchConverter]:
+    """The converter class for a config.json ``architectures[0]`` value.
+
+    Raises:
+        UnsupportedArchitectureError: no converter is registered for that name.
+    """
+    name = ALIASES.get(hf_architecture, hf_architecture)
+    try:
+        return CONVERTERS[name]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture {hf_architecture!r} is not supported; supported: "
+            + ", ".join(supported_architectures())
+        ) from None

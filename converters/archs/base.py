@@ -1,0 +1,217 @@
+"""What every architecture converter shares: hyperparameters to GGUF keys, tensor planning.
+
+An architecture module subclasses :class:`ArchConverter`, names the Hugging Face architectures
+it serves and the gguf-py ``MODEL_ARCH``, and overrides only what differs (extra metadata keys,
+per-tensor transforms). Tensor names are mapped with gguf-py's own tables
+(``gguf.get_tensor_name_map``), so no hand-written name lists live here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gguf
+import numpy as np
+
+from converters.checkpoint import Checkpoint, TensorRef, to_f32
+from ggufworker.errors import ConversionError
+
+logger = logging.getLogger(__name__)
+
+_BLOCK_RE = re.compile(r"\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: its GGUF name, numpy shape, raw source type and a lazy loader.
+
+    ``load()`` returns data in ``dtype`` (``"F32"``, ``"F16"`` or ``"BF16"`` as raw uint16 bits),
+    shaped ``shape``; it may be a memory map, so nothing is read before it is written.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    load: Callable[[], np.ndarray]
+    keep_f32: bool = False
+    source: str | None = None
+
+
+def rope_parameters(cfg: dict[str, Any], layer_type: str = "full_attention") -> dict[str, Any]:
+    """RoPE settings for one attention kind, from either config layout.
+
+    transformers 5 writes ``rope_parameters`` (optionally nested per layer type); older configs
+    write ``rope_theta`` next to a ``rope_scaling`` dict. Both are folded into one flat dict.
+    """
+    params = cfg.get("rope_parameters") or {}
+    if layer_type in params or "full_attention" in params:
+        params = params.get(layer_type) or params.get("full_attention") or {}
+    merged: dict[str, Any] = dict(cfg.get("rope_scaling") or {})
+    merged.update(params)
+    if "rope_theta" not in merged and "rope_theta" in cfg:
+        merged["rope_theta"] = cfg["rope_theta"]
+    if "rope_type" not in merged and "type" in merged:
+        merged["rope_type"] = merged["type"]
+    return merged
+
+
+class ArchConverter:
+    """Base converter: llama-style decoder hyperparameters and a 1:1 tensor mapping."""
+
+    hf_architectures: ClassVar[tuple[str, ...]] = ()
+    gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    #: Tensors in the checkpoint that llama.cpp does not use.
+    skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq",)
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        cfg = dict(ckpt.config)
+        if isinstance(cfg.get("text_config"), dict):
+            cfg = {**cfg, **cfg["text_config"]}
+        self.cfg = cfg
+        self.n_layers = int(self.require("num_hidden_layers"))
+        self.n_head = int(self.require("num_attention_heads"))
+        self.n_head_kv = int(cfg.get("num_key_value_heads") or self.n_head)
+        self.n_embd = int(self.require("hidden_size"))
+        self.head_dim = int(cfg.get("head_dim") or self.n_embd // self.n_head)
+        self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
+        self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    # --- hyperparameters --------------------------------------------------------------------
+
+    def require(self, key: str) -> Any:
+        if self.cfg.get(key) is None:
+            raise ConversionError(f"config.json lacks {key!r}, which this architecture needs")
+        return self.cfg[key]
+
+    def add_metadata(self, w: gguf.GGUFWriter) -> None:
+        """Write the architecture's hyperparameters (``{arch}.*`` keys)."""
+        cfg = self.cfg
+        w.add_block_count(self.n_layers)
+        if cfg.get("max_position_embeddings"):
+            w.add_context_length(int(cfg["max_position_embeddings"]))
+        w.add_embedding_length(self.n_embd)
+        w.add_feed_forward_length(int(self.require("intermediate_size")))
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        if cfg.get("head_dim"):
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+        w.add_rope_dimension_count(self.rope_dims())
+        if cfg.get("vocab_size"):
+            w.add_vocab_size(int(cfg["vocab_size"]))
+        self.add_rope_metadata(w, rope_parameters(cfg))
+
+    def rope_dims(self) -> int:
+        factor = float(rope_parameters(self.cfg).get("partial_rotary_factor", 1.0))
+        return int(self.head_dim * factor)
+
+    def add_rope_metadata(self, w: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
+        if rope.get("rope_theta") is not None:
+            w.add_rope_freq_base(float(rope["rope_theta"]))
+        rope_type = str(rope.get("rope_type") or "default").lower()
+        factor = rope.get("factor")
+        if rope_type == "linear" and factor is not None:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(factor))
+        elif rope_type == "yarn" and factor is not None:
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(factor))
+            w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        elif rope_type not in ("default", "llama3", "longrope", "su"):
+            raise ConversionError(f"RoPE type {rope_type!r} is not supported by this converter")
+
+    # --- tensors ----------------------------------------------------------------------------
+
+    def skip(self, hf_name: str) -> bool:
+        """Whether a checkpoint tensor is dropped (unused by llama.cpp)."""
+        if hf_name.endswith(self.skip_suffixes):
+            return True
+        # Tied embeddings: llama.cpp reuses token_embd when output.weight is absent.
+        return hf_name == "lm_head.weight" and bool(self.cfg.get("tie_word_embeddings"))
+
+    def gguf_name(self, hf_name: str) -> str:
+        name = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ConversionError(f"tensor {hf_name!r} has no GGUF name for {self.arch_name}")
+        return name
+
+    def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
+        """Plan the output tensor(s) for one checkpoint tensor; override to transform."""
+        yield self.passthrough(hf_name, ref)
+
+    def passthrough(
+        self,
+        hf_name: str,
+        ref: TensorRef,
+        fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> TensorPlan:
+        """Map ``ref`` 1:1, optionally through a shape-preserving data movement ``fn``."""
+        name = self.gguf_name(hf_name)
+
+        def load() -> np.ndarray:
+            data = ref.load()
+            return fn(data) if fn is not None else data
+
+        return TensorPlan(
+            name, ref.shape, ref.dtype, load, self.keeps_f32(name, ref.shape), hf_name
+        )
+
+    def shifted(self, hf_name: str, ref: TensorRef, shift: float) -> TensorPlan:
+        """A tensor that needs arithmetic (``w + shift``): computed in float32, kept float32."""
+        name = self.gguf_name(hf_name)
+        return TensorPlan(
+            name,
+            ref.shape,
+            "F32",
+            lambda: to_f32(ref.load(), ref.dtype) + np.float32(shift),
+            True,
+            hf_name,
+        )
+
+    @staticmethod
+    def keeps_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
+        """Norms, biases and 1-D tensors stay float32, as llama.cpp expects."""
+        return len(shape) <= 1 or gguf_name.endswith(("_norm.weight", ".bias"))
+
+    def extra_tensors(self) -> Iterable[TensorPlan]:
+        """Tensors that llama.cpp needs but the checkpoint does not hold (e.g. RoPE factors)."""
+        return ()
+
+    def plan(self) -> list[TensorPlan]:
+        """Every output tensor, token embedding first, then block by block, then the head."""
+        plans = list(self.extra_tensors())
+        for hf_name, ref in self.ckpt.tensors.items():
+            if self.skip(hf_name):
+                logger.debug("skipping %s", hf_name)
+                continue
+            plans.extend(self.tensor(hf_name, ref))
+        names = [p.name for p in plans]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConversionError(f"several checkpoint tensors map to {sorted(dupes)}")
+        return sorted(plans, key=_order_key)
+
+
+def _order_key(plan: TensorPlan) -> tuple[int, str]:
+    if plan.name.startswith("blk."):
+        return (1 + int(plan.name.split(".")[1]), plan.name)
+    if plan.name.startswith(("token_embd", "rope")):
+        return (0, plan.name)
+    return (1 << 30, plan.name)
+
+
+def f32_plan(name: str, values: Iterator[float] | list[float]) -> TensorPlan:
+    """A small generated float32 tensor (RoPE factors and the like)."""
+    arr = np.asarray(list(values), dtype=np.float32)
+    return TensorPlan(name, arr.shape, "F32", lambda: arr, True, None)
+
+
+def block_id(hf_name: str) -> int | None:
+    m = _BLOCK_RE.search(hf_name)
+    return int(m.group(1)) if m else None

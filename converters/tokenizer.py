@@ -1,0 +1,308 @@
+"""Tokenizer files -> GGUF vocabulary metadata (``tokenizer.ggml.*``).
+
+Three inputs are understood:
+
+* a byte-level BPE ``tokenizer.json`` (Llama 3, Qwen, SmolLM...): written as ``gpt2`` with its
+  merges; the pre-tokenizer is named the way llama.cpp names it, by hashing the ids of its check
+  text (see :mod:`converters.pretok_hashes`);
+* a SentencePiece ``tokenizer.model`` (Llama 2, Gemma, Phi-3...): written as ``llama`` with the
+  model's own scores; the protobuf is read directly, no ``sentencepiece`` package needed;
+* an SPM-style ``tokenizer.json`` (BPE with byte fallback and ``▁`` spaces, or Unigram) when no
+  tokenizer.model exists: written as ``llama`` with scores derived from the merge ranks, so that
+  llama.cpp (which merges the highest-scoring pair first) merges in the tokenizer's order.
+
+Special token ids, add_bos/add_eos, merges and the chat template come from gguf-py's
+``SpecialVocab``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from converters.pretok_hashes import CHECK_TEXT, PRE_TOKENIZER_HASHES
+from ggufworker.errors import ConversionError
+
+logger = logging.getLogger(__name__)
+
+SPM_SPACE = "\u2581"
+_TT = gguf.TokenType
+
+
+class UnknownPreTokenizerError(ConversionError):
+    """A BPE tokenizer's pre-tokenizer hash is not one llama.cpp knows."""
+
+
+@dataclass
+class Vocab:
+    """A vocabulary ready to be written: model kind, tokens, types and (for SPM) scores."""
+
+    model: str  # "gpt2" or "llama"
+    pre: str
+    tokens: list[str] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    scores: list[float] | None = None
+    add_space_prefix: bool | None = None
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def pre_tokenizer_hash(tokenizer_json: Path) -> str:
+    """sha256 of the ids the tokenizer gives llama.cpp's check text (llama.cpp's identity)."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(tokenizer_json)).encode(CHECK_TEXT).ids
+    return hashlib.sha256(str(ids).encode()).hexdigest()
+
+
+def _looks_special(text: str) -> bool:
+    # Some checkpoints leave control-like added tokens unmarked; llama.cpp's own converter
+    # treats these shapes as control tokens too.
+    return (
+        text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (text.startswith("<|") and text.endswith("|>"))
+        or (text.startswith("<unused") and text.endswith(">"))
+    )
+
+
+def _added_tokens(src: Path, tok: dict[str, Any] | None) -> dict[int, tuple[str, bool]]:
+    """id -> (content, special) from tokenizer.json's added_tokens and tokenizer_config.json."""
+    added: dict[int, tuple[str, bool]] = {}
+    if tok is not None:
+        for entry in tok.get("added_tokens", []):
+            added[int(entry["id"])] = (entry["content"], bool(entry.get("special")))
+    cfg_path = src / "tokenizer_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        for tid, entry in (cfg.get("added_tokens_decoder") or {}).items():
+            added.setdefault(int(tid), (entry["content"], bool(entry.get("special"))))
+    return added
+
+
+def _pad_to(vocab: Vocab, n_vocab: int) -> None:
+    if len(vocab.tokens) > n_vocab:
+        raise ConversionError(
+            f"tokenizer has {len(vocab.tokens)} tokens but the embedding has {n_vocab} rows"
+        )
+    for i in range(len(vocab.tokens), n_vocab):
+        vocab.tokens.append(f"[PAD{i}]")
+        vocab.types.append(_TT.UNUSED)
+        if vocab.scores is not None:
+            vocab.scores.append(-1000.0)
+
+
+def _is_spm_style(tok: dict[str, Any]) -> bool:
+    model = tok.get("model", {})
+    if model.get("type") == "Unigram":
+        return True
+    if model.get("type") != "BPE":
+        return False
+    return bool(model.get("byte_fallback")) or SPM_SPACE in json.dumps(tok.get("normalizer"))
+
+
+def load_vocab(src: Path, n_vocab: int, *, pre_tokenizer: str | None = None) -> Vocab:
+    """Build the vocabulary of the checkpoint in ``src`` for an embedding of ``n_vocab`` rows.
+
+    Args:
+        src: checkpoint folder.
+        n_vocab: rows of the token embedding; the vocabulary is padded to this size.
+        pre_tokenizer: name to write as ``tokenizer.ggml.pre`` instead of hash detection.
+
+    Raises:
+        UnknownPreTokenizerError: a BPE pre-tokenizer is not recognised and none was given.
+        ConversionError: no usable tokenizer file.
+    """
+    tok_json = src / "tokenizer.json"
+    tok = json.loads(tok_json.read_text(encoding="utf-8")) if tok_json.is_file() else None
+    if (src / "tokenizer.model").is_file():
+        vocab = _spm_from_model(src / "tokenizer.model", _added_tokens(src, tok))
+    elif tok is not None and _is_spm_style(tok):
+        vocab = _spm_from_json(tok, _added_tokens(src, tok))
+    elif tok is not None and tok.get("model", {}).get("type") == "BPE":
+        vocab = _bpe_from_json(tok_json, tok, _added_tokens(src, tok), pre_tokenizer)
+    else:
+        raise ConversionError(f"{src}: no tokenizer.model or BPE/Unigram tokenizer.json found")
+    _pad_to(vocab, n_vocab)
+    return vocab
+
+
+def _bpe_from_json(
+    path: Path, tok: dict[str, Any], added: dict[int, tuple[str, bool]], pre: str | None
+) -> Vocab:
+    if pre is None:
+        digest = pre_tokenizer_hash(path)
+        pre = PRE_TOKENIZER_HASHES.get(digest)
+        if pre is None:
+            raise UnknownPreTokenizerError(
+                f"unknown BPE pre-tokenizer (check-text hash {digest}); if you know which "
+                "llama.cpp pre-tokenizer it is, pass --pre-tokenizer NAME (e.g. llama-bpe, "
+                "qwen2, gpt-2, smollm)"
+            )
+    logger.info("BPE pre-tokenizer: %s", pre)
+    by_id: dict[int, str] = {int(i): t for t, i in tok["model"]["vocab"].items()}
+    for tid, (content, _special) in added.items():
+        by_id[tid] = content
+    vocab = Vocab("gpt2", pre)
+    for i in range(max(by_id) + 1 if by_id else 0):
+        text = by_id.get(i)
+        if text is None:
+            vocab.tokens.append(f"[PAD{i}]")
+            vocab.types.append(_TT.UNUSED)
+        elif i in added:
+            special = added[i][1] or _looks_special(text)
+            vocab.tokens.append(text if special else text.replace(SPM_SPACE, " "))
+            vocab.types.append(_TT.CONTROL if special else _TT.USER_DEFINED)
+        else:
+            vocab.tokens.append(text)
+            vocab.types.append(_TT.NORMAL)
+    return vocab
+
+
+def _apply_added(vocab: Vocab, added: dict[int, tuple[str, bool]]) -> None:
+    assert vocab.scores is not None
+    for tid, (content, special) in sorted(added.items()):
+        while tid >= len(vocab.tokens):
+            vocab.tokens.append(f"[PAD{len(vocab.tokens)}]")
+            vocab.types.append(_TT.UNUSED)
+            vocab.scores.append(-1000.0)
+        if special or _looks_special(content):
+            vocab.tokens[tid] = content
+            vocab.types[tid] = _TT.CONTROL
+        else:
+            vocab.tokens[tid] = content.replace(SPM_SPACE, " ")
+            vocab.types[tid] = _TT.USER_DEFINED
+        vocab.scores[tid] = -1000.0
+
+
+def _spm_from_json(tok: dict[str, Any], added: dict[int, tuple[str, bool]]) -> Vocab:
+    model = tok["model"]
+    vocab = Vocab("llama", "default", scores=[])
+    assert vocab.scores is not None
+    unk = model.get("unk_token")
+    if model["type"] == "Unigram":
+        pieces = [(p, float(s)) for p, s in model["vocab"]]
+        unk_id = model.get("unk_id")
+    else:
+        # llama.cpp merges the adjacent pair whose result scores highest; giving each token
+        # minus the rank of the merge that creates it reproduces the BPE merge order.
+        rank: dict[str, int] = {}
+        for r, merge in enumerate(model.get("merges", [])):
+            left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+            rank.setdefault(left + right, r)
+        by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        if by_id and by_id[-1][1] != len(by_id) - 1:
+            raise ConversionError("tokenizer.json vocabulary ids are not contiguous")
+        pieces = [(p, -float(rank[p]) if p in rank else 0.0) for p, _ in by_id]
+        unk_id = model["vocab"].get(unk) if unk else None
+    for i, (piece, score) in enumerate(pieces):
+        vocab.tokens.append(piece)
+        vocab.scores.append(score)
+        if i == unk_id:
+            vocab.types.append(_TT.UNKNOWN)
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            vocab.types.append(_TT.BYTE)
+        else:
+            vocab.types.append(_TT.NORMAL)
+    _apply_added(vocab, added)
+    vocab.add_space_prefix = _json_adds_space_prefix(tok)
+    return vocab
+
+
+def _json_adds_space_prefix(tok: dict[str, Any]) -> bool:
+    pre = tok.get("pre_tokenizer") or {}
+    for p in pre.get("pretokenizers", [pre]):
+        if p.get("type") == "Metaspace":
+            return p.get("prepend_scheme", "always") != "never" and p.get("add_prefix_space", True)
+    norm = tok.get("normalizer") or {}
+    for n in norm.get("normalizers", [norm]):
+        if n.get("type") == "Prepend" and n.get("prepend") == SPM_SPACE:
+            return True
+    return False
+
+
+# --- SentencePiece model protobuf ------------------------------------------------------------
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
+    """Decode one protobuf message level into (field number, wire type, value) triples."""
+    out, pos = [], 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            val, pos = _varint(buf, pos)
+        elif wire == 1:
+            val, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            val, pos = buf[pos : pos + n], pos + n
+        elif wire == 5:
+            val, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ConversionError(f"tokenizer.model: unsupported protobuf wire type {wire}")
+        out.append((num, wire, val))
+    return out
+
+
+def _spm_from_model(path: Path, added: dict[int, tuple[str, bool]]) -> Vocab:
+    try:
+        top = _fields(path.read_bytes())
+    except (IndexError, ConversionError) as exc:
+        raise ConversionError(f"{path}: not a SentencePiece model: {exc}") from exc
+    vocab = Vocab("llama", "default", scores=[])
+    assert vocab.scores is not None
+    add_dummy_prefix = True
+    for num, _wire, val in top:
+        if num == 1:  # ModelProto.pieces
+            piece, score, kind = "", 0.0, 1
+            for fnum, _w, fval in _fields(val):
+                if fnum == 1:
+                    piece = fval.decode("utf-8")
+                elif fnum == 2:
+                    (score,) = struct.unpack("<f", fval)
+                elif fnum == 3:
+                    kind = int(fval)
+            vocab.tokens.append(piece)
+            vocab.scores.append(score)
+            # SentencePiece's piece types use the same numbering as GGUF's token types.
+            vocab.types.append(kind)
+        elif num == 3:  # ModelProto.normalizer_spec
+            for fnum, _w, fval in _fields(val):
+                if fnum == 3:
+                    add_dummy_prefix = bool(fval)
+    _apply_added(vocab, added)
+    vocab.add_space_prefix = add_dummy_prefix
+    return vocab
+
+
+def write_vocab(w: gguf.GGUFWriter, vocab: Vocab, src: Path) -> None:
+    """Add the vocabulary, special tokens, merges and chat template to a GGUF writer."""
+    w.add_tokenizer_model(vocab.model)
+    w.add_tokenizer_pre(vocab.pre)
+    w.add_token_list(vocab.tokens)
+    if vocab.scores is not None:
+        w.add_token_scores(vocab.scores)
+    w.add_token_types(vocab.types)
+    if vocab.add_space_prefix is not None:
+        w.add_add_space_prefix(vocab.add_space_prefix)
+    special = gguf.SpecialVocab(src, load_merges=vocab.model == "gpt2", n_vocab=len(vocab))
+    special.add_to_gguf(w, quiet=True)

@@ -1,0 +1,152 @@
+"""Check a converted GGUF against its source.
+
+``check_structure`` reads the file back with gguf-py and compares tensor names, shapes, types
+and count with what was planned. ``check_tokenization`` loads the vocabulary in llama.cpp and
+compares its token ids with the Hugging Face tokenizer's on a varied text set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import gguf
+
+from ggufworker.errors import VerificationError
+
+logger = logging.getLogger(__name__)
+
+#: Text that exercises pre-tokenizers and byte fallback: unicode, CJK, emoji, code,
+#: whitespace runs, digits, apostrophes.
+SAMPLE_TEXTS: tuple[str, ...] = (
+    "Hello world",
+    " Hello  world ",
+    "The quick brown fox jumps over the lazy dog.",
+    "I've been 'told he's there, 'RE you sure? We'Ve a'lL",
+    "3 33 333 3333 33333 3.14159 1,000,000 2024-01-01",
+    "naïve café résumé Straße Ελληνικά русский язык",
+    "我想在apple工作1314151天～ 日本語のテキスト 한국어 텍스트",
+    "emoji: 🚀🦙😶\u200d🌫️ ✅ 👍🏽",
+    "def f(x):\n    return x ** 2  # square\n\n\tif x:\n\t\tpass",
+    "   leading spaces\n\n\nnewlines\t\ttabs    trailing   ",
+    '<html><body class="a">text &amp; more</body></html>',
+    "ـــ العربية עברית हिन्दी ไทย",
+    "",
+)
+
+
+def check_structure(
+    path: Path,
+    expected: dict[str, tuple[tuple[int, ...], gguf.GGMLQuantizationType]] | None,
+    *,
+    expected_names: Sequence[str] | None = None,
+) -> None:
+    """Read ``path`` back and compare its tensors with the plan.
+
+    Args:
+        path: GGUF file.
+        expected: name -> (numpy shape, type); types are compared when given.
+        expected_names: only names and count (for files re-typed by llama.cpp's quantizer).
+
+    Raises:
+        VerificationError: the file cannot be read or differs from the plan.
+    """
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # gguf-py raises ValueError/struct errors on corrupt files
+        raise VerificationError(f"{path}: cannot be read back as GGUF: {exc}") from exc
+    found = {
+        t.name: (tuple(int(d) for d in reversed(t.shape)), t.tensor_type) for t in reader.tensors
+    }
+    want_names = set(expected) if expected is not None else set(expected_names or ())
+    if set(found) != want_names:
+        missing = sorted(want_names - set(found))[:5]
+        extra = sorted(set(found) - want_names)[:5]
+        raise VerificationError(f"{path}: tensor set differs (missing {missing}, extra {extra})")
+    if len(reader.tensors) != len(want_names):
+        raise VerificationError(
+            f"{path}: {len(reader.tensors)} tensors, expected {len(want_names)}"
+        )
+    for name, (shape, ttype) in (expected or {}).items():
+        got_shape, got_type = found[name]
+        # ggml drops trailing unit dimensions of the shape it stores
+        if got_shape != shape and tuple(d for d in shape if d != 1) != tuple(
+            d for d in got_shape if d != 1
+        ):
+            raise VerificationError(f"{name}: shape {got_shape}, expected {shape}")
+        if got_type != ttype:
+            raise VerificationError(f"{name}: type {got_type.name}, expected {ttype.name}")
+    logger.info("read back %d tensors: names, shapes and types match", len(found))
+
+
+def hf_token_ids(src: Path, texts: Sequence[str]) -> list[list[int]] | None:
+    """Token ids from the checkpoint's own tokenizer.json (special tokens added), or None."""
+    path = src / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    return [tok.encode(t).ids for t in texts]
+
+
+def llama_token_ids(path: Path, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids llama.cpp gives for ``texts`` with the GGUF's vocabulary (special tokens added)."""
+    import llama_cpp
+
+    # llama-cpp-python prints llama.cpp's load log unless its logger is above INFO.
+    llama_log = logging.getLogger("llama-cpp-python")
+    old_level = llama_log.level
+    llama_log.setLevel(max(old_level, logging.ERROR))
+    try:
+        return _tokenize_all(llama_cpp, path, texts)
+    finally:
+        llama_log.setLevel(old_level)
+
+
+def _tokenize_all(llama_cpp, path: Path, texts: Sequence[str]) -> list[list[int]]:
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise VerificationError(f"{path}: llama.cpp cannot load it")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        out = []
+        for text in texts:
+            data = text.encode("utf-8")
+            cap = len(data) + 16
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, True, True)
+            if n < 0:
+                raise VerificationError(f"llama.cpp tokenization overflow on {text!r}")
+            out.append(list(buf[:n]))
+        return out
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def check_tokenization(path: Path, src: Path, texts: Sequence[str] = SAMPLE_TEXTS) -> int:
+    """Compare llama.cpp's tokenization of ``texts`` with the Hugging Face tokenizer's.
+
+    Returns:
+        The number of texts compared (0 when the checkpoint has no tokenizer.json).
+
+    Raises:
+        VerificationError: any text tokenizes differently.
+    """
+    want = hf_token_ids(src, texts)
+    if want is None:
+        logger.warning("no tokenizer.json in %s: tokenization not verified", src)
+        return 0
+    got = llama_token_ids(path, texts)
+    bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    if bad:
+        text, w, g = bad[0]
+        raise VerificationError(
+            f"{len(bad)} of {len(texts)} texts tokenize differently from the HF tokenizer; "
+            f"first: {text!r}: HF {w[:20]} vs llama.cpp {g[:20]}"
+        )
+    logger.info("tokenization of %d texts matches the HF tokenizer", len(texts))
+    return len(texts)
