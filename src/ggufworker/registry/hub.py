@@ -97,6 +97,11 @@ def hub_file_info(source: HfSource) -> tuple[str | None, int | None, str | None]
         status = getattr(getattr(exc, "response", None), "status_code", None)
         what = f"HTTP {status}" if status else type(exc).__name__
         raise DownloadError(f"{source.describe()}: {what}: {_first_line(exc)}") from exc
+    if meta.commit_hash is None:
+        raise DownloadError(
+            f"{source.describe()}: {endpoint or 'the hub'} did not answer like a Hugging Face hub"
+            " (no X-Repo-Commit header)"
+        )
     etag = (meta.etag or "").lower()
     return (etag if SHA256_RE.match(etag) else None), meta.size, meta.commit_hash
 
