@@ -1,0 +1,98 @@
+"""Chat templates: the GGUF's Jinja2 template rendered in a sandbox.
+
+Templates are untrusted input (they come with downloaded files), so they run in Jinja2's
+immutable sandbox. The globals follow what Hugging Face's ``apply_chat_template`` provides
+(``raise_exception``, ``strftime_now``, ``bos_token``, ``eos_token``, ``tools``), which is what
+real templates rely on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ggufworker.errors import InvalidRequestError
+
+# Used when a GGUF carries no template: ChatML, the most widely trained-on format.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class TemplateError(InvalidRequestError):
+    """The template raised (``raise_exception``) or failed to render these messages."""
+
+    param = "messages"
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"chat template: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_: Any) -> str:
+    # HF's tojson does not escape HTML and keeps non-ASCII; Jinja2's default does both.
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
+
+
+def render_chat(
+    template: str | None,
+    messages: list[dict[str, Any]],
+    *,
+    bos_token: str | None,
+    eos_token: str | None,
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> str:
+    """Render a conversation with a chat template (or the ChatML fallback).
+
+    Args:
+        template: Jinja2 source from ``tokenizer.chat_template``; None uses ChatML.
+        messages: OpenAI-style messages (``role``, ``content``, optional ``tool_calls``...).
+        bos_token, eos_token: the model's special token texts, as templates expect.
+        tools: OpenAI tool definitions, passed to the template as ``tools``.
+        add_generation_prompt: end with the header of an assistant turn.
+
+    Returns:
+        The prompt text; special tokens in it are meant to be parsed as special.
+
+    Raises:
+        TemplateError: the template raised or could not be rendered.
+    """
+    try:
+        tmpl = _compile(template or FALLBACK_TEMPLATE)
+        return tmpl.render(
+            messages=messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token or "",
+            eos_token=eos_token or "",
+            **extra,
+        )
+    except TemplateError:
+        raise
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"chat template failed: {exc}") from exc

@@ -1,0 +1,340 @@
+"""The public engine: load a GGUF, submit requests, stream tokens.
+
+One scheduler thread owns the llama_context (see :mod:`ggufworker.engine.scheduler`); every
+public method here is safe to call from any thread and never holds a lock across a generation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.chat import render_chat
+from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
+from ggufworker.engine.model import ContextOptions, Model
+from ggufworker.engine.sampling import build_chain, validate
+from ggufworker.engine.scheduler import Request, Scheduler
+from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
+from ggufworker.errors import (
+    ContextLengthExceededError,
+    EngineClosedError,
+    InvalidRequestError,
+    QueueFullError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Engine:
+    """A loaded model serving many requests at once through continuous batching."""
+
+    def __init__(self, model: Model, opts: ContextOptions, *, name: str, max_queue: int) -> None:
+        self._model = model
+        self._opts = opts
+        self._ctx = model.new_context(opts)
+        n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
+        self.info: ModelInfo = model.info(name=name, n_ctx=n_ctx, n_parallel=opts.n_parallel)
+        self.max_queue = max_queue
+        self._lock = threading.Lock()
+        self._outstanding = 0  # submitted and not finished (running or queued)
+        self._closed = False
+        self._totals = [0, 0, 0, 0]  # prompt, generated, cached, requests
+        self._sched = Scheduler(
+            model,
+            self._ctx,
+            n_parallel=opts.n_parallel,
+            n_batch=opts.n_batch,
+            on_finish=self._on_finish,
+        )
+        self._sched.start()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        n_parallel: int = 4,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_gpu_layers: int | None = None,
+        flash_attn: bool | None = None,
+        use_mmap: bool = True,
+        embedding: bool = False,
+        max_queue: int = 64,
+        kv_unified: bool = True,
+        swa_full: bool = True,
+    ) -> Engine:
+        """Load a GGUF file and start its scheduler thread.
+
+        Args:
+            path: the .gguf file.
+            name: the name requests use for it (default: the file stem).
+            n_ctx: KV cache size in tokens, shared by all sequences (unified cache).
+            n_parallel: sequences decoded together (slots).
+            n_threads: CPU threads (default: all cores).
+            n_batch: most tokens per decode step (prompt chunks + one per running sequence).
+            n_gpu_layers: layers to offload; None offloads all when a GPU backend exists.
+            flash_attn: None lets llama.cpp decide.
+            use_mmap: memory-map the weights.
+            embedding: also allow :meth:`embed` (pooled sentence embeddings).
+            max_queue: requests that may wait for a free slot before :class:`QueueFullError`.
+            kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md).
+
+        Raises:
+            ModelLoadError: the file is missing or llama.cpp cannot load it.
+        """
+        if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
+            raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
+        model = Model(path, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap)
+        opts = ContextOptions(
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            flash_attn=flash_attn,
+            embedding=embedding,
+            kv_unified=kv_unified,
+            swa_full=swa_full,
+        )
+        try:
+            return cls(model, opts, name=name or model.path.stem, max_queue=max_queue)
+        except BaseException:
+            model.close()
+            raise
+
+    # --- text helpers ------------------------------------------------------------------------
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        """Tokenize ``text`` (BOS added if the model wants it and ``add_special``)."""
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Token ids back to text."""
+        return self._model.detokenize(ids)
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render messages with the model's chat template (ChatML if it has none).
+
+        Tokenize the result with ``parse_special=True``; user text inside it stays plain text
+        only if callers never let users inject template tokens, which is the server's job.
+        """
+        return render_chat(
+            self.info.chat_template,
+            messages,
+            bos_token=self.info.bos_token,
+            eos_token=self.info.eos_token,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a generation and return its stream handle at once.
+
+        Raises:
+            InvalidRequestError: bad sampling parameters, grammar or token ids.
+            ContextLengthExceededError: the prompt leaves no room to generate.
+            QueueFullError: every slot is busy and the queue is full.
+            EngineClosedError: the engine was closed.
+        """
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        tokens = self._prompt_tokens(request)
+        n_ctx = self.info.n_ctx
+        if len(tokens) >= n_ctx:
+            raise ContextLengthExceededError(
+                f"the prompt is {len(tokens)} tokens; this model's context is {n_ctx} tokens "
+                "and at least one must be left to generate"
+            )
+        validate(request.params, self._model.n_vocab)
+        with self._lock:
+            if self._outstanding >= self._opts.n_parallel + self.max_queue:
+                raise QueueFullError(
+                    f"all {self._opts.n_parallel} slots are busy and {self.max_queue} requests "
+                    "are already waiting"
+                )
+            self._outstanding += 1
+        try:
+            chain = build_chain(request.params, self._model.vocab, self._model.n_vocab)
+        except BaseException:
+            with self._lock:
+                self._outstanding -= 1
+            raise
+        rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
+        handle = RequestHandle(rid, len(tokens), self._cancel)
+        self._sched.post("submit", Request(rid, tokens, request.params, chain, handle))
+        if self._closed:  # closed while we were queuing: the scheduler may never see it
+            handle._deliver(EngineClosedError("the engine is closed"))
+        return handle
+
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if isinstance(request.prompt, str):
+            tokens = self._model.tokenize(
+                request.prompt, add_special=request.add_bos, parse_special=request.parse_special
+            )
+        else:
+            tokens = [int(t) for t in request.prompt]
+            n_vocab = self._model.n_vocab
+            if any(not 0 <= t < n_vocab for t in tokens):
+                raise InvalidRequestError(
+                    f"prompt token ids must be in 0..{n_vocab - 1}", param="prompt"
+                )
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        return tokens
+
+    def _cancel(self, request_id: str) -> None:
+        self._sched.post("cancel", request_id)
+
+    def _on_finish(self, req: Request, n_prompt: int, n_gen: int, n_cached: int) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            t = self._totals
+            t[0] += n_prompt
+            t[1] += n_gen
+            t[2] += n_cached
+            t[3] += 1
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        """Run a request to the end and return the whole completion (blocking)."""
+        handle = self.submit(request)
+        parts: list[str] = []
+        ids: list[int] = []
+        events: list[TokenEvent] = []
+        final: TokenEvent | None = None
+        for ev in handle:
+            parts.append(ev.text)
+            if ev.token_id is not None:
+                ids.append(ev.token_id)
+                events.append(ev)
+            if ev.finish_reason is not None:
+                final = ev
+        if final is None or final.usage is None:
+            raise EngineClosedError("the request was cancelled before it finished")
+        return Completion(
+            text="".join(parts),
+            token_ids=ids,
+            finish_reason=final.finish_reason,  # type: ignore[arg-type]
+            usage=final.usage,
+            logprobs=events if request.params.logprobs is not None else None,
+        )
+
+    # --- embeddings --------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Pooled, L2-normalised embeddings of each text (engine loaded with ``embedding=True``).
+
+        Raises:
+            InvalidRequestError: the engine was not loaded for embeddings.
+            ContextLengthExceededError: a text is longer than one batch.
+        """
+        if not self._opts.embedding:
+            raise InvalidRequestError("this engine was not loaded with embedding=True")
+        token_lists = [self._model.tokenize(t) for t in texts]
+        for toks in token_lists:
+            if not toks or len(toks) > self._opts.n_batch:
+                raise ContextLengthExceededError(
+                    f"each input must be 1..{self._opts.n_batch} tokens", param="input"
+                )
+        return self._call(lambda: [self._embed_one(t) for t in token_lists])
+
+    def _embed_one(self, tokens: list[int]) -> list[float]:
+        # Runs on the scheduler thread, between steps; uses the extra sequence id.
+        seq = self._opts.n_parallel
+        sched = self._sched
+        llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
+        llama_cpp.llama_set_embeddings(self._ctx, True)
+        try:
+            b = sched.batch
+            b.clear()
+            b.add_span(tokens, 0, seq, True)
+            b.logits[: b.n] = 1
+            rc = b.decode(self._ctx)
+            if rc != 0:
+                raise InvalidRequestError(f"embedding decode failed (code {rc})")
+            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
+            if not ptr:
+                raise InvalidRequestError("this model produces no pooled embeddings")
+            vec = [float(ptr[i]) for i in range(self.info.n_embd)]
+        finally:
+            llama_cpp.llama_set_embeddings(self._ctx, False)
+            llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        return [v / norm for v in vec]
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._sched.post("call", fn, fut)
+        return fut.result()
+
+    def clear_cache(self) -> None:
+        """Forget every idle slot's cached prefix (the next requests start cold)."""
+        self._call(self._sched.clear_idle_caches)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        """Current load and lifetime token counts."""
+        busy = self._sched.busy_slots()
+        with self._lock:
+            queued = max(0, self._outstanding - busy)
+            t = list(self._totals)
+        return EngineStats(
+            n_parallel=self._opts.n_parallel,
+            busy_slots=busy,
+            queue_depth=queued,
+            max_queue=self.max_queue,
+            total_prompt_tokens=t[0],
+            total_generated_tokens=t[1],
+            total_cached_tokens=t[2],
+            total_requests=t[3],
+        )
+
+    def close(self) -> None:
+        """Stop the scheduler; pending requests end with :class:`EngineClosedError`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sched.post("close")
+        self._sched.thread.join()
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
+        self._model.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; close() is the real API
+        try:
+            if not self._closed and threading.current_thread() is not self._sched.thread:
+                self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["Engine"]

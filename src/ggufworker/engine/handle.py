@@ -1,0 +1,146 @@
+"""What a caller holds while a request runs: a stream of token events, sync or async.
+
+The scheduler thread produces events; consumers read them from another thread or from an
+asyncio loop. Events are buffered in a thread-safe queue until a consumer attaches; an async
+consumer switches delivery to ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``, so the
+event loop is woken only when there is something to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+from ggufworker.engine.types import TokenEvent, Usage
+
+_END = object()  # stream ended without a final event (cancelled)
+
+
+@dataclass
+class Completion:
+    """A finished generation (what :meth:`Engine.generate` returns)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    usage: Usage
+    logprobs: list[TokenEvent] | None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine's load."""
+
+    n_parallel: int
+    busy_slots: int
+    queue_depth: int
+    max_queue: int
+    total_prompt_tokens: int
+    total_generated_tokens: int
+    total_cached_tokens: int = 0
+    total_requests: int = 0
+
+
+class RequestHandle:
+    """A submitted request: iterate it (``for`` or ``async for``) to get :class:`TokenEvent`s.
+
+    The last event has ``finish_reason`` and ``usage``. A failure inside the sequence is raised
+    from iteration as :class:`~ggufworker.errors.GenerationError`. Leaving the iteration early
+    cancels the request.
+    """
+
+    def __init__(self, request_id: str, prompt_tokens: int, cancel: Callable[[str], None]) -> None:
+        self.id = request_id
+        self.prompt_tokens = prompt_tokens
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self._buffer: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aqueue: asyncio.Queue[object] | None = None
+        self._done = False  # producer side: final item delivered
+        self._consumed = False  # consumer side: saw the final item
+
+    # --- producer side (scheduler thread) ----------------------------------------------------
+
+    def _deliver(self, item: object) -> None:
+        with self._lock:
+            if self._done:
+                return
+            if isinstance(item, BaseException) or item is _END:
+                self._done = True
+            elif isinstance(item, TokenEvent) and item.finish_reason is not None:
+                self._done = True
+            if self._loop is None:
+                self._buffer.put(item)
+                return
+            loop, aq = self._loop, self._aqueue
+        try:
+            loop.call_soon_threadsafe(aq.put_nowait, item)  # type: ignore[union-attr]
+        except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+            pass
+
+    def _end(self) -> None:
+        self._deliver(_END)
+
+    # --- consumer side -----------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream has delivered its last item."""
+        return self._done
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed within one scheduler step."""
+        if not self._done:
+            self._cancel(self.id)
+
+    def _check(self, item: object) -> TokenEvent | None:
+        if item is _END:
+            self._consumed = True
+            return None
+        if isinstance(item, BaseException):
+            self._consumed = True
+            raise item
+        assert isinstance(item, TokenEvent)
+        if item.finish_reason is not None:
+            self._consumed = True
+        return item
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        try:
+            while not self._consumed:
+                event = self._check(self._buffer.get())
+                if event is None:
+                    return
+                yield event
+        finally:
+            if not self._consumed:
+                self.cancel()
+
+    async def _aiter(self) -> AsyncIterator[TokenEvent]:
+        aq: asyncio.Queue[object] = asyncio.Queue()
+        with self._lock:
+            if self._loop is not None:
+                raise RuntimeError("a request stream can be consumed only once")
+            while True:
+                try:
+                    aq.put_nowait(self._buffer.get_nowait())
+                except queue.Empty:
+                    break
+            self._loop = asyncio.get_running_loop()
+            self._aqueue = aq
+        try:
+            while not self._consumed:
+                event = self._check(await aq.get())
+                if event is None:
+                    return
+                yield event
+        finally:
+            if not self._consumed:
+                self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._aiter()

@@ -1,0 +1,241 @@
+"""A loaded GGUF model: weights, vocabulary, metadata, and the context it runs in.
+
+Tokenization in llama.cpp is thread-safe (llama.h, "Tokenization"), so these helpers may be
+called from any thread while the scheduler thread decodes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ggufworker.engine._native import ensure_backend, llama_cpp
+from ggufworker.engine.types import ModelInfo
+from ggufworker.errors import InvalidRequestError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_META_BUF = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """Settings of the one llama_context the scheduler owns."""
+
+    n_ctx: int = 4096
+    n_parallel: int = 4
+    n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool | None = None
+    embedding: bool = False
+    kv_unified: bool = True
+    swa_full: bool = True
+
+
+class Model:
+    """Owns a ``llama_model`` and exposes its vocabulary and metadata."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_gpu_layers: int | None = None,
+        use_mmap: bool = True,
+    ) -> None:
+        ensure_backend()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        params = llama_cpp.llama_model_default_params()
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if gpu else 0
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else 0
+        ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load {self.path} (see log for the reason)")
+        self.ptr = ptr
+        self.gpu_layers = n_gpu_layers if gpu else 0
+        self.backend = "gpu" if gpu and n_gpu_layers != 0 else "cpu"
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.n_swa = int(llama_cpp.llama_model_n_swa(ptr))
+        self.metadata = self._read_metadata()
+        # Piece cache: llama_token_to_piece per token is a ctypes call; generated text is
+        # assembled from pieces every step, so cache them (vocab is immutable).
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # --- metadata ----------------------------------------------------------------------------
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(_META_BUF)
+        for i in range(llama_cpp.llama_model_meta_count(self.ptr)):
+            n = llama_cpp.llama_model_meta_key_by_index(self.ptr, i, buf, _META_BUF)
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", errors="replace")
+            n = llama_cpp.llama_model_meta_val_str_by_index(self.ptr, i, buf, _META_BUF)
+            if n < 0:
+                continue
+            if n >= _META_BUF:  # value truncated (long chat templates): ask again with room
+                big = ctypes.create_string_buffer(n + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self.ptr, i, big, n + 1)
+                out[key] = big.value.decode("utf-8", errors="replace")
+            else:
+                out[key] = buf.value.decode("utf-8", errors="replace")
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's default ``tokenizer.chat_template``, or None."""
+        tmpl = llama_cpp.llama_model_chat_template(self.ptr, None)
+        if tmpl:
+            return tmpl.decode("utf-8", errors="replace")
+        return self.metadata.get("tokenizer.chat_template")
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "unknown")
+
+    def eog_ids(self) -> tuple[int, ...]:
+        """All token ids llama.cpp treats as end of generation."""
+        return tuple(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+
+    def info(self, *, name: str, n_ctx: int, n_parallel: int) -> ModelInfo:
+        """Describe the model as :class:`ModelInfo`."""
+        ftype_buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.ptr, ftype_buf, 256)
+        desc = ftype_buf.value.decode("utf-8", errors="replace")
+        # llama_model_desc is "<arch> <size> <ftype>"; the quantization is the tail.
+        quant = desc.split(" ", 2)[-1] if desc.count(" ") >= 2 else desc
+        eog = self.eog_ids()
+        return ModelInfo(
+            path=str(self.path),
+            name=name,
+            architecture=self.architecture,
+            n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(self.ptr)),
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_vocab=self.n_vocab,
+            n_embd=int(llama_cpp.llama_model_n_embd(self.ptr)),
+            n_params=int(llama_cpp.llama_model_n_params(self.ptr)),
+            size_bytes=int(llama_cpp.llama_model_size(self.ptr)),
+            quantization=quant,
+            chat_template=self.chat_template,
+            bos_token=self.token_text(self.bos) if self.bos >= 0 else None,
+            eos_token=self.token_text(self.eos) if self.eos >= 0 else None,
+            eos_token_ids=eog,
+            gpu_layers=self.gpu_layers,
+            backend=self.backend,
+            metadata={k: v for k, v in self.metadata.items() if k != "tokenizer.chat_template"},
+        )
+
+    # --- vocabulary --------------------------------------------------------------------------
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of a token, special tokens rendered (e.g. ``<|im_end|>``)."""
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        """Tokenize text; never returns BOS twice when the text already starts with it."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, cap, add_special, parse_special
+        )
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, cap, add_special, parse_special
+            )
+            if n < 0:
+                raise InvalidRequestError("text could not be tokenized", param="prompt")
+        ids = list(buf[:n])
+        # A chat template that renders BOS itself plus the tokenizer's own BOS gives two
+        # (llama.cpp warns "double BOS"); keep one.
+        if len(ids) >= 2 and ids[0] == self.bos and ids[1] == self.bos and self.bos >= 0:
+            ids = ids[1:]
+        return ids
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes a token renders to (control tokens empty unless ``special``)."""
+        key = token if not special else -token - 2
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        out = buf.raw[: max(n, 0)]
+        self._pieces[key] = out
+        return out
+
+    def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
+        """Token ids back to text (llama_detokenize: leading-space rules of the vocab)."""
+        n_ids = len(ids)
+        arr = (llama_cpp.llama_token * max(n_ids, 1))(*ids)
+        cap = max(64, n_ids * 8)
+        buf = ctypes.create_string_buffer(cap)
+        n = llama_cpp.llama_detokenize(self.vocab, arr, n_ids, buf, cap, False, special)
+        if n < 0:
+            cap = -n
+            buf = ctypes.create_string_buffer(cap)
+            n = llama_cpp.llama_detokenize(self.vocab, arr, n_ids, buf, cap, False, special)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # --- context -----------------------------------------------------------------------------
+
+    def new_context(self, opts: ContextOptions) -> llama_cpp.llama_context_p:
+        """Create the llama_context (n_parallel sequences in one KV cache)."""
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = opts.n_ctx
+        params.n_batch = opts.n_batch
+        params.n_ubatch = opts.n_batch
+        # One extra sequence id for embedding jobs so they never evict a slot's cache.
+        params.n_seq_max = opts.n_parallel + (1 if opts.embedding else 0)
+        threads = opts.n_threads or max(1, os.cpu_count() or 1)
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.flash_attn_type = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[opts.flash_attn]
+        params.kv_unified = opts.kv_unified
+        params.swa_full = opts.swa_full
+        params.no_perf = True
+        if opts.embedding:
+            pooling = self.metadata.get(f"{self.architecture}.pooling_type")
+            params.pooling_type = int(pooling) if pooling else llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        ctx = llama_cpp.llama_init_from_model(self.ptr, params)
+        if not ctx:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context (n_ctx={opts.n_ctx}, "
+                f"n_parallel={opts.n_parallel}) for {self.path}"
+            )
+        return ctx
+
+    def close(self) -> None:
+        """Free the weights (the context must be freed first)."""
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None

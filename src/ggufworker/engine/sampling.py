@@ -1,0 +1,161 @@
+"""Per-request sampler chains built from llama.cpp's samplers, and logprobs.
+
+Every request gets its own ``llama_sampler`` chain (the chain keeps per-request state: RNG,
+penalty history, grammar stack). Greedy decoding also goes through llama.cpp's greedy sampler,
+so grammar and logit bias apply the same way at any temperature.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.types import SamplingParams, TopLogprob
+from ggufworker.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGPROBS = 20
+
+
+def validate(params: SamplingParams, n_vocab: int) -> None:
+    """Reject sampling settings llama.cpp would misbehave on.
+
+    Raises:
+        InvalidRequestError: naming the offending parameter.
+    """
+
+    def bad(param: str, why: str) -> InvalidRequestError:
+        return InvalidRequestError(f"{param}: {why}", param=param)
+
+    if params.max_tokens is not None and params.max_tokens < 1:
+        raise bad("max_tokens", "must be at least 1")
+    if not math.isfinite(params.temperature) or params.temperature < 0:
+        raise bad("temperature", "must be a finite number >= 0")
+    if not 0 < params.top_p <= 1:
+        raise bad("top_p", "must be in (0, 1]")
+    if not 0 <= params.min_p <= 1:
+        raise bad("min_p", "must be in [0, 1]")
+    if params.top_k < 0:
+        raise bad("top_k", "must be >= 0")
+    if params.repeat_penalty <= 0 or not math.isfinite(params.repeat_penalty):
+        raise bad("repeat_penalty", "must be > 0")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not math.isfinite(getattr(params, name)):
+            raise bad(name, "must be finite")
+    if params.logprobs is not None and not 0 <= params.logprobs <= MAX_LOGPROBS:
+        raise bad("logprobs", f"must be between 0 and {MAX_LOGPROBS}")
+    for tok, bias in params.logit_bias.items():
+        if not 0 <= int(tok) < n_vocab:
+            raise bad("logit_bias", f"token id {tok} is outside the vocabulary (0..{n_vocab - 1})")
+        if math.isnan(bias):
+            raise bad("logit_bias", "bias must be a number")
+    if params.grammar is not None and params.json_schema is not None:
+        raise bad("grammar", "give either a grammar or a JSON schema, not both")
+
+
+def grammar_for(params: SamplingParams) -> str | None:
+    """The GBNF grammar a request asks for (JSON schema converted by llama-cpp-python)."""
+    if params.grammar is not None:
+        return params.grammar
+    if params.json_schema is None:
+        return None
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(json.dumps(params.json_schema))
+    except Exception as exc:  # the converter raises plain Exceptions of several kinds
+        raise InvalidRequestError(
+            f"json_schema cannot be converted to a grammar: {exc}", param="response_format"
+        ) from exc
+
+
+def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> int:
+    """Build a llama.cpp sampler chain for one request; the caller frees it.
+
+    Returns:
+        The chain pointer (``llama_sampler *``) as an int.
+
+    Raises:
+        InvalidRequestError: the grammar does not parse.
+    """
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    try:
+        add = llama_cpp.llama_sampler_chain_add
+        if params.logit_bias:
+            n = len(params.logit_bias)
+            arr = (llama_cpp.llama_logit_bias * n)()
+            for i, (tok, bias) in enumerate(params.logit_bias.items()):
+                arr[i].token = int(tok)
+                # -inf bans a token; llama.cpp adds the bias to the logit, so clamp to finite.
+                arr[i].bias = max(float(bias), -1e30)
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, n, arr))
+        if (
+            params.repeat_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        ):
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab,
+                    params.repeat_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        gbnf = grammar_for(params)
+        if gbnf is not None:
+            g = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if not g:
+                raise InvalidRequestError("grammar does not parse (GBNF)", param="grammar")
+            add(chain, g)
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
+            add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    except BaseException:
+        llama_cpp.llama_sampler_free(chain)
+        raise
+    return chain
+
+
+def free_chain(chain: int | None) -> None:
+    """Free a chain made by :func:`build_chain` (None is ignored)."""
+    if chain:
+        llama_cpp.llama_sampler_free(chain)
+
+
+def logprobs_of(
+    logits_ptr: ctypes._Pointer,  # type: ignore[type-arg]
+    n_vocab: int,
+    token: int,
+    top_n: int,
+    piece: Callable[[int], str],
+) -> tuple[float, tuple[TopLogprob, ...]]:
+    """Log-probability of ``token`` and the ``top_n`` most likely tokens under the raw logits."""
+    logits = np.ctypeslib.as_array(logits_ptr, shape=(n_vocab,)).astype(np.float64)
+    m = logits.max()
+    lse = m + math.log(np.exp(logits - m).sum())
+    chosen = float(logits[token] - lse)
+    if top_n <= 0:
+        return chosen, ()
+    idx = np.argpartition(-logits, top_n - 1)[:top_n]
+    idx = idx[np.argsort(-logits[idx], kind="stable")]
+    top = tuple(TopLogprob(int(t), piece(int(t)), float(logits[t] - lse)) for t in idx)
+    return chosen, top

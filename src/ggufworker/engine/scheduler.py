@@ -1,0 +1,390 @@
+"""The scheduler thread: continuous batching over one llama_context.
+
+Each step is one ``llama_decode`` over a mixed batch: one token for every running sequence
+plus prompt chunks of newly admitted requests (chunked prefill), then one sample per sequence
+that produced logits. Requests join and leave between steps. Every slot owns one sequence id of
+the unified KV cache and remembers which tokens its KV holds, so a new request whose prompt
+starts with the same tokens reuses them (prefix reuse, as llama-server's slots do).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.batch import Batch
+from ggufworker.engine.handle import RequestHandle
+from ggufworker.engine.model import Model
+from ggufworker.engine.sampling import free_chain, logprobs_of
+from ggufworker.engine.text import TextStream
+from ggufworker.engine.types import SamplingParams, TokenEvent, Usage
+from ggufworker.errors import EngineClosedError, GenerationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """A request as the scheduler sees it (prompt already tokenized, chain already built)."""
+
+    id: str
+    tokens: list[int]
+    params: SamplingParams
+    chain: int
+    handle: RequestHandle
+    t_submit: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One sequence id of the KV cache and the request (if any) running in it."""
+
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    req: Request | None = None
+    prefill_pos: int = 0  # next prompt index to feed
+    next_token: int = -1  # sampled, not yet decoded (-1: still in prefill)
+    out_idx: int = -1  # batch index of this slot's logits in the current step
+    n_fed: int = 0  # prompt tokens this step's batch holds for this slot
+    n_gen: int = 0
+    n_cached: int = 0
+    stream: TextStream | None = None
+    first_event: bool = True
+    last_used: float = 0.0
+
+
+class Scheduler:
+    """Owns the llama_context; runs in its own thread; talk to it through :meth:`post`."""
+
+    def __init__(
+        self,
+        model: Model,
+        ctx: llama_cpp.llama_context_p,
+        *,
+        n_parallel: int,
+        n_batch: int,
+        on_finish: Callable[[Request, int, int, int], None],
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.mem = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self.n_batch = n_batch
+        self.slots = [Slot(seq=i) for i in range(n_parallel)]
+        self.batch = Batch(n_batch)
+        self.waiting: deque[Request] = deque()
+        self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.eog = frozenset(model.eog_ids())
+        self.n_vocab = model.n_vocab
+        self._on_finish = on_finish  # (request, prompt, generated, cached) for engine stats
+        self._closed = False
+        self.thread = threading.Thread(target=self._run, name="ggufworker-scheduler", daemon=True)
+
+    # --- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def post(self, *msg: object) -> None:
+        """Send a message to the scheduler thread (thread-safe)."""
+        self.inbox.put(msg)
+
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.req is not None)
+
+    def _handle_msg(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "submit":
+            self.waiting.append(msg[1])
+        elif kind == "cancel":
+            self._cancel(msg[1])
+        elif kind == "call":  # run a function on this thread (embeddings), result to a future
+            fn, fut = msg[1], msg[2]
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+        elif kind == "close":
+            self._closed = True
+
+    def _cancel(self, rid: str) -> None:
+        for req in self.waiting:
+            if req.id == rid:
+                self.waiting.remove(req)
+                self._retire(req, 0, 0)
+                req.handle._end()
+                return
+        for slot in self.slots:
+            if slot.req is not None and slot.req.id == rid:
+                logger.debug("request %s cancelled in slot %d", rid, slot.seq)
+                req = slot.req
+                self._release(slot)
+                req.handle._end()
+                return
+
+    # --- main loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closed:
+                idle = not self.waiting and all(s.req is None for s in self.slots)
+                if idle:
+                    self._handle_msg(self.inbox.get())
+                while True:
+                    try:
+                        self._handle_msg(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._closed:
+                    break
+                self._admit()
+                if self._build_batch():
+                    self._step()
+        except BaseException:  # a bug here must not leave callers waiting forever
+            logger.exception("scheduler thread crashed")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        err = EngineClosedError("the engine was shut down")
+        while True:
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if msg[0] == "submit":
+                self.waiting.append(msg[1])
+            elif msg[0] == "call":
+                msg[2].set_exception(err)
+        for req in self.waiting:
+            free_chain(req.chain)
+            req.handle._deliver(err)
+        self.waiting.clear()
+        for slot in self.slots:
+            if slot.req is not None:
+                req = slot.req
+                self._release(slot)
+                req.handle._deliver(err)
+
+    # --- admission and prefix reuse --------------------------------------------------------
+
+    def _used_cells(self) -> int:
+        return sum(len(s.cache) for s in self.slots)
+
+    def _reserved_cells(self) -> int:
+        """Cells that admitted-but-unfinished prompts will still need."""
+        return sum(
+            len(s.req.tokens) - s.prefill_pos for s in self.slots if s.req and s.next_token < 0
+        )
+
+    def _evict_idle(self, need: int, keep: Slot | None = None) -> None:
+        """Drop idle slots' cached prefixes (least recently used first) until ``need`` cells
+        are free."""
+        idle = sorted(
+            (s for s in self.slots if s.req is None and s.cache and s is not keep),
+            key=lambda s: s.last_used,
+        )
+        for s in idle:
+            if self.n_ctx - self._used_cells() - self._reserved_cells() >= need:
+                return
+            llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+            s.cache.clear()
+
+    def clear_idle_caches(self) -> None:
+        """Drop the KV of every idle slot (scheduler thread only)."""
+        for s in self.slots:
+            if s.req is None and s.cache:
+                llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+                s.cache.clear()
+
+    def _admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.req is None]
+            if not free:
+                return
+            req = self.waiting[0]
+            slot = max(free, key=lambda s: (_common_prefix(s.cache, req.tokens), -s.last_used))
+            n_keep = min(_common_prefix(slot.cache, req.tokens), len(req.tokens) - 1)
+            need = len(req.tokens) - n_keep + len(self.slots)
+            free_cells = self.n_ctx - self._used_cells() - self._reserved_cells()
+            if free_cells + len(slot.cache) - n_keep < need:
+                self._evict_idle(need + len(slot.cache) - n_keep, keep=slot)
+                free_cells = self.n_ctx - self._used_cells() - self._reserved_cells()
+                if free_cells + len(slot.cache) - n_keep < need and self.busy_slots():
+                    return  # wait for running requests to finish and free cells
+            self.waiting.popleft()
+            if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, n_keep, -1):
+                # Partial removal can fail (e.g. recurrent state); start this sequence over.
+                llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+                n_keep = 0
+            del slot.cache[n_keep:]
+            slot.req = req
+            slot.prefill_pos = n_keep
+            slot.next_token = -1
+            slot.n_gen = 0
+            slot.n_cached = n_keep
+            slot.stream = TextStream(req.params.stop)
+            slot.first_event = True
+            logger.debug(
+                "request %s -> slot %d (%d prompt tokens, %d cached)",
+                req.id,
+                slot.seq,
+                len(req.tokens),
+                n_keep,
+            )
+
+    # --- one step --------------------------------------------------------------------------
+
+    def _build_batch(self) -> bool:
+        batch = self.batch
+        batch.clear()
+        decoding = [s for s in self.slots if s.req is not None and s.next_token >= 0]
+        free_cells = self.n_ctx - self._used_cells()
+        # Out of KV cells: running sequences have hit the shared context end.
+        while decoding and free_cells < len(decoding):
+            self._evict_idle(len(decoding))
+            free_cells = self.n_ctx - self._used_cells()
+            if free_cells >= len(decoding):
+                break
+            victim = max(decoding, key=lambda s: len(s.cache))
+            decoding.remove(victim)
+            self._finish(victim, "length", "", None)
+        for s in decoding:
+            s.out_idx = batch.add(s.next_token, len(s.cache), s.seq, True)
+        budget = min(self.n_batch - batch.n, free_cells - len(decoding))
+        prefilling = [s for s in self.slots if s.req is not None and s.next_token < 0]
+        prefilling.sort(key=lambda s: s.req.t_submit)  # type: ignore[union-attr]
+        for s in prefilling:
+            s.out_idx = -1
+            s.n_fed = 0
+            if budget <= 0:
+                continue
+            toks = s.req.tokens  # type: ignore[union-attr]
+            end = min(len(toks), s.prefill_pos + budget)
+            chunk = toks[s.prefill_pos : end]
+            idx = batch.add_span(chunk, len(s.cache), s.seq, end == len(toks))
+            if end == len(toks):
+                s.out_idx = idx
+            s.n_fed = len(chunk)
+            budget -= len(chunk)
+        return batch.n > 0
+
+    def _step(self) -> None:
+        batch = self.batch
+        rc = batch.decode(self.ctx)
+        if rc != 0:
+            self._decode_failed(rc)
+            return
+        now = time.perf_counter()
+        for s in self.slots:
+            req = s.req
+            if req is None:
+                continue
+            # Record what this step put in the KV cache for this sequence.
+            if s.next_token >= 0:
+                s.cache.append(s.next_token)
+            else:
+                n_fed = s.n_fed
+                s.cache.extend(req.tokens[s.prefill_pos : s.prefill_pos + n_fed])
+                s.prefill_pos += n_fed
+            if s.out_idx < 0:
+                continue
+            try:
+                self._sample(s, req, now)
+            except Exception as exc:  # one sequence's failure ends only that request
+                logger.exception("request %s failed", req.id)
+                self._release(s)
+                req.handle._deliver(GenerationError(f"generation failed: {exc}"))
+
+    def _decode_failed(self, rc: int) -> None:
+        logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)
+        err = GenerationError(f"llama_decode failed (code {rc})")
+        for s in self.slots:
+            if s.req is not None and (s.out_idx >= 0 or s.next_token < 0):
+                req = s.req
+                self._release(s)
+                llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+                s.cache.clear()
+                req.handle._deliver(err)
+
+    def _sample(self, s: Slot, req: Request, now: float) -> None:
+        params = req.params
+        tok = int(llama_cpp.llama_sampler_sample(req.chain, self.ctx, s.out_idx))
+        s.n_gen += 1
+        lp: float | None = None
+        top: tuple = ()
+        if params.logprobs is not None:
+            ptr = llama_cpp.llama_get_logits_ith(self.ctx, s.out_idx)
+            lp, top = logprobs_of(ptr, self.n_vocab, tok, params.logprobs, self._piece_text)
+        stream = s.stream
+        assert stream is not None
+        if tok in self.eog and not params.ignore_eos:
+            self._finish(s, "stop", stream.flush(), None, now)
+            return
+        text = stream.push(self.model.piece(tok))
+        if stream.stopped:
+            self._finish(s, "stop", text, tok, now, lp, top)
+            return
+        if (params.max_tokens is not None and s.n_gen >= params.max_tokens) or (
+            len(s.cache) + 1 >= self.n_ctx
+        ):
+            self._finish(s, "length", text + stream.flush(), tok, now, lp, top)
+            return
+        s.next_token = tok
+        ttft = None
+        if s.first_event:
+            s.first_event = False
+            ttft = now - req.t_submit
+        req.handle._deliver(TokenEvent(text, tok, lp, top, None, None, ttft))
+
+    def _piece_text(self, tok: int) -> str:
+        return self.model.piece(tok).decode("utf-8", errors="replace")
+
+    def _finish(
+        self,
+        s: Slot,
+        reason: str,
+        text: str,
+        tok: int | None,
+        now: float | None = None,
+        lp: float | None = None,
+        top: tuple = (),
+    ) -> None:
+        req = s.req
+        assert req is not None
+        usage = Usage(len(req.tokens), s.n_gen, s.n_cached)
+        ttft = None
+        if s.first_event:
+            ttft = (now or time.perf_counter()) - req.t_submit
+        self._release(s)
+        req.handle._deliver(TokenEvent(text, tok, lp, top, reason, usage, ttft))  # type: ignore[arg-type]
+
+    def _release(self, s: Slot) -> None:
+        req = s.req
+        if req is None:
+            return
+        self._retire(req, len(req.tokens), s.n_gen, s.n_cached)
+        s.req = None
+        s.next_token = -1
+        s.out_idx = -1
+        s.stream = None
+        s.last_used = time.perf_counter()
+
+    def _retire(self, req: Request, n_prompt: int, n_gen: int, n_cached: int = 0) -> None:
+        free_chain(req.chain)
+        req.chain = 0
+        self._on_finish(req, n_prompt, n_gen, n_cached)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
