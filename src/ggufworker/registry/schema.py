@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from ggufworker.errors import RegistryError
 from ggufworker.paths import DEFAULT_MODEL, ENV_REGISTRY
@@ -126,20 +133,12 @@ class Registry(_Strict):
     path: Path | None = Field(default=None, exclude=True, description="file it was loaded from")
 
     @model_validator(mode="after")
-    def _consistent(self) -> Registry:
-        seen: set[str] = set()
-        for i, model in enumerate(self.models):
-            if model.name in seen:
-                raise ValueError(f"models[{i}]: duplicate model name {model.name!r}")
-            seen.add(model.name)
-            if model.architecture not in self.architectures:
-                known = ", ".join(sorted(self.architectures))
-                raise ValueError(
-                    f"models[{i}] ({model.name}): unknown architecture {model.architecture!r}"
-                    f" (known: {known})"
-                )
-        if self.default_model not in seen:
-            raise ValueError(f"default_model {self.default_model!r} is not a model in the registry")
+    def _consistent(self, info: ValidationInfo) -> Registry:
+        if info.context and info.context.get("defer_cross_checks"):
+            return self  # parse_registry reports these itself, with line numbers
+        problems = cross_reference_errors(self)
+        if problems:
+            raise ValueError("; ".join(f"{_loc_text(loc)}: {msg}" for loc, msg in problems))
         return self
 
     def names(self) -> list[str]:
@@ -179,6 +178,36 @@ class Registry(_Strict):
         return None
 
 
+def cross_reference_errors(registry: Registry) -> list[tuple[tuple[Any, ...], str]]:
+    """Problems between entries (duplicate names, unknown architectures, default model)."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[str] = set()
+    for i, model in enumerate(registry.models):
+        if model.name in seen:
+            problems.append((("models", i, "name"), f"duplicate model name {model.name!r}"))
+        seen.add(model.name)
+        if model.architecture not in registry.architectures:
+            known = ", ".join(sorted(registry.architectures))
+            problems.append(
+                (
+                    ("models", i, "architecture"),
+                    f"unknown architecture {model.architecture!r} (known: {known})",
+                )
+            )
+    if registry.default_model not in seen:
+        problems.append(
+            (("default_model",), f"{registry.default_model!r} is not a model in the registry")
+        )
+    return problems
+
+
+def _loc_text(loc: Iterable[Any]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
 def packaged_registry_path() -> Path:
     """The models.yaml shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "models.yaml"
@@ -211,15 +240,21 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
 
 def _locate(loc: Iterable[Any], lines: dict[tuple[Any, ...], int]) -> tuple[int | None, str]:
     """Best line for a pydantic error location, and the location as text (``a.b[0].c``)."""
+    loc = tuple(loc)
     path: tuple[Any, ...] = ()
-    text = ""
     for part in loc:
-        candidate = path + (part,)
-        if candidate in lines:
-            path = candidate
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
         # parts not in the file (union tags like 'hf', 'function-after[...]') are skipped
-    return lines.get(path), text
+        if path + (part,) in lines:
+            path = path + (part,)
+    named = path
+    if loc and (not path or loc[-1] != path[-1]):
+        named = path + (loc[-1],)  # a missing field: name it, at its entry's line
+    return lines.get(path), _loc_text(named)
+
+
+def _format(source: str, line: int | None, where: str, msg: str) -> str:
+    prefix = f"{source}:{line}" if line else source
+    return f"{prefix}: {where + ': ' if where else ''}{msg}"
 
 
 def parse_registry(text: str, *, source: str = "<string>") -> Registry:
@@ -242,15 +277,19 @@ def parse_registry(text: str, *, source: str = "<string>") -> Registry:
     lines: dict[tuple[Any, ...], int] = {}
     _line_map(node, (), lines)
     try:
-        return Registry.model_validate(data)
+        registry = Registry.model_validate(data, context={"defer_cross_checks": True})
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
             line, where = _locate(err["loc"], lines)
-            prefix = f"{source}:{line}" if line else source
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{prefix}: {where + ': ' if where else ''}{msg}")
+            problems.append(_format(source, line, where, err["msg"].removeprefix("Value error, ")))
         raise RegistryError("; ".join(problems)) from exc
+    cross = cross_reference_errors(registry)
+    if cross:
+        raise RegistryError(
+            "; ".join(_format(source, *_locate(loc, lines), msg) for loc, msg in cross)
+        )
+    return registry
 
 
 def load_registry(path: Path | None = None) -> Registry:
