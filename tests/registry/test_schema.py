@@ -103,7 +103,7 @@ def _broken(tmp_path: Path, edit: tuple[str, str]) -> tuple[Path, str]:
                 "sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                 "sha256: abc",
             ),
-            "sha256: x",
+            "sha256: abc",
             "models[0].sha256",
         ),
         # a source of an unknown type

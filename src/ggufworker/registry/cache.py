@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from ggufworker.errors import ChecksumMismatchError, DiskFullError, ModelNotFoundError
 
@@ -214,7 +214,7 @@ class HashingWriter:
         self._digest.update(data)
         self.size += len(data)
 
-    def copy_from(self, src: BinaryIO, progress: Callable[[int], object] | None = None) -> None:
+    def copy_from(self, src: IO[bytes], progress: Callable[[int], object] | None = None) -> None:
         """Stream ``src`` into the temp file in chunks (never the whole member in memory)."""
         while chunk := src.read(CHUNK_SIZE):
             self.write(chunk)

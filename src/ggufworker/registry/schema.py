@@ -268,8 +268,8 @@ def parse_registry(text: str, *, source: str = "<string>") -> Registry:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise RegistryError(f"{source}{line}: invalid YAML: {exc.problem or exc}") from exc
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise RegistryError(f"{source}{at}: invalid YAML: {exc.problem or exc}") from exc
     except yaml.YAMLError as exc:
         raise RegistryError(f"{source}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict) or node is None:
@@ -282,7 +282,8 @@ def parse_registry(text: str, *, source: str = "<string>") -> Registry:
         problems = []
         for err in exc.errors(include_url=False):
             line, where = _locate(err["loc"], lines)
-            problems.append(_format(source, line, where, err["msg"].removeprefix("Value error, ")))
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(_format(source, line, where, message))
         raise RegistryError("; ".join(problems)) from exc
     cross = cross_reference_errors(registry)
     if cross:
