@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from ggufworker.errors import (
 )
 from ggufworker.registry.cache import (
     HashingWriter,
+    check_local_gguf,
     ensure_free_space,
-    has_gguf_magic,
     models_root,
     remove_cached,
     sha256_file,
@@ -134,7 +135,14 @@ def cached(target: Target, *, rehash: bool = True) -> Path | None:
     return None
 
 
-def _fetch_file(source: FileSource, target: Target, staging: Path, progress: bool) -> Path:
+def _looks_like_path(name_or_ref: str) -> bool:
+    # Registry names have no path separator; anything with one, or a .gguf suffix, is a path.
+    if name_or_ref.startswith(HF_REF_PREFIX):
+        return False
+    return "/" in name_or_ref or os.sep in name_or_ref or name_or_ref.endswith(".gguf")
+
+
+def _fetch_file(source: FileSource, target: Target) -> Path:
     src = Path(source.path).expanduser()
     if not src.is_absolute() and target.base_dir is not None:
         src = target.base_dir / src
@@ -173,7 +181,7 @@ def fetch_source(source: Source, target: Target, home: Path, *, progress: bool) 
         return fetch_url(
             source, target.path, sha256=target.sha256, size=target.size, progress=progress
         )
-    return _fetch_file(source, target, staging, progress)
+    return _fetch_file(source, target)
 
 
 def pull(
@@ -206,15 +214,9 @@ def pull(
     """
     home = Path(home).expanduser() if home is not None else paths.home_dir()
     offline = is_offline(offline)
+    if _looks_like_path(name_or_ref):
+        return check_local_gguf(Path(name_or_ref).expanduser())
     registry = load_registry()
-    if not name_or_ref.startswith(HF_REF_PREFIX) and registry.get(name_or_ref) is None:
-        local = Path(name_or_ref).expanduser()
-        if local.is_file() or name_or_ref.endswith(".gguf") or "/" in name_or_ref:
-            if not local.is_file():
-                raise ModelNotFoundError(f"no such file: {local}")
-            if not has_gguf_magic(local):
-                raise ModelNotFoundError(f"{local} is not a GGUF file (no GGUF magic)")
-            return local
     target = resolve(name_or_ref, registry, home)
     found = cached(target)
     if found is not None:
@@ -224,9 +226,8 @@ def pull(
     if offline:
         sources = tuple(s for s in sources if isinstance(s, FileSource))
         if not sources:
-            raise OfflineError(
-                f"{target.name} is not in the cache ({target.path}) and offline mode is on"
-            )
+            state = "cannot be verified" if target.path.exists() else "is not in the cache"
+            raise OfflineError(f"{target.name} {state} ({target.path}) and offline mode is on")
     failures: list[str] = []
     mismatches = 0
     for source in sources:
