@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is None:
             continue
-        importlib.import_module(name).register(sub)
+        register = getattr(importlib.import_module(name), "register", None)
+        if register is not None:  # a package still without commands contributes none
+            register(sub)
     return parser
 
 
