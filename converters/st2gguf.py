@@ -133,7 +133,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="auto (source precision), " + ", ".join(OUTTYPES[1:]))  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--verify", action="store_true",
-                   help="also compare llama.cpp's tokenization with the HF tokenizer's")  # fmt: skip
+                   help="also compare llama.cpp's tokenization with the HF tokenizer")  # fmt: skip
     p.add_argument("--pre-tokenizer", metavar="NAME",
                    help="llama.cpp pre-tokenizer name to use when the hash is unknown")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

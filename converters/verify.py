@@ -141,7 +141,7 @@ def check_tokenization(path: Path, src: Path, texts: Sequence[str] = SAMPLE_TEXT
         logger.warning("no tokenizer.json in %s: tokenization not verified", src)
         return 0
     got = llama_token_ids(path, texts)
-    bad = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    bad = [(t, w, g) for t, w, g in zip(texts, want, got, strict=True) if w != g]
     if bad:
         text, w, g = bad[0]
         raise VerificationError(

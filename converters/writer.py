@@ -63,7 +63,7 @@ def write_gguf(
         fout = w.fout[0]
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress)
         with bar:
-            for plan, nbytes in zip(plans, sizes):
+            for plan, nbytes in zip(plans, sizes, strict=True):
                 w.write_padding(fout, fout.tell())
                 written = _write_tensor(fout, plan, expected[plan.name][1], bar)
                 if written != nbytes:

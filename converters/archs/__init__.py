@@ -7,10 +7,21 @@ spellings of the same architecture onto a registered name.
 from __future__ import annotations
 
 from converters.archs.base import ArchConverter
+from converters.archs.gemma import Gemma2Converter, Gemma3Converter, GemmaConverter
 from converters.archs.llama import LlamaConverter
+from converters.archs.phi3 import Phi3Converter
+from converters.archs.qwen import Qwen2Converter, Qwen3Converter
 from ggufworker.errors import UnsupportedArchitectureError
 
-_FAMILIES: tuple[type[ArchConverter], ...] = (LlamaConverter,)
+_FAMILIES: tuple[type[ArchConverter], ...] = (
+    LlamaConverter,
+    Qwen2Converter,
+    Qwen3Converter,
+    GemmaConverter,
+    Gemma2Converter,
+    Gemma3Converter,
+    Phi3Converter,
+)
 
 CONVERTERS: dict[str, type[ArchConverter]] = {
     name: cls for cls in _FAMILIES for name in cls.hf_architectures

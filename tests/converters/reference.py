@@ -16,6 +16,7 @@ def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
     llm = llama_cpp.Llama(
         str(gguf_path), n_ctx=max(32, len(ids)), n_batch=max(32, len(ids)),
         n_ubatch=max(32, len(ids)), logits_all=True, n_threads=2, verbose=False,
+        type_k=0, type_v=0,  # f32 KV cache: the default f16 cache rounds activations
     )  # fmt: skip
     try:
         llm.eval(ids)

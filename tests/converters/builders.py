@@ -1,0 +1,126 @@
+"""Build reference checkpoints: tiny seeded random models and real-weight exports.
+
+transformers + torch are test-only dependencies: they build the checkpoints the converter
+reads and compute the logits its output is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = Path(os.environ.get("GGUFWORKER_MODELS_DIR", "/work/models"))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+TINY = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+    bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
+}  # fmt: skip
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+
+
+def _config(arch: str, vocab_size: int):
+    import transformers as tf
+
+    base = dict(TINY, vocab_size=vocab_size)
+    gemma = dict(base, head_dim=16, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh")
+    if arch == "llama":
+        # tied embeddings + Llama 3 RoPE scaling, like Llama 3.2 1B
+        return tf.LlamaConfig(**base, tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE)
+    if arch == "mistral":
+        return tf.MistralConfig(**base, tie_word_embeddings=False, sliding_window=None)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**base, tie_word_embeddings=False)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**base, head_dim=16, tie_word_embeddings=True)
+    if arch == "gemma":
+        return tf.GemmaConfig(**gemma)
+    if arch == "gemma2":
+        return tf.Gemma2Config(**gemma, sliding_window=128)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(
+            **gemma, sliding_window=128, layer_types=["sliding_attention", "full_attention"],
+            architectures=["Gemma3ForCausalLM"],
+        )  # fmt: skip
+    if arch == "phi3":
+        return tf.Phi3Config(**base, tie_word_embeddings=False)
+    raise ValueError(arch)
+
+
+def build_tiny(arch: str, out: Path, tokenizer_dir: Path, *, dtype: str = "float32") -> Path:
+    """Save a seeded random ``arch`` model (every weight, norms included, randomised)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    vocab_size = json.loads((tokenizer_dir / "vocab_size.json").read_text())["vocab_size"]
+    torch.manual_seed(1234)
+    model = AutoModelForCausalLM.from_config(_config(arch, vocab_size), dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            # 1-D params are norms/biases: perturb around their init (1 or 0) so that norm
+            # offsets and bias handling are exercised; matrices get a wider spread than the
+            # default init so logits are far from uniform.
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.2)
+            else:
+                param.normal_(0.0, 0.08)
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+def train_tiny_tokenizer(out: Path, vocab_size: int = 384) -> Path:
+    """A byte-level BPE tokenizer.json trained on this repo's docs (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    texts = [p.read_text(encoding="utf-8") for p in sorted((REPO / "converters").glob("*.py"))]
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(out / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    (out / "vocab_size.json").write_text(json.dumps({"vocab_size": tok.get_vocab_size()}))
+    return out
+
+
+def export_gguf_to_safetensors(gguf_path: Path, out: Path) -> Path:
+    """Load a real GGUF with transformers (dequantized to f32) and save it as SafeTensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "done").is_file():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "done").write_text("ok")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
