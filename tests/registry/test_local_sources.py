@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,3 +128,28 @@ def test_disk_full_mid_write_removes_temp(
     with pytest.raises(DiskFullError, match="disk full"):
         pull("local", home=home, progress=False)
     assert [p for p in home.rglob("*") if p.is_file()] == []
+
+
+def test_stale_work_files_are_swept(
+    tmp_path: Path, write_registry: Callable[..., Path], home: Path
+) -> None:
+    data = gguf_bytes(30_000, seed=37)
+    src = tmp_path / "w.gguf"
+    src.write_bytes(data)
+    write_registry([_model([{"type": "file", "path": str(src)}], sha256_hex(data))])
+    # leftovers of a download killed hours ago, and one from a download running now
+    old_dir = home / "staging" / "hf-dead"
+    old_dir.mkdir(parents=True)
+    (old_dir / "x.incomplete").write_bytes(b"partial")
+    old_tmp = home / "models" / "local" / ".local.gguf.deadbeef.tmp"
+    old_tmp.parent.mkdir(parents=True)
+    old_tmp.write_bytes(b"partial")
+    live = home / "staging" / "pip-live"
+    live.mkdir()
+    for p in (old_dir, old_tmp):
+        os.utime(p, (0, 0))
+
+    pull("local", home=home, progress=False)
+
+    assert not old_dir.exists() and not old_tmp.exists()
+    assert live.exists()

@@ -253,6 +253,30 @@ class HashingWriter:
             remove_quietly(self.tmp)
 
 
+STALE_AFTER_S = 6 * 3600
+
+
+def sweep_stale(home: Path, target: Path, max_age_s: float = STALE_AFTER_S) -> None:
+    """Remove work files of downloads that died with their process (kill -9, power loss).
+
+    Live downloads touch their files continuously, so only entries untouched for
+    ``max_age_s`` go: staging folders and ``.<name>.<id>.tmp`` files beside ``target``.
+    """
+    cutoff = time.time() - max_age_s
+    candidates: list[Path] = []
+    if staging_root(home).is_dir():
+        candidates += list(staging_root(home).iterdir())
+    if target.parent.is_dir():
+        candidates += list(target.parent.glob(f".{target.name}.*.tmp"))
+    for path in candidates:
+        try:
+            if path.stat().st_mtime < cutoff:
+                logger.info("removing stale download work file %s", path)
+                remove_quietly(path)
+        except OSError:
+            continue
+
+
 def place_verified(src: Path, target: Path, sha256: str, source: str = "") -> Path:
     """Move an already verified file ``src`` (same file system) to ``target`` and mark it."""
     target.parent.mkdir(parents=True, exist_ok=True)

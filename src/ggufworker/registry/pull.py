@@ -22,6 +22,7 @@ from ggufworker.registry.cache import (
     remove_cached,
     sha256_file,
     staging_root,
+    sweep_stale,
     trusted_marker,
     write_marker,
 )
@@ -228,6 +229,7 @@ def pull(
         if not sources:
             state = "cannot be verified" if target.path.exists() else "is not in the cache"
             raise OfflineError(f"{target.name} {state} ({target.path}) and offline mode is on")
+    sweep_stale(home, target.path)
     failures: list[str] = []
     mismatches = 0
     for source in sources:
