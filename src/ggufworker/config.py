@@ -87,9 +87,9 @@ class ServerSettings(BaseSettings):
         description="sequence slots per model (requests decoded together)",
     )
     ctx_size: int = Field(
-        4096,
+        8192,
         ge=64,
-        description="context window per slot, in tokens",
+        description="KV cache size in tokens per model, shared by its slots",
         json_schema_extra=_cli(short="-c"),
     )
     threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice)")

@@ -40,7 +40,7 @@ Resolver = Callable[[str, ServerSettings], Path]
 def served_name(source: str) -> str:
     """Clients' name for a model: the registry name, or the file stem of a path."""
     if source.endswith(".gguf") or "/" in source or Path(source).is_file():
-        return Path(source).stem
+        return Path(source.rstrip("/")).stem
     return source
 
 
@@ -49,8 +49,6 @@ def resolve_source(source: str, settings: ServerSettings) -> Path:
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    if source.endswith(".gguf") or "/" in source:
-        raise ModelNotFoundError(f"model file {source} does not exist")
     from ggufworker.registry import pull
 
     return pull(source, home=settings.home, offline=settings.offline or None, progress=False)
