@@ -84,7 +84,7 @@ class ServerProcess:
 class CallbackListener:
     """A local HTTP endpoint that records the JSON bodies POSTed to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.bodies: list[dict[str, Any]] = []
         received = self.bodies
 
@@ -98,7 +98,7 @@ class CallbackListener:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ready"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -136,6 +136,8 @@ def main_server(
             "--model",
             str(gemma3_path),
             "--pin",
+            "smollm2-135m-instruct",
+            "--embedding-model",
             "smollm2-135m-instruct",
             "--parallel",
             "8",

@@ -1,0 +1,174 @@
+"""Operations end to end: /metrics, /execute worker events, readiness callback, tokenize,
+embeddings, health."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+
+import httpx
+import openai
+
+from tests.server.conftest import CallbackListener, ServerProcess
+
+SMOL = "smollm2-135m-instruct"
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics_count_what_happened(main_server: ServerProcess) -> None:
+    url = f"{main_server.url}/metrics"
+    before = httpx.get(url).text
+    ok = 'endpoint="/v1/completions",status="200"'
+    bad = 'endpoint="/v1/completions",status="404"'
+    model = f'model="{SMOL}"'
+    client = openai.OpenAI(base_url=f"{main_server.url}/v1", api_key="x", max_retries=0)
+    usages = [
+        client.completions.create(model=SMOL, prompt=p, max_tokens=5, temperature=0).usage
+        for p in ("One", "Two", "Three")
+    ]
+    try:
+        client.completions.create(model="nope", prompt="x")
+    except openai.NotFoundError:
+        pass
+    after = httpx.get(url).text
+    assert httpx.get(url).headers["content-type"].startswith("text/plain")
+
+    def delta(name: str, labels: str) -> float:
+        return _metric(after, name, labels) - _metric(before, name, labels)
+
+    assert delta("ggufworker_requests_total", ok) == 3
+    assert delta("ggufworker_requests_total", bad) == 1
+    assert delta("ggufworker_generation_tokens_total", model) == sum(
+        u.completion_tokens for u in usages
+    )
+    assert delta("ggufworker_prompt_tokens_total", model) == sum(u.prompt_tokens for u in usages)
+    assert delta("ggufworker_time_to_first_token_seconds_count", model) == 3
+    assert delta("ggufworker_inter_token_latency_seconds_count", model) == 3 * 4
+    assert _metric(after, "ggufworker_slots", model) == 8
+    assert _metric(after, "ggufworker_busy_slots", model) == 0
+    assert _metric(after, "ggufworker_queue_depth", model) == 0
+    assert _metric(after, "ggufworker_models_loaded") >= 1
+
+
+def _sse(response: httpx.Response) -> list[dict]:
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_execute_streams_worker_events(main_server: ServerProcess) -> None:
+    prompt = "The three primary colors are"
+    job = {"job_id": "job-42", "prompt": prompt, "max_tokens": 12, "temperature": 0, "seed": 1}
+    with httpx.stream("POST", f"{main_server.url}/execute", json=job, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _sse(r)
+    assert events[0]["type"] == "started" and events[0]["job_id"] == "job-42"
+    tokens = [e for e in events if e["type"] == "token"]
+    end = events[-1]
+    assert end["type"] == "end" and end["stop_reason"] == "length"
+    assert end["tokens_out"] == 12 == len(tokens)
+    assert [t["i"] for t in tokens] == list(range(12))
+    assert end["decode_time_ms"] > 0
+    reference = httpx.post(
+        f"{main_server.url}/v1/completions",
+        json={"model": SMOL, "prompt": prompt, "max_tokens": 12, "temperature": 0},
+        timeout=60,
+    ).json()
+    assert "".join(t["t"] for t in tokens) == reference["choices"][0]["text"]
+
+
+def test_execute_rejects_bad_jobs(main_server: ServerProcess) -> None:
+    r = httpx.post(f"{main_server.url}/execute", json={"prompt": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "job_id"
+
+
+def test_readiness_callback_reaches_listener(
+    main_server: ServerProcess, callback_listener: CallbackListener
+) -> None:
+    deadline = time.monotonic() + 20
+    while not any(b.get("model") == SMOL for b in callback_listener.bodies):
+        assert time.monotonic() < deadline, f"no callback: {callback_listener.bodies}"
+        time.sleep(0.05)
+    body = next(b for b in callback_listener.bodies if b["model"] == SMOL)
+    assert body == {
+        "worker_id": "worker-under-test",
+        "url": main_server.url,
+        "model": SMOL,
+        "backend": body["backend"],
+        "slots": 8,
+    }
+    assert isinstance(body["backend"], str) and body["backend"]
+
+
+def test_readiness_callback_retries_until_listener_is_up(
+    smollm2_path, model_cache, tmp_path_factory
+) -> None:
+    """The callback URL is dead when the server becomes ready; a later listener still gets it."""
+    from tests.server.conftest import COMMON, free_port
+
+    port = free_port()
+    logs = tmp_path_factory.mktemp("retry-server")
+    server = ServerProcess(
+        [
+            *COMMON,
+            "--parallel", "2",
+            "--offline",
+            "--home", str(model_cache),
+            "--worker-id", "late",
+            "--callback-url", f"http://127.0.0.1:{port}/ready",
+        ],
+        logs / "server.log",
+        home=logs / "home",
+    )  # fmt: skip
+    listener = None
+    try:
+        server.wait_ready()
+        assert httpx.get(f"{server.url}/health").status_code == 200  # serving despite the dead URL
+        time.sleep(0.7)  # let at least one try fail
+        listener = CallbackListener(port=port)
+        deadline = time.monotonic() + 20
+        while not listener.bodies:
+            assert time.monotonic() < deadline, "callback never retried"
+            time.sleep(0.05)
+        assert listener.bodies[0]["worker_id"] == "late"
+        assert "failed" in server.log()
+    finally:
+        server.stop()
+        if listener is not None:
+            listener.close()
+
+
+def test_tokenize_detokenize_round_trip(main_server: ServerProcess) -> None:
+    text = "Hello, world! Ünïcödé 🙂"
+    ids = httpx.post(f"{main_server.url}/tokenize", json={"content": text}).json()["tokens"]
+    assert ids and all(isinstance(i, int) for i in ids)
+    back = httpx.post(f"{main_server.url}/detokenize", json={"tokens": ids}).json()["content"]
+    assert back == text
+    pieces = httpx.post(
+        f"{main_server.url}/tokenize", json={"content": text, "with_pieces": True}
+    ).json()["tokens"]
+    assert [p["id"] for p in pieces] == ids
+
+
+def test_embeddings(main_server: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{main_server.url}/v1", api_key="x", max_retries=0)
+    r = client.embeddings.create(model=SMOL, input=["a cat sat", "a cat sat", "stock markets"])
+    vecs = [d.embedding for d in r.data]
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == SMOL
+    assert all(abs(math.fsum(x * x for x in v) - 1) < 1e-3 for v in vecs)
+    assert vecs[0] == vecs[1] and vecs[0] != vecs[2]
+    assert r.usage.prompt_tokens > 0
+
+
+def test_health_and_models_report_state(main_server: ServerProcess) -> None:
+    r = httpx.get(f"{main_server.url}/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    cards = httpx.get(f"{main_server.url}/v1/models").json()["data"]
+    smol = next(c for c in cards if c["id"] == SMOL and not c["embedding"])
+    assert smol["loaded"] and smol["pinned"] and smol["meta"]["architecture"] == "llama"
