@@ -140,6 +140,14 @@ def _bpe_from_json(
     if pre is None:
         digest = pre_tokenizer_hash(path)
         pre = PRE_TOKENIZER_HASHES.get(digest)
+        plain = _plain_gpt2_pre_tokenizer(tok)
+        if plain is not None and pre != plain:
+            # The check text cannot tell every pair apart: e.g. a lone GPT-2 regex and
+            # "digits split first" (smollm) give the same ids when the vocabulary has no
+            # multi-digit tokens, yet differ on other numerals ("½"). A pre-tokenizer that is
+            # exactly the GPT-2 byte-level regex is unambiguous, so it wins over the hash.
+            logger.info("pre-tokenizer is plain byte-level GPT-2 (hash says %s)", pre)
+            pre = plain
         if pre is None:
             raise UnknownPreTokenizerError(
                 f"unknown BPE pre-tokenizer (check-text hash {digest}); if you know which "
@@ -164,6 +172,13 @@ def _bpe_from_json(
             vocab.tokens.append(text)
             vocab.types.append(_TT.NORMAL)
     return vocab
+
+
+def _plain_gpt2_pre_tokenizer(tok: dict[str, Any]) -> str | None:
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not tok.get("normalizer"):
+        return "gpt-2"
+    return None
 
 
 def _apply_added(vocab: Vocab, added: dict[int, tuple[str, bool]]) -> None:
