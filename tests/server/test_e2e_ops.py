@@ -170,5 +170,6 @@ def test_health_and_models_report_state(main_server: ServerProcess) -> None:
     r = httpx.get(f"{main_server.url}/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     cards = httpx.get(f"{main_server.url}/v1/models").json()["data"]
-    smol = next(c for c in cards if c["id"] == SMOL and not c["embedding"])
+    smol = next(c for c in cards if c["id"] == SMOL)
+    assert smol["capabilities"] == ["completion", "embedding"]
     assert smol["loaded"] and smol["pinned"] and smol["meta"]["architecture"] == "llama"

@@ -304,9 +304,9 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "ggufworker"
     # --- extensions ---
+    capabilities: list[str] = Field(default_factory=list)  # "completion" and/or "embedding"
     loaded: bool = False
     pinned: bool = False
-    embedding: bool = False
     meta: dict[str, Any] | None = None
 
 

@@ -18,13 +18,17 @@ from ggufworker.server.protocol import (
 
 
 def list_models(manager: ModelManager) -> ModelList:
-    """Every served model, loaded or not."""
-    cards = []
+    """Every served model, loaded or not; one card per name (a name may serve both chat and
+    embeddings, from two loaded engines)."""
+    cards: dict[str, ModelCard] = {}
     for model in manager.all_models():
-        meta = None
+        card = cards.setdefault(model.spec.name, ModelCard(id=model.spec.name))
+        card.capabilities.append("embedding" if model.spec.embedding else "completion")
+        card.pinned = card.pinned or model.spec.pinned
         if model.state == "ready" and model.engine is not None:
+            card.loaded = True
             info = model.engine.info
-            meta = {
+            card.meta = card.meta or {
                 "architecture": info.architecture,
                 "n_ctx": info.n_ctx,
                 "n_ctx_train": info.n_ctx_train,
@@ -33,16 +37,7 @@ def list_models(manager: ModelManager) -> ModelList:
                 "quantization": info.quantization,
                 "backend": info.backend,
             }
-        cards.append(
-            ModelCard(
-                id=model.spec.name,
-                loaded=model.state == "ready",
-                pinned=model.spec.pinned,
-                embedding=model.spec.embedding,
-                meta=meta,
-            )
-        )
-    return ModelList(data=cards)
+    return ModelList(data=list(cards.values()))
 
 
 async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str, Any]:
