@@ -25,6 +25,7 @@ SAMPLE_TEXTS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog.",
     "I've been 'told he's there, 'RE you sure? We'Ve a'lL",
     "3 33 333 3333 33333 3.14159 1,000,000 2024-01-01",
+    "numerals: ½ ¾ x² y³ ① Ⅻ ٣٤٥ ४२",
     "naïve café résumé Straße Ελληνικά русский язык",
     "我想在apple工作1314151天～ 日本語のテキスト 한국어 텍스트",
     "emoji: 🚀🦙😶\u200d🌫️ ✅ 👍🏽",

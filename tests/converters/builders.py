@@ -30,10 +30,10 @@ LLAMA3_ROPE = {
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
 
 
-def _config(arch: str, vocab_size: int):
+def _config(arch: str, vocab_size: int, overrides: dict | None = None):
     import transformers as tf
 
-    base = dict(TINY, vocab_size=vocab_size)
+    base = dict(TINY, vocab_size=vocab_size, **(overrides or {}))
     gemma = dict(base, head_dim=16, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh")
     if arch == "llama":
         # tied embeddings + Llama 3 RoPE scaling, like Llama 3.2 1B
@@ -58,14 +58,24 @@ def _config(arch: str, vocab_size: int):
     raise ValueError(arch)
 
 
-def build_tiny(arch: str, out: Path, tokenizer_dir: Path, *, dtype: str = "float32") -> Path:
+def build_tiny(
+    arch: str,
+    out: Path,
+    tokenizer_dir: Path,
+    *,
+    dtype: str = "float32",
+    overrides: dict | None = None,
+    max_shard_size: str | None = None,
+) -> Path:
     """Save a seeded random ``arch`` model (every weight, norms included, randomised)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     vocab_size = json.loads((tokenizer_dir / "vocab_size.json").read_text())["vocab_size"]
     torch.manual_seed(1234)
-    model = AutoModelForCausalLM.from_config(_config(arch, vocab_size), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        _config(arch, vocab_size, overrides), dtype=torch.float32
+    )
     with torch.no_grad():
         for param in model.parameters():
             # 1-D params are norms/biases: perturb around their init (1 or 0) so that norm
@@ -76,7 +86,8 @@ def build_tiny(arch: str, out: Path, tokenizer_dir: Path, *, dtype: str = "float
             else:
                 param.normal_(0.0, 0.08)
     model = model.to(getattr(torch, dtype))
-    model.save_pretrained(out, safe_serialization=True)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, safe_serialization=True, **kwargs)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, out / name)
     return out
