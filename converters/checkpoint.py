@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,27 @@ class TensorRef:
         np_dtype = _DTYPES[self.dtype][0]
         if self.nbytes == 0:
             return np.empty(self.shape, dtype=np_dtype)
-        return np.memmap(self.path, dtype=np_dtype, mode="r", offset=self.offset, shape=self.shape)
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        count = self.nbytes // np_dtype.itemsize
+        arr = np.frombuffer(mm, dtype=np_dtype, count=count, offset=self.offset)
+        return arr.reshape(self.shape)
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop the already-read pages of a tensor mapped by :meth:`TensorRef.load` from memory.
+
+    Mapped file pages count towards the process's resident memory until unmapped; dropping
+    them after each written chunk keeps peak memory near one chunk even for huge embeddings
+    (the data stays in the OS page cache, so nothing is read twice).
+    """
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:

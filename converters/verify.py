@@ -8,6 +8,8 @@ compares its token ids with the Hugging Face tokenizer's on a varied text set.
 from __future__ import annotations
 
 import logging
+import mmap
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +39,73 @@ SAMPLE_TEXTS: tuple[str, ...] = (
 )
 
 
+_SCALAR_SIZES = {
+    gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.BOOL: 1,
+    gguf.GGUFValueType.UINT16: 2, gguf.GGUFValueType.INT16: 2,
+    gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4, gguf.GGUFValueType.FLOAT32: 4,
+    gguf.GGUFValueType.UINT64: 8, gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8,
+}  # fmt: skip
+
+
+def read_tensor_infos(
+    path: Path,
+) -> list[tuple[str, tuple[tuple[int, ...], gguf.GGMLQuantizationType]]]:
+    """Tensor names, numpy-order shapes and types of a GGUF file, in file order.
+
+    Reads only the header: key/values are skipped, not decoded (gguf-py's reader decodes every
+    vocabulary string, which takes half a minute on a 256k-token vocabulary).
+    """
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        magic, version, n_tensors, n_kv = struct.unpack_from("<IIQQ", data, 0)
+        if magic != gguf.GGUF_MAGIC or version < 2:
+            raise ValueError("bad GGUF magic or version")
+        pos = 24
+
+        def u32() -> int:
+            nonlocal pos
+            pos += 4
+            return struct.unpack_from("<I", data, pos - 4)[0]
+
+        def u64() -> int:
+            nonlocal pos
+            pos += 8
+            return struct.unpack_from("<Q", data, pos - 8)[0]
+
+        def skip_value(vtype: int) -> None:
+            nonlocal pos
+            if vtype == gguf.GGUFValueType.STRING:
+                n = u64()  # read before adding: ``pos += u64()`` would lose u64's advance
+                pos += n
+            elif vtype == gguf.GGUFValueType.ARRAY:
+                item, count = u32(), u64()
+                if item in _SCALAR_SIZES:
+                    size = _SCALAR_SIZES[gguf.GGUFValueType(item)]
+                    pos += count * size
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            else:
+                pos += _SCALAR_SIZES[gguf.GGUFValueType(vtype)]
+
+        for _ in range(n_kv):
+            skip_value(gguf.GGUFValueType.STRING)  # key
+            skip_value(u32())
+        infos = []
+        for _ in range(n_tensors):
+            n = u64()
+            name = bytes(data[pos : pos + n]).decode("utf-8")
+            pos += n
+            dims = [u64() for _ in range(u32())]
+            ttype = gguf.GGMLQuantizationType(u32())
+            u64()  # offset
+            infos.append((name, (tuple(reversed(dims)), ttype)))
+        return infos
+    finally:
+        data.close()
+
+
 def check_structure(
     path: Path,
     expected: dict[str, tuple[tuple[int, ...], gguf.GGMLQuantizationType]] | None,
@@ -54,21 +123,17 @@ def check_structure(
         VerificationError: the file cannot be read or differs from the plan.
     """
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # gguf-py raises ValueError/struct errors on corrupt files
+        infos = read_tensor_infos(path)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise VerificationError(f"{path}: cannot be read back as GGUF: {exc}") from exc
-    found = {
-        t.name: (tuple(int(d) for d in reversed(t.shape)), t.tensor_type) for t in reader.tensors
-    }
+    found = dict(infos)
     want_names = set(expected) if expected is not None else set(expected_names or ())
     if set(found) != want_names:
         missing = sorted(want_names - set(found))[:5]
         extra = sorted(set(found) - want_names)[:5]
         raise VerificationError(f"{path}: tensor set differs (missing {missing}, extra {extra})")
-    if len(reader.tensors) != len(want_names):
-        raise VerificationError(
-            f"{path}: {len(reader.tensors)} tensors, expected {len(want_names)}"
-        )
+    if len(infos) != len(want_names):
+        raise VerificationError(f"{path}: {len(infos)} tensors, expected {len(want_names)}")
     for name, (shape, ttype) in (expected or {}).items():
         got_shape, got_type = found[name]
         # ggml drops trailing unit dimensions of the shape it stores

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters.archs.base import ArchConverter, TensorPlan
+from converters.checkpoint import release_pages
 from converters.quantize import NUMPY_TYPES, encode, stored_nbytes, tensor_type
 from converters.tokenizer import Vocab, write_vocab
 
@@ -88,5 +89,6 @@ def _write_tensor(fout, plan: TensorPlan, ttype: gguf.GGMLQuantizationType, bar:
         fout.write(np.ascontiguousarray(chunk).data)
         written += chunk.nbytes
         bar.update(chunk.nbytes)
+        release_pages(data)
     del rows, data
     return written

@@ -37,8 +37,9 @@ class GemmaConverter(ArchConverter):
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         super().add_metadata(w)
-        w.add_key_length(self.head_dim)
-        w.add_value_length(self.head_dim)
+        if not self.cfg.get("head_dim"):  # else the base class wrote them
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
         self._check_attention_scale()
 
     def _check_attention_scale(self) -> None:
