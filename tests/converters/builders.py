@@ -33,7 +33,7 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi
 def _config(arch: str, vocab_size: int, overrides: dict | None = None):
     import transformers as tf
 
-    base = dict(TINY, vocab_size=vocab_size, **(overrides or {}))
+    base = {**TINY, "vocab_size": vocab_size, **(overrides or {})}
     gemma = dict(base, head_dim=16, query_pre_attn_scalar=16, hidden_activation="gelu_pytorch_tanh")
     if arch == "llama":
         # tied embeddings + Llama 3 RoPE scaling, like Llama 3.2 1B

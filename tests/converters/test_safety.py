@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -17,7 +18,12 @@ from converters import writer
 from converters.st2gguf import convert
 from converters.tokenizer import UnknownPreTokenizerError
 from converters.verify import check_structure
-from ggufworker.errors import ConversionError, UnsupportedArchitectureError, VerificationError
+from ggufworker.errors import (
+    ConversionError,
+    DiskFullError,
+    UnsupportedArchitectureError,
+    VerificationError,
+)
 
 from . import builders
 from .reference import hf_logits, llama_logits, rel_err
@@ -191,3 +197,13 @@ def test_k_quant_output_loads_and_generates(tiny_tokenizer, tmp_path):
     finally:
         llm.close()
     assert result["usage"]["completion_tokens"] > 0
+
+
+def test_disk_full_is_a_clear_error(tiny_checkpoint, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "_write_tensor", no_space)
+    with pytest.raises(DiskFullError, match="disk full"):
+        convert(tiny_checkpoint("qwen3"), tmp_path / "q.gguf", outtype="f16")
+    assert _dir_listing(tmp_path) == []
