@@ -48,10 +48,12 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # --- network ---------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", description="address to bind (127.0.0.1 unless told otherwise)")
-    port: int = Field(8080, ge=0, le=65535, description="port to bind")
+    host: str = Field(
+        default="127.0.0.1", description="address to bind (127.0.0.1 unless told otherwise)"
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="port to bind")
     public_url: str | None = Field(
-        None, description="URL clients reach this server at (default http://HOST:PORT)"
+        default=None, description="URL clients reach this server at (default http://HOST:PORT)"
     )
 
     # --- models ----------------------------------------------------------------------------
@@ -72,12 +74,14 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_cli("--pin", "NAME"),
     )
     keep_alive: float = Field(
-        300.0,
+        default=300.0,
         description="seconds an idle model stays loaded; negative keeps models forever",
     )
-    preload: bool = Field(True, description="load the first model at start (else on first use)")
-    offline: bool = Field(False, description="never download; use only cached models")
-    home: Path | None = Field(None, description="cache root (default $GGUFWORKER_HOME)")
+    preload: bool = Field(
+        default=True, description="load the first model at start (else on first use)"
+    )
+    offline: bool = Field(default=False, description="never download; use only cached models")
+    home: Path | None = Field(default=None, description="cache root (default $GGUFWORKER_HOME)")
 
     # --- engine ----------------------------------------------------------------------------
     parallel: int = Field(
@@ -87,16 +91,20 @@ class ServerSettings(BaseSettings):
         description="sequence slots per model (requests decoded together)",
     )
     ctx_size: int = Field(
-        8192,
+        default=8192,
         ge=64,
         description="KV cache size in tokens per model, shared by its slots",
         json_schema_extra=_cli(short="-c"),
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: llama.cpp's choice)")
-    batch_size: int = Field(512, ge=1, description="tokens per llama_decode step")
-    gpu_layers: int | None = Field(None, description="layers to offload to the GPU (-1: all)")
-    flash_attn: bool | None = Field(None, description="flash attention (default: auto)")
-    max_queue: int = Field(64, ge=0, description="requests waiting for a slot before 429")
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads (default: llama.cpp's choice)"
+    )
+    batch_size: int = Field(default=512, ge=1, description="tokens per llama_decode step")
+    gpu_layers: int | None = Field(
+        default=None, description="layers to offload to the GPU (-1: all)"
+    )
+    flash_attn: bool | None = Field(default=None, description="flash attention (default: auto)")
+    max_queue: int = Field(default=64, ge=0, description="requests waiting for a slot before 429")
 
     # --- security and limits ---------------------------------------------------------------
     api_keys: StrList = Field(
@@ -105,7 +113,7 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_cli("--api-key", "KEY"),
     )
     max_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="largest accepted request body, in bytes"
+        default=8 * 1024 * 1024, ge=1024, description="largest accepted request body, in bytes"
     )
     cors_origins: StrList = Field(
         default_factory=list,
@@ -114,11 +122,16 @@ class ServerSettings(BaseSettings):
     )
 
     # --- worker API ------------------------------------------------------------------------
-    worker_id: str | None = Field(None, description="worker id sent in the readiness callback")
-    callback_url: str | None = Field(
-        None, description="URL to POST {worker_id, url, model, backend, slots} to once ready"
+    worker_id: str | None = Field(
+        default=None, description="worker id sent in the readiness callback"
     )
-    callback_attempts: int = Field(8, ge=1, description="readiness callback tries before giving up")
+    callback_url: str | None = Field(
+        default=None,
+        description="URL to POST {worker_id, url, model, backend, slots} to once ready",
+    )
+    callback_attempts: int = Field(
+        default=8, ge=1, description="readiness callback tries before giving up"
+    )
 
     @field_validator("models", "embedding_models", "pin", "api_keys", "cors_origins", mode="before")
     @classmethod
@@ -209,11 +222,18 @@ def resolve_settings(
 # --- CLI flags derived from the fields ---------------------------------------------------------
 
 
+def _cli_meta(info: Any) -> dict[str, Any]:
+    """The ``cli`` entry of a field's ``json_schema_extra`` (flag name, metavar, short flag)."""
+    extra = info.json_schema_extra
+    meta = extra.get("cli") if isinstance(extra, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
 def _flag_aliases() -> dict[str, str]:
     """Singular flag names (``model``) to field names (``models``)."""
     out = {}
     for name, info in ServerSettings.model_fields.items():
-        cli = (info.json_schema_extra or {}).get("cli", {})  # type: ignore[union-attr]
+        cli = _cli_meta(info)
         if cli.get("flag"):
             out[cli["flag"].lstrip("-").replace("-", "_")] = name
     return out
@@ -237,7 +257,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help=f"TOML/YAML/JSON settings file (env {ENV_CONFIG})"
     )
     for name, info in ServerSettings.model_fields.items():
-        cli = (info.json_schema_extra or {}).get("cli", {})  # type: ignore[union-attr]
+        cli = _cli_meta(info)
         flag = cli.get("flag") or "--" + name.replace("_", "-")
         flags = [flag] + ([cli["short"]] if cli.get("short") else [])
         env = ENV_PREFIX + name.upper()

@@ -70,25 +70,31 @@ class ResponseFormat(OpenAIBaseModel):
 class SamplingFields(OpenAIBaseModel):
     """Sampling fields shared by chat and completions, in OpenAI's order."""
 
-    model: str | None = Field(None, description="served model name (default: the first one)")
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(None, description="token id -> bias (-100..100)")
-    n: int = Field(1, ge=1, le=MAX_N, description="choices to generate")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = Field(None, description="sampling seed, for reproducible output")
-    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP} stop strings")
+    model: str | None = Field(
+        default=None, description="served model name (default: the first one)"
+    )
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="token id -> bias (-100..100)"
+    )
+    n: int = Field(default=1, ge=1, le=MAX_N, description="choices to generate")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = Field(default=None, description="sampling seed, for reproducible output")
+    stop: str | list[str] | None = Field(default=None, description=f"up to {MAX_STOP} stop strings")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     user: str | None = None
 
     # --- extensions (llama.cpp samplers) -------------------------------------------------------
-    top_k: int | None = Field(None, ge=0, description="top-k sampling (0: off)")
-    min_p: float | None = Field(None, ge=0.0, le=1.0, description="min-p sampling")
-    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0, description="repetition penalty")
-    grammar: str | None = Field(None, description="GBNF grammar constraining the output")
-    ignore_eos: bool = Field(False, description="keep generating past end-of-sequence")
+    top_k: int | None = Field(default=None, ge=0, description="top-k sampling (0: off)")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="min-p sampling")
+    repeat_penalty: float | None = Field(
+        default=None, ge=0.0, le=10.0, description="repetition penalty"
+    )
+    grammar: str | None = Field(default=None, description="GBNF grammar constraining the output")
+    ignore_eos: bool = Field(default=False, description="keep generating past end-of-sequence")
 
     @field_validator("stop")
     @classmethod
@@ -170,14 +176,14 @@ class ChatMessage(OpenAIBaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     logprobs: bool = False
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(
         None, ge=1, description="deprecated alias of max_completion_tokens"
     )
     response_format: ResponseFormat | None = None
     tool_choice: str | dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.to_template() for m in self.messages]
@@ -206,8 +212,8 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
-    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: int | None = Field(default=16, ge=1)
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -242,7 +248,7 @@ class EmbeddingRequest(OpenAIBaseModel):
     input: str | list[str] = Field(...)
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
     def texts(self) -> list[str]:
@@ -255,9 +261,11 @@ class EmbeddingRequest(OpenAIBaseModel):
 class TokenizeRequest(OpenAIBaseModel):
     content: str = Field(..., description="text to tokenize")
     model: str | None = None
-    add_special: bool = Field(False, description="add BOS/EOS as the model wants")
-    parse_special: bool = Field(True, description="parse special-token text as special tokens")
-    with_pieces: bool = Field(False, description="return each token's text too")
+    add_special: bool = Field(default=False, description="add BOS/EOS as the model wants")
+    parse_special: bool = Field(
+        default=True, description="parse special-token text as special tokens"
+    )
+    with_pieces: bool = Field(default=False, description="return each token's text too")
 
 
 class DetokenizeRequest(OpenAIBaseModel):
@@ -270,9 +278,9 @@ class ExecuteRequest(OpenAIBaseModel):
 
     job_id: str = Field(..., min_length=1)
     prompt: str
-    max_tokens: int | None = Field(256, ge=1)
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=256, ge=1)
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     model: str | None = None

@@ -1,0 +1,362 @@
+"""HTTP-level benchmark: our server against the engine alone and llama-cpp-python's server.
+
+In one run, on one model, one after the other (never two at once, so they don't share the
+CPU): the engine in-process, `ggufworker serve` as a subprocess, and
+`python -m llama_cpp.server --interrupt_requests False` as a subprocess. For each it measures
+
+- single-stream decode tok/s: (tokens - 1) / (last token time - first token time);
+- aggregate tok/s with N streaming clients at once: all tokens / wall time;
+- median time to first token (TTFT) of those clients;
+- streams completed (every token arrived, the stream ended properly).
+
+Every request is greedy with end-of-sequence tokens banned through ``logit_bias``, so every
+stream generates exactly ``max_tokens`` tokens on every target. Results are medians of
+``--runs`` repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ggufworker.paths import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = (
+    "Write a long story about a lighthouse keeper who",
+    "Explain in detail how a steam engine works, starting with",
+    "The history of the printing press began when",
+    "Describe a walk through a busy market in the morning:",
+    "List the steps to bake bread at home, and explain why",
+    "A letter to a friend about a trip to the mountains:",
+    "The most important ideas in physics are",
+    "Once upon a time, in a kingdom by the sea,",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``ggufworker bench --http``."""
+    g = parser.add_argument_group("HTTP benchmark")
+    g.add_argument("--model", default=DEFAULT_MODEL, help="registry name or GGUF path")
+    g.add_argument("--clients", type=int, default=8, help="concurrent streaming clients")
+    g.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request")
+    g.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument("--ctx-size", type=int, default=4096, help="context per target")
+    g.add_argument("--parallel", type=int, default=None, help="our slots (default: --clients)")
+    g.add_argument(
+        "--targets",
+        default="engine,ggufworker,llama-cpp-python",
+        help="comma-separated subset of engine, ggufworker, llama-cpp-python",
+    )
+    g.add_argument("--home", type=Path, default=None, help="model cache root")
+    g.add_argument("--startup-timeout", type=float, default=180.0, help="seconds per server")
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """Timing of one generation: when it was sent and when each token arrived."""
+
+    sent: float
+    token_times: list[float]
+    completed: bool
+
+    @property
+    def ttft(self) -> float | None:
+        return self.token_times[0] - self.sent if self.token_times else None
+
+    @property
+    def decode_tps(self) -> float | None:
+        t = self.token_times
+        if len(t) < 2 or t[-1] <= t[0]:
+            return None
+        return (len(t) - 1) / (t[-1] - t[0])
+
+
+def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], want: int) -> dict:
+    """Medians over runs of the single-stream and N-client measurements."""
+    decode = [s.decode_tps for s in single if s.decode_tps]
+    aggregate, ttfts, completed = [], [], []
+    for wall, streams in batches:
+        tokens = sum(len(s.token_times) for s in streams)
+        aggregate.append(tokens / wall if wall > 0 else 0.0)
+        ttfts.append(statistics.median([s.ttft for s in streams if s.ttft is not None] or [0.0]))
+        completed.append(sum(1 for s in streams if s.completed and len(s.token_times) == want))
+    med = statistics.median
+    return {
+        "single_decode_tps": round(med(decode), 2) if decode else None,
+        "single_decode_tps_runs": [round(x, 2) for x in decode],
+        "aggregate_tps": round(med(aggregate), 2) if aggregate else None,
+        "aggregate_tps_runs": [round(x, 2) for x in aggregate],
+        "median_ttft_s": round(med(ttfts), 3) if ttfts else None,
+        "streams_completed": min(completed) if completed else 0,
+        "streams_per_run": len(batches[0][1]) if batches else 0,
+    }
+
+
+def _bench_engine(path: Path, args: argparse.Namespace, clients: int) -> tuple[dict, list[int]]:
+    """The engine in this process: the ceiling the server is compared with."""
+    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+
+    engine = Engine.load(
+        path,
+        n_ctx=max(args.ctx_size, clients * (args.max_tokens + 64)),
+        n_parallel=args.parallel or clients,
+        n_threads=args.threads,
+    )
+    eos = list(engine.info.eos_token_ids)
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=0.0,
+        repeat_penalty=1.0,
+        logit_bias={t: -100.0 for t in eos},
+    )
+
+    async def one(prompt: str) -> Stream:
+        sent = time.perf_counter()
+        times: list[float] = []
+        completed = False
+        async for ev in engine.submit(GenerationRequest(prompt, params)):
+            if ev.token_id is not None:
+                times.append(time.perf_counter())
+            completed = ev.finish_reason is not None
+        return Stream(sent, times, completed)
+
+    async def many(n: int) -> tuple[float, list[Stream]]:
+        start = time.perf_counter()
+        streams = await asyncio.gather(*[one(PROMPTS[i % len(PROMPTS)]) for i in range(n)])
+        return time.perf_counter() - start, list(streams)
+
+    try:
+        asyncio.run(many(1))  # warm-up
+        single = [asyncio.run(many(1))[1][0] for _ in range(args.runs)]
+        batches = [asyncio.run(many(clients)) for _ in range(args.runs)]
+    finally:
+        engine.close()
+    return _summary(single, batches, args.max_tokens), eos
+
+
+async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
+    sent = time.perf_counter()
+    times: list[float] = []
+    finished = done = False
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data.strip() == "[DONE]":
+                done = True
+                continue
+            chunk = json.loads(data)
+            for choice in chunk.get("choices") or ():
+                if choice.get("text"):
+                    times.append(time.perf_counter())
+                if choice.get("finish_reason"):
+                    finished = True
+    return Stream(sent, times, finished and done)
+
+
+def _bench_http(base: str, args: argparse.Namespace, clients: int, eos: list[int]) -> dict:
+    url = f"{base}/v1/completions"
+
+    def body(i: int, max_tokens: int) -> dict:
+        return {
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "repeat_penalty": 1.0,
+            "logit_bias": {str(t): -100 for t in eos},
+            "stream": True,
+        }
+
+    async def many(n: int, max_tokens: int) -> tuple[float, list[Stream]]:
+        limits = httpx.Limits(max_connections=n + 2)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            start = time.perf_counter()
+            streams = await asyncio.gather(
+                *[_http_stream(client, url, body(i, max_tokens)) for i in range(n)]
+            )
+            return time.perf_counter() - start, list(streams)
+
+    asyncio.run(many(1, 8))  # warm-up
+    single = [asyncio.run(many(1, args.max_tokens))[1][0] for _ in range(args.runs)]
+    batches = [asyncio.run(many(clients, args.max_tokens)) for _ in range(args.runs)]
+    return _summary(single, batches, args.max_tokens)
+
+
+# --- server processes --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], port: int, timeout: float, ready_path: str) -> Iterator[str]:
+    """Run a server subprocess until the block ends; yield its base URL once it answers."""
+    import ggufworker
+
+    env = dict(os.environ)
+    src = str(Path(ggufworker.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    log = tempfile.NamedTemporaryFile(prefix="ggufworker-bench-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[2]} exited early; log: {log.name}")
+            try:
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[2]} not ready after {timeout}s; log: {log.name}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _threads(args: argparse.Namespace) -> int:
+    return args.threads or os.cpu_count() or 1
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark and return its results (numbers, settings, ratios).
+
+    Raises:
+        ModelNotFoundError / DownloadError: the model cannot be resolved.
+    """
+    from ggufworker.config import ServerSettings
+    from ggufworker.server.models import resolve_source
+
+    path = resolve_source(args.model, ServerSettings(home=args.home))
+    clients = args.clients
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    out: dict[str, Any] = {
+        "model": args.model,
+        "path": str(path),
+        "clients": clients,
+        "max_tokens": args.max_tokens,
+        "runs": args.runs,
+        "threads": _threads(args),
+        "cpu_count": os.cpu_count(),
+    }
+    # EOS ids come from the engine; it is loaded even when not benchmarked, to ban EOS.
+    logger.info("bench: engine alone")
+    engine_result, eos = _bench_engine(path, args, clients)
+    if "engine" in targets:
+        out["engine"] = engine_result
+    if "ggufworker" in targets:
+        port = _free_port()
+        cmd = [
+            sys.executable, "-m", "ggufworker.server",
+            "--model", str(path),
+            "--port", str(port),
+            "--parallel", str(args.parallel or clients),
+            "--ctx-size", str(max(args.ctx_size, clients * (args.max_tokens + 64))),
+            "--threads", str(_threads(args)),
+            "--max-queue", str(4 * clients),
+            "--keep-alive", "-1",
+            "--log-level", "warning",
+        ]  # fmt: skip
+        logger.info("bench: ggufworker serve")
+        with _server(cmd, port, args.startup_timeout, "/health") as base:
+            out["ggufworker"] = _bench_http(base, args, clients, eos)
+    if "llama-cpp-python" in targets:
+        port = _free_port()
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(path),
+            "--port", str(port),
+            "--interrupt_requests", "False",
+            "--n_ctx", str(args.ctx_size),
+            "--n_threads", str(_threads(args)),
+            "--n_threads_batch", str(_threads(args)),
+        ]  # fmt: skip
+        logger.info("bench: llama-cpp-python server")
+        with _server(cmd, port, args.startup_timeout, "/v1/models") as base:
+            out["llama_cpp_python"] = _bench_http(base, args, clients, eos)
+    ours = out.get("ggufworker")
+    if ours and "engine" in out and out["engine"]["single_decode_tps"]:
+        out["single_decode_ratio_vs_engine"] = round(
+            ours["single_decode_tps"] / out["engine"]["single_decode_tps"], 3
+        )
+    peer = out.get("llama_cpp_python")
+    if ours and peer and peer["aggregate_tps"]:
+        out["aggregate_ratio_vs_llama_cpp_python"] = round(
+            ours["aggregate_tps"] / peer["aggregate_tps"], 2
+        )
+    return out
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A small table of :func:`run`'s result."""
+    rows = [
+        f"model {result['model']}  clients {result['clients']}  max_tokens {result['max_tokens']}"
+        f"  runs {result['runs']}  threads {result['threads']}",
+        f"{'target':<18}{'1-stream tok/s':>15}{'N-client tok/s':>16}{'TTFT s':>9}{'complete':>10}",
+    ]
+    for key in ("engine", "ggufworker", "llama_cpp_python"):
+        r = result.get(key)
+        if r:
+            rows.append(
+                f"{key:<18}{r['single_decode_tps'] or 0:>15.1f}{r['aggregate_tps'] or 0:>16.1f}"
+                f"{r['median_ttft_s'] or 0:>9.2f}{r['streams_completed']:>7}/{r['streams_per_run']}"
+            )
+    for key in ("single_decode_ratio_vs_engine", "aggregate_ratio_vs_llama_cpp_python"):
+        if key in result:
+            rows.append(f"{key}: {result[key]}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ggufworker.bench.http``: run and print the table and JSON."""
+    parser = argparse.ArgumentParser(prog="python -m ggufworker.bench.http")
+    add_arguments(parser)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    result = run(args)
+    print(format_report(result))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
