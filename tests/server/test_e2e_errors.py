@@ -143,3 +143,18 @@ def test_queue_full_is_429_then_disconnect_frees_the_slot(tight_server: ServerPr
         time.sleep(0.05)
     r2 = client.chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
     assert r2.usage.completion_tokens == 2
+
+
+def test_non_streamed_client_disconnect_frees_the_slot(tight_server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {KEYS[0]}"}
+    body = {"model": SMOL, "messages": MSG, "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{tight_server.url}/v1/chat/completions", json=body, headers=headers, timeout=1.5
+        )
+    deadline = time.monotonic() + 10
+    while _busy_slots(tight_server) != 0:
+        assert time.monotonic() < deadline, "slot still busy after the client went away"
+        time.sleep(0.05)
+    r = _oa(tight_server, KEYS[0]).chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
+    assert r.usage.completion_tokens == 2
