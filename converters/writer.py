@@ -45,6 +45,7 @@ def write_gguf(
     w = gguf.GGUFWriter(path, conv.arch_name)
     expected: dict[str, tuple[tuple[int, ...], gguf.GGMLQuantizationType]] = {}
     try:
+        w.add_type(gguf.GGUFType.MODEL)
         w.add_name(name)
         w.add_file_type(int(ftype))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

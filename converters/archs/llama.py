@@ -26,26 +26,25 @@ def rope_pair_permute(data: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def llama3_rope_factors(rope: dict, head_dim: int) -> list[float]:
-    """Per-frequency divisors llama.cpp applies for Llama 3's ``rope_type: llama3`` scaling."""
-    base = float(rope.get("rope_theta", 10000.0))
-    factor = float(rope.get("factor", 8.0))
-    low = float(rope.get("low_freq_factor", 1.0))
-    high = float(rope.get("high_freq_factor", 4.0))
-    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    factors = []
-    for i in range(0, head_dim, 2):
-        freq = 1.0 / base ** (i / head_dim)
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_wavelen:
-            factors.append(1.0)
-        elif wavelen > low_wavelen:
-            factors.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            factors.append(1.0 / ((1 - smooth) / factor + smooth))
-    return factors
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Per-frequency divisors llama.cpp applies for Llama 3's ``rope_type: llama3`` scaling.
+
+    Computed in float32, as transformers computes its scaled frequencies.
+    """
+    f32 = np.float32
+    base = f32(rope.get("rope_theta", 10000.0))
+    factor = f32(rope.get("factor", 8.0))
+    low = f32(rope.get("low_freq_factor", 1.0))
+    high = f32(rope.get("high_freq_factor", 4.0))
+    old_ctx = f32(rope.get("original_max_position_embeddings", 8192))
+    freqs = f32(1.0) / base ** (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim))
+    wavelen = f32(2 * math.pi) / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = f32(1.0) / ((f32(1.0) - smooth) / factor + smooth)
+    out = np.where(
+        wavelen < old_ctx / high, f32(1.0), np.where(wavelen > old_ctx / low, factor, mid)
+    )
+    return out.astype(f32)
 
 
 class LlamaConverter(ArchConverter):
@@ -65,4 +64,4 @@ class LlamaConverter(ArchConverter):
         rope = rope_parameters(self.cfg)
         if str(rope.get("rope_type", "")).lower() == "llama3":
             name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-            yield f32_plan(name, llama3_rope_factors(rope, self.head_dim))
+            yield f32_plan(name, llama3_rope_factors(rope, self.head_dim).tolist())
