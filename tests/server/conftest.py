@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SERVE = [sys.executable, "-m", "ggufworker.server"]
+SERVE = [sys.executable, "-m", "ggufworker", "serve"]
 KEYS = ("test-key-1", "test-key-2")
 
 

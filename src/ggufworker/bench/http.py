@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "ggufworker" in targets:
         port = _free_port()
         cmd = [
-            sys.executable, "-m", "ggufworker.server",
+            sys.executable, "-m", "ggufworker", "serve",
             "--model", str(path),
             "--port", str(port),
             "--parallel", str(args.parallel or clients),
