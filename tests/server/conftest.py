@@ -36,14 +36,17 @@ def free_port() -> int:
 class ServerProcess:
     """A `ggufworker serve` subprocess; stopped (SIGTERM, then SIGKILL) by :meth:`stop`."""
 
-    def __init__(self, args: list[str], log_path: Path, *, home: Path) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, *, home: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
+        env_extra, env = env, dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")]
         )
         env["GGUFWORKER_HOME"] = str(home)
+        env.update(env_extra or {})
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

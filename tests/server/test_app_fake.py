@@ -296,3 +296,46 @@ def test_execute_worker_events(client: TestClient) -> None:
     assert "".join(e["t"] for e in tokens) == "fedc"
     assert events[-1]["type"] == "end" and events[-1]["tokens_out"] == 4
     assert events[-1]["stop_reason"] == "length"
+
+
+def test_unexpected_error_is_500_without_traceback(factory: FakeFactory) -> None:
+    import asyncio
+
+    import httpx
+
+    def boom(req: Any) -> Any:
+        raise RuntimeError("secret internals /path/to/file.py line 3")
+
+    app = create_app(resolve_settings({}), engine_factory=factory, resolver=fake_resolver)
+
+    async def scenario() -> tuple[httpx.Response, int]:
+        async with app.router.lifespan_context(app):
+            await app.state.manager.startup_done.wait()
+            factory.engines[0].submit = boom
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                r = await c.post("/v1/chat/completions", json=CHAT)
+                health = await c.get("/health")
+        return r, health.status_code
+
+    r, health = asyncio.run(scenario())
+    err = _assert_envelope(r, 500, "internal_error")
+    assert err["message"] == "internal server error" and "secret" not in r.text
+    assert health == 200  # still serving
+
+
+def test_cors_off_unless_configured() -> None:
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+    }
+    with make_client() as c:
+        r = c.options("/v1/chat/completions", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    with make_client(cors_origins=["https://app.example"]) as c:
+        r = c.options("/v1/chat/completions", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        r = c.options(
+            "/v1/chat/completions", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert r.headers.get("access-control-allow-origin") != "https://evil.example"

@@ -173,3 +173,53 @@ def test_health_and_models_report_state(main_server: ServerProcess) -> None:
     smol = next(c for c in cards if c["id"] == SMOL)
     assert smol["capabilities"] == ["completion", "embedding"]
     assert smol["loaded"] and smol["pinned"] and smol["meta"]["architecture"] == "llama"
+
+
+def test_idle_unload_reload_and_settings_from_file_and_env(
+    smollm2_path, gemma3_path, model_cache, tmp_path_factory
+) -> None:
+    """Two models, one pinned; the other unloads when idle and loads again on use. Settings
+    come from a config file and an env var (the env var wins over the file)."""
+    from tests.server.conftest import COMMON
+
+    logs = tmp_path_factory.mktemp("idle-server")
+    config = logs / "server.yaml"
+    config.write_text(
+        f"model: [{SMOL}, {gemma3_path}]\npin: [{SMOL}]\nkeep_alive: 1.0\n"
+        "parallel: 2\napi_keys: [from-file]\n"
+    )
+    gemma = gemma3_path.stem
+    server = ServerProcess(
+        [*[a for a in COMMON if a not in ("--keep-alive", "-1")], "--offline",
+         "--home", str(model_cache), "--config", str(config)],
+        logs / "server.log",
+        home=logs / "home",
+        env={"GGUFWORKER_API_KEYS": "from-env"},
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        headers = {"Authorization": "Bearer from-env"}
+        assert (
+            httpx.get(
+                f"{server.url}/v1/models", headers={"Authorization": "Bearer from-file"}
+            ).status_code
+            == 401
+        )
+
+        def loaded() -> dict[str, bool]:
+            cards = httpx.get(f"{server.url}/v1/models", headers=headers).json()["data"]
+            return {c["id"]: c["loaded"] for c in cards}
+
+        assert loaded() == {SMOL: True, gemma: False}  # the second model loads on first use
+        body = {"model": gemma, "prompt": "Hello", "max_tokens": 3, "temperature": 0}
+        first = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60)
+        assert first.status_code == 200 and loaded()[gemma]
+        deadline = time.monotonic() + 15
+        while loaded()[gemma]:
+            assert time.monotonic() < deadline, "idle model never unloaded"
+            time.sleep(0.1)
+        assert loaded()[SMOL]  # pinned: stays
+        again = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60)
+        assert again.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
+    finally:
+        server.stop()
