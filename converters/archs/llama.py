@@ -7,6 +7,7 @@ the first and second halves) to make both compute the same attention.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from converters.archs.base import ArchConverter, TensorPlan, f32_plan, rope_parameters
 from converters.checkpoint import TensorRef
+
+logger = logging.getLogger(__name__)
 
 
 def rope_pair_permute(data: np.ndarray, n_head: int) -> np.ndarray:
@@ -59,6 +62,16 @@ class LlamaConverter(ArchConverter):
             yield self.passthrough(hf_name, ref, lambda d: rope_pair_permute(d, self.n_head_kv))
         else:
             yield self.passthrough(hf_name, ref)
+
+    def add_metadata(self, w: gguf.GGUFWriter) -> None:
+        super().add_metadata(w)
+        window = self.cfg.get("sliding_window")
+        if window and int(window) < int(self.cfg.get("max_position_embeddings") or 0):
+            # llama.cpp's llama graph has no sliding window: identical up to `window` tokens.
+            logger.warning(
+                "sliding_window=%s is not applied by llama.cpp's llama architecture; "
+                "outputs match only for contexts up to %s tokens", window, window,
+            )  # fmt: skip
 
     def extra_tensors(self) -> Iterable[TensorPlan]:
         rope = rope_parameters(self.cfg)
