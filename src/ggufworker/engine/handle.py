@@ -48,8 +48,9 @@ class RequestHandle:
     """A submitted request: iterate it (``for`` or ``async for``) to get :class:`TokenEvent`s.
 
     The last event has ``finish_reason`` and ``usage``. A failure inside the sequence is raised
-    from iteration as :class:`~ggufworker.errors.GenerationError`. Leaving the iteration early
-    cancels the request.
+    from iteration as :class:`~ggufworker.errors.GenerationError`. Closing an ``async for``
+    early (client gone) cancels the request; a blocking iterator does not (call :meth:`cancel`),
+    so ``next(iter(handle))`` can peek without side effects. A cancelled stream just ends.
     """
 
     def __init__(self, request_id: str, prompt_tokens: int, cancel: Callable[[str], None]) -> None:
@@ -110,15 +111,11 @@ class RequestHandle:
         return item
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        try:
-            while not self._consumed:
-                event = self._check(self._buffer.get())
-                if event is None:
-                    return
-                yield event
-        finally:
-            if not self._consumed:
-                self.cancel()
+        while not self._consumed:
+            event = self._check(self._buffer.get())
+            if event is None:
+                return
+            yield event
 
     async def _aiter(self) -> AsyncIterator[TokenEvent]:
         aq: asyncio.Queue[object] = asyncio.Queue()

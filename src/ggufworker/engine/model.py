@@ -45,6 +45,7 @@ class Model:
         *,
         n_gpu_layers: int | None = None,
         use_mmap: bool = True,
+        repack: bool = True,
     ) -> None:
         ensure_backend()
         self.path = Path(path)
@@ -56,6 +57,8 @@ class Model:
             n_gpu_layers = -1 if gpu else 0
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else 0
+        # "Extra buffer types" repack weights for faster CPU matmuls (see docs/ENGINE.md).
+        params.use_extra_bufts = repack
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (see log for the reason)")
