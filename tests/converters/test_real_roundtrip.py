@@ -48,6 +48,19 @@ def _real_text() -> str:
     return "\n\n".join(m.__doc__ or "" for m in mods)
 
 
+def _gguf_chat_template(path: Path) -> str | None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    try:
+        raw = llama_cpp.llama_model_chat_template(model, None)
+        return raw.decode("utf-8") if raw else None
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 def _export(name: str, gguf_file: str, cache: Path, request: pytest.FixtureRequest) -> Path:
     path = builders.MODELS / gguf_file
     if not path.is_file():
@@ -76,6 +89,10 @@ def _check_round_trip(src: Path, tmp_path: Path, n_positions: int) -> None:
     got = llama_token_ids(out, TEXTS)
     for text, w, g in zip(TEXTS, want, got, strict=True):
         assert g == w, f"tokenization differs for {text!r}"
+
+    template = src / "chat_template.jinja"
+    if template.is_file():
+        assert _gguf_chat_template(out) == template.read_text(encoding="utf-8")
 
     ids = hf_tok(_real_text()).input_ids[:n_positions]
     assert len(ids) == n_positions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -207,3 +208,18 @@ def test_disk_full_is_a_clear_error(tiny_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match="disk full"):
         convert(tiny_checkpoint("qwen3"), tmp_path / "q.gguf", outtype="f16")
     assert _dir_listing(tmp_path) == []
+
+
+def test_ggufworker_convert_subcommand(tiny_checkpoint, tmp_path):
+    """``ggufworker convert`` runs the same conversion (and refuses to overwrite)."""
+    out = tmp_path / "m.gguf"
+    cmd = [sys.executable, "-m", "ggufworker", "convert", str(tiny_checkpoint("phi3")),
+           "--outfile", str(out), "--outtype", "q8_0", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    types = {t.tensor_type for t in gguf.GGUFReader(out).tensors}
+    assert gguf.GGMLQuantizationType.Q8_0 in types
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert again.returncode == 1 and "--force" in again.stderr
