@@ -25,8 +25,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-LLAMA_1B = {
+LLAMA_1B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
     "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
@@ -47,7 +48,8 @@ def make_checkpoint(out: Path, tokenizer_from: Path, *, seed: int = 0) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**{k: v for k, v in LLAMA_1B.items() if k != "model_type"})
+    kwargs: dict[str, Any] = {k: v for k, v in LLAMA_1B.items() if k != "model_type"}
+    cfg = LlamaConfig(**kwargs)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     for name in TOKENIZER_FILES:
@@ -108,7 +110,7 @@ def run_bench(
             print(f"run {i + 1} {name:9s} wall {wall:7.1f} s  peak RSS {rss / 1024:8.0f} MiB",
                   flush=True)  # fmt: skip
     same, common, differ = compare_outputs(ours_out, ref_out)
-    summary = {
+    summary: dict[str, Any] = {
         name: {
             "wall_s_median": statistics.median(w for w, _ in rows),
             "peak_rss_mib_median": statistics.median(r for _, r in rows) / 1024,

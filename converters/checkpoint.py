@@ -73,7 +73,7 @@ def release_pages(arr: np.ndarray) -> None:
     them after each written chunk keeps peak memory near one chunk even for huge embeddings
     (the data stays in the OS page cache, so nothing is read twice).
     """
-    base = arr
+    base: object = arr
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):

@@ -34,7 +34,7 @@ NUMPY_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
 
 #: outtype name -> llama.cpp file type, for types made by llama_model_quantize.
 LLAMA_TYPES: dict[str, gguf.LlamaFileType] = {
-    name: FT[f"MOSTLY_{name.upper()}"]
+    name: FT.__members__["MOSTLY_" + name.upper()]
     for name in (
         "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
         "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",

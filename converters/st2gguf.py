@@ -80,10 +80,18 @@ def convert(
     src_path = Path(src)
     ckpt = Checkpoint(src_path)
     conv = get_converter(ckpt.architecture)(ckpt)
+    quant = ckpt.config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else quant
+        raise ConversionError(
+            f"checkpoint is pre-quantized ({method}); convert the original float weights"
+        )
     out = resolve_outtype(outtype, ckpt.source_float_type())
     target = Path(dst) if dst is not None else default_outfile(src_path, out)
     if target.is_dir():
         target = target / default_outfile(src_path, out).name
+    if not target.parent.is_dir():
+        raise ConversionError(f"output folder {target.parent} does not exist")
     if target.exists() and not force:
         raise ConversionError(f"{target} exists; pass --force (force=True) to replace it")
 

@@ -259,10 +259,12 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
     """Decode one protobuf message level into (field number, wire type, value) triples."""
-    out, pos = [], 0
+    out: list[tuple[int, int, Any]] = []
+    pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         num, wire = key >> 3, key & 7
+        val: int | bytes
         if wire == 0:
             val, pos = _varint(buf, pos)
         elif wire == 1:
