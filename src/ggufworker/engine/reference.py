@@ -64,6 +64,13 @@ def raw_greedy(
         run = RawRun(tokens=[[] for _ in prompts], n_prompt=sum(len(p) for p in prompts))
         groups = [list(range(n))] if together else [[i] for i in range(n)]
         n_vocab = model.n_vocab
+        # Warm up (first decodes allocate buffers and spin up threads), outside the timing.
+        for warm in ([0], [0] * min(n, 4)):
+            batch.clear()
+            for s, t in enumerate(warm):
+                batch.add(t, 0, s, True)
+            _decode(batch, ctx)
+            llama_cpp.llama_memory_clear(mem, True)
         for group in groups:
             t0 = time.perf_counter()
             last: dict[int, int] = {}
@@ -121,8 +128,11 @@ def llama_greedy(
     *,
     n_ctx: int = 2048,
     n_threads: int | None = None,
+    ban: Sequence[int] = (),
 ) -> tuple[float, float, int]:
     """Greedy completion through plain ``llama_cpp.Llama`` (streamed, as a server would).
+
+    ``ban`` lists token ids to forbid (end-of-generation tokens, so it makes all ``n_tokens``).
 
     Returns:
         (seconds to first token, seconds for the remaining tokens, tokens generated)
@@ -139,7 +149,11 @@ def llama_greedy(
         first = None
         n = 0
         for _ in llm.create_completion(
-            prompt, max_tokens=n_tokens, temperature=0.0, stream=True, logit_bias=None
+            prompt,
+            max_tokens=n_tokens,
+            temperature=0.0,
+            stream=True,
+            logit_bias={int(t): -1e9 for t in ban} or None,
         ):
             n += 1
             if first is None:

@@ -1,0 +1,198 @@
+"""Engine-level benchmark: the engine against what llama.cpp does with no scheduler around it.
+
+In one process, one after the other (never two at once, so they don't share the CPU):
+
+- the raw reference loop (one ``llama_decode`` per step, greedy argmax in numpy), one sequence
+  and ``max(streams)`` sequences in one batch;
+- plain ``llama_cpp.Llama`` streaming one completion;
+- the engine with 1, 2, 4, 8... concurrent streams (asyncio consumers, as the server has).
+
+Every generation is greedy for exactly ``tokens`` tokens (end-of-generation ignored), so all
+targets do the same work. Each figure is the median over ``runs`` repetitions, and the engine's
+prefix cache is cleared before each measurement so no run is served from an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+from ggufworker.engine.model import ContextOptions, Model
+from ggufworker.engine.reference import llama_greedy, raw_greedy
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = (
+    "Write a long story about a lighthouse keeper who",
+    "Explain in detail how a steam engine works, starting with",
+    "The history of the printing press began when",
+    "Describe a walk through a busy market in the morning:",
+    "List the steps to bake bread at home, and explain why",
+    "A letter to a friend about a trip to the mountains:",
+    "The most important ideas in physics are",
+    "Once upon a time, in a kingdom by the sea,",
+)
+# A ~500-token prompt for prompt-processing throughput.
+LONG_PROMPT = " ".join(
+    f"Item {i}: a line of plain text for the prompt benchmark." for i in range(40)
+)
+
+
+def _prompts(n: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" ({i})") for i in range(n)]
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+async def _streams(engine: Engine, prompts: list[str], tokens: int) -> dict[str, float]:
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+
+    async def one(prompt: str) -> tuple[float, float, float, int]:
+        handle = engine.submit(GenerationRequest(prompt, params))
+        first = last = 0.0
+        ttft = 0.0
+        n = 0
+        async for ev in handle:
+            now = time.perf_counter()
+            if ev.token_id is not None:
+                n += 1
+                if n == 1:
+                    first = now
+                last = now
+            if ev.time_to_first_token is not None:
+                ttft = ev.time_to_first_token
+        return ttft, first, last, n
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - t0
+    n_total = sum(r[3] for r in results)
+    per_stream = [(r[3] - 1) / (r[2] - r[1]) for r in results if r[3] > 1 and r[2] > r[1]]
+    return {
+        "aggregate_tps": n_total / wall,
+        "decode_tps_per_stream": _median(per_stream),
+        "ttft_median_s": _median([r[0] for r in results]),
+        "tokens": float(n_total),
+    }
+
+
+def bench_engine(
+    path: str | os.PathLike[str],
+    *,
+    streams: Sequence[int] = (1, 2, 4, 8),
+    tokens: int = 64,
+    runs: int = 3,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    references: bool = True,
+    kv_unified: bool = True,
+) -> dict[str, Any]:
+    """Measure the engine and the references on one model; medians over ``runs``.
+
+    Returns:
+        A JSON-ready dict: ``raw`` (reference loop), ``llama_cpp`` (plain Llama), ``engine``
+        (per stream count), ``prompt`` (prompt tok/s) and ``ratios`` (engine / raw).
+    """
+    path = Path(path)
+    n_max = max(streams)
+    samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+
+    engine = Engine.load(
+        path, n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads, kv_unified=kv_unified
+    )
+    model = Model(path) if references else None
+    try:
+        long_ids = engine.tokenize(LONG_PROMPT)
+        for r in range(runs):
+            logger.info("run %d/%d", r + 1, runs)
+            if model is not None:
+                opts = ContextOptions(n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads)
+                one = raw_greedy(model, [engine.tokenize(PROMPTS[0])], tokens, opts=opts)
+                add("raw.single.decode_tps", one.n_decoded / one.decode_s)
+                many = raw_greedy(
+                    model, [engine.tokenize(p) for p in _prompts(n_max)], tokens, opts=opts
+                )
+                add(f"raw.batched{n_max}.decode_tps", many.n_decoded / many.decode_s)
+                add(
+                    f"raw.batched{n_max}.aggregate_tps",
+                    n_max * tokens / (many.prompt_s + many.decode_s),
+                )
+                pp = raw_greedy(model, [long_ids], 1, opts=opts)
+                add("raw.prompt_tps", pp.n_prompt / pp.prompt_s)
+                ttft, rest, n = llama_greedy(
+                    path,
+                    PROMPTS[0],
+                    tokens,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    ban=engine.info.eos_token_ids,
+                )
+                add("llama_cpp.ttft_s", ttft)
+                if n > 1:
+                    add("llama_cpp.decode_tps", (n - 1) / rest)
+            engine.clear_cache()
+            t0 = time.perf_counter()
+            engine.generate(
+                GenerationRequest(long_ids, SamplingParams(temperature=0, max_tokens=1))
+            )
+            add("engine.prompt_tps", len(long_ids) / (time.perf_counter() - t0))
+            for n in streams:
+                engine.clear_cache()
+                res = asyncio.run(_streams(engine, _prompts(n), tokens))
+                for k, v in res.items():
+                    add(f"engine.{n}.{k}", v)
+    finally:
+        engine.close()
+        if model is not None:
+            model.close()
+
+    med = {k: _median(v) for k, v in samples.items()}
+    out: dict[str, Any] = {
+        "model": path.name,
+        "tokens": tokens,
+        "runs": runs,
+        "threads": n_threads or os.cpu_count(),
+        "engine": {
+            str(n): {
+                k: med[f"engine.{n}.{k}"]
+                for k in ("aggregate_tps", "decode_tps_per_stream", "ttft_median_s")
+            }
+            for n in streams
+        },
+        "prompt": {"engine_tps": med["engine.prompt_tps"], "n_tokens": len(long_ids)},
+        "samples": samples,
+    }
+    if references:
+        out["prompt"]["raw_tps"] = med["raw.prompt_tps"]
+        out["raw"] = {
+            "single_decode_tps": med["raw.single.decode_tps"],
+            f"batched{n_max}_decode_tps": med[f"raw.batched{n_max}.decode_tps"],
+            f"batched{n_max}_aggregate_tps": med[f"raw.batched{n_max}.aggregate_tps"],
+        }
+        out["llama_cpp"] = {
+            "decode_tps": med.get("llama_cpp.decode_tps", float("nan")),
+            "ttft_s": med["llama_cpp.ttft_s"],
+        }
+        e1 = out["engine"].get("1")
+        en = out["engine"][str(n_max)]
+        out["ratios"] = {
+            "single_decode_vs_raw": (e1["decode_tps_per_stream"] / med["raw.single.decode_tps"])
+            if e1
+            else None,
+            f"aggregate{n_max}_vs_raw_batched": en["aggregate_tps"]
+            / med[f"raw.batched{n_max}.aggregate_tps"],
+            "prompt_vs_raw": med["engine.prompt_tps"] / med["raw.prompt_tps"],
+        }
+    return out
