@@ -67,7 +67,10 @@ def cuda_architectures() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -81,11 +84,13 @@ def has_cuda() -> bool:
     )
 
 
-def x86_flags() -> list[str]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        cpuinfo = ""
+def x86_flags(cpuinfo: str | None = None) -> list[str]:
+    """CMake options for the x86 SIMD features in ``cpuinfo`` (default: /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
     present: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -159,8 +164,19 @@ def build_wheel(python: Path, version: str, cmake_args: str, *, rebuild: bool) -
     started = time.monotonic()
     # --no-cache-dir: pip's cache is keyed by version, not flags, and may hold an unsafe build.
     run(
-        [str(python), "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary",
-         "llama-cpp-python", "-w", str(tmp), f"llama-cpp-python=={version}"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-cache-dir",
+            "--no-binary",
+            "llama-cpp-python",
+            "-w",
+            str(tmp),
+            f"llama-cpp-python=={version}",
+        ],
         env=env,
     )
     shutil.rmtree(out, ignore_errors=True)
@@ -171,8 +187,12 @@ def build_wheel(python: Path, version: str, cmake_args: str, *, rebuild: bool) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install ggufworker with a safe llama.cpp build.")
-    parser.add_argument("--venv", type=Path, default=Path(".venv"),
-                        help="virtualenv to create/use (default .venv; 'active' = current env)")
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=Path(".venv"),
+        help="virtualenv to create/use (default .venv; 'active' = current env)",
+    )
     parser.add_argument("--dev", action="store_true", help="also install test and lint tools")
     parser.add_argument("--rebuild", action="store_true", help="rebuild llama-cpp-python")
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check")
@@ -186,13 +206,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
         wheel = build_wheel(python, version, cmake_args, rebuild=args.rebuild)
-        run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
-             str(wheel)])
+        run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--force-reinstall",
+                str(wheel),
+            ]
+        )
         extras = "[dev]" if args.dev else ""
         run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"])
     except subprocess.CalledProcessError as exc:
-        print(f"install: command failed with exit code {exc.returncode}: {exc.cmd[2:5]}",
-              file=sys.stderr)
+        print(
+            f"install: command failed with exit code {exc.returncode}: {exc.cmd[2:5]}",
+            file=sys.stderr,
+        )
         return 1
     if not args.skip_check:
         check = subprocess.run([str(python), "-m", "ggufworker.engine.selfcheck"])

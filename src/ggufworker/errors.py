@@ -116,7 +116,10 @@ class ErrorSpec:
 
 # Ordered: the first matching row wins, so subclasses come before their bases.
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
-    (ContextLengthExceededError, ErrorSpec(400, "invalid_request_error", "context_length_exceeded")),
+    (
+        ContextLengthExceededError,
+        ErrorSpec(400, "invalid_request_error", "context_length_exceeded"),
+    ),
     (InvalidRequestError, ErrorSpec(400, "invalid_request_error", None)),
     (ModelNotFoundError, ErrorSpec(404, "invalid_request_error", "model_not_found")),
     (AuthenticationError, ErrorSpec(401, "invalid_request_error", "invalid_api_key")),

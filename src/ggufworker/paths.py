@@ -15,7 +15,10 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def home_dir() -> Path:
-    """ggufworker's cache root: $GGUFWORKER_HOME, else $XDG_CACHE_HOME/ggufworker, else ~/.cache/ggufworker."""
+    """ggufworker's cache root.
+
+    $GGUFWORKER_HOME, else $XDG_CACHE_HOME/ggufworker, else ~/.cache/ggufworker.
+    """
     env = os.environ.get(ENV_HOME)
     if env:
         return Path(env).expanduser()
