@@ -215,7 +215,13 @@ def _spm_from_json(tok: dict[str, Any], added: dict[int, tuple[str, bool]]) -> V
         by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
         if by_id and by_id[-1][1] != len(by_id) - 1:
             raise ConversionError("tokenizer.json vocabulary ids are not contiguous")
-        pieces = [(p, -float(rank[p]) if p in rank else 0.0) for p, _ in by_id]
+        # A multi-character token no merge creates is never produced by the HF tokenizer:
+        # rank it below every merge so llama.cpp prefers anything else.
+        unreachable = -float(len(rank) + 1)
+        pieces = [
+            (p, -float(rank[p]) if p in rank else (0.0 if len(p) == 1 else unreachable))
+            for p, _ in by_id
+        ]
         unk_id = model["vocab"].get(unk) if unk else None
     for i, (piece, score) in enumerate(pieces):
         vocab.tokens.append(piece)
