@@ -19,6 +19,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,9 +159,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m converters.st2gguf`` entry point."""
     args = build_parser().parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the temp file beside the target is removed too.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)
     try:

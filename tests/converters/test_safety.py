@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -223,3 +225,36 @@ def test_ggufworker_convert_subcommand(tiny_checkpoint, tmp_path):
     assert gguf.GGMLQuantizationType.Q8_0 in types
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     assert again.returncode == 1 and "--force" in again.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_conversion_leaves_nothing(tiny_checkpoint, tmp_path, sig):
+    """A real Ctrl-C / kill of the CLI process while tensors are being written."""
+    # Slow the writer down so the signal lands mid-file.
+    code = (
+        "import sys, time\n"
+        "from converters import writer, st2gguf\n"
+        "real = writer._write_tensor\n"
+        "def slow(*a, **k):\n"
+        "    time.sleep(0.3)\n"
+        "    return real(*a, **k)\n"
+        "writer._write_tensor = slow\n"
+        "sys.exit(st2gguf.main(sys.argv[1:]))\n"
+    )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tiny_checkpoint("llama")),
+         "--outfile", str(out_dir / "m.gguf"), "--outtype", "f16"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(p.suffix == ".tmp" for p in out_dir.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no temp file appeared"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert _dir_listing(out_dir) == []
