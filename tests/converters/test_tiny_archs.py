@@ -10,6 +10,7 @@ import pytest
 
 from converters.st2gguf import convert
 
+from . import builders
 from .builders import ARCHS
 from .reference import hf_logits, llama_logits, rel_err
 
@@ -76,3 +77,25 @@ def test_bf16_source_is_copied_bit_exact(tiny_checkpoint, prompts, tmp_path):
     for ids in prompts:
         err = rel_err(llama_logits(out, ids), hf_logits(src, ids))
         assert err < 2e-2, f"bf16 source: relative error {err:.2e}"
+
+
+VARIANTS = {
+    "llama-qkv-bias-wide-heads": ("llama", {"attention_bias": True, "head_dim": 32,
+                                            "tie_word_embeddings": False}),
+    "llama-linear-rope": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                        "rope_theta": 10000.0}}),
+    "mistral-narrow-heads": ("mistral", {"head_dim": 8}),
+    "qwen2-tied": ("qwen2", {"tie_word_embeddings": True}),
+    "phi-partial-rotary": ("phi3", {"partial_rotary_factor": 0.5}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_config_variants_f32(variant, tiny_tokenizer, tmp_path):
+    """Biases (permuted with q/k), head_dim != hidden/heads, linear RoPE, ties, partial RoPE."""
+    arch, overrides = VARIANTS[variant]
+    src = builders.build_tiny(arch, tmp_path / "src", tiny_tokenizer, overrides=overrides)
+    out = convert(src, tmp_path / "out.gguf", outtype="f32")
+    ids = list(range(3, 43))
+    err = rel_err(llama_logits(out, ids), hf_logits(src, ids))
+    assert err < TOLERANCE["f32"], f"{variant}: relative error {err:.2e}"
