@@ -3,7 +3,8 @@
 llama.cpp names a BPE pre-tokenizer (GGUF key ``tokenizer.ggml.pre``) by the sha256 of the token
 ids that the Hugging Face tokenizer produces for a fixed check text. This module holds that text
 and the published hash -> name pairs (data: each name must be one llama.cpp's vocabulary loader
-implements, see ``llama_vocab::impl::load`` in src/llama-vocab.cpp).
+implements, see ``llama_vocab::impl::load`` in src/llama-vocab.cpp). Where llama.cpp's converter
+lists one hash twice, its later entry wins, and so it does here.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ PRE_TOKENIZER_HASHES: dict[str, str] = {
     "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
     "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
     "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed": "falcon",
-    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "bert-bge",
+    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": "jina-v2-en",
     "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",
     "8e62295832751ca1e8f92f2226f403dea30dc5165e448b5bfa05af5340c64ec7": "bert-bge-large",
-    "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": "mpt",
+    "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": "olmo",
     "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
     "32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3": "stablelm2",

@@ -84,7 +84,8 @@ def build_tiny(
     import torch
     from transformers import AutoModelForCausalLM
 
-    vocab_size = json.loads((tokenizer_dir / "vocab_size.json").read_text())["vocab_size"]
+    sizes = tokenizer_dir / "vocab_size.json"
+    vocab_size = json.loads(sizes.read_text())["vocab_size"] if sizes.is_file() else 0
     torch.manual_seed(1234)
     model = AutoModelForCausalLM.from_config(
         _config(arch, vocab_size, overrides), dtype=torch.float32
@@ -101,8 +102,9 @@ def build_tiny(
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, safe_serialization=True, **kwargs)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / name, out / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out / name)
     return out
 
 
