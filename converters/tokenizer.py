@@ -241,6 +241,11 @@ def _json_adds_space_prefix(tok: dict[str, Any]) -> bool:
     pre = tok.get("pre_tokenizer") or {}
     for p in pre.get("pretokenizers", [pre]):
         if p.get("type") == "Metaspace":
+            if p.get("prepend_scheme") == "first":
+                logger.warning(
+                    "tokenizer prepends its dummy space only when the text does not start with "
+                    "a space; llama.cpp always prepends it, so such texts tokenize differently"
+                )
             return p.get("prepend_scheme", "always") != "never" and p.get("add_prefix_space", True)
     norm = tok.get("normalizer") or {}
     for n in norm.get("normalizers", [norm]):
