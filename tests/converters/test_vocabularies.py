@@ -54,6 +54,19 @@ def _convert_vocab(name: str, tmp_path: Path) -> tuple[Path, Path]:
     return src, convert(src, tmp_path / "m.gguf", outtype="q8_0")
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """``converted(name)`` -> (checkpoint, GGUF), built once per module."""
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in cache:
+            cache[name] = _convert_vocab(name, tmp_path_factory.mktemp("vocab"))
+        return cache[name]
+
+    return get
+
+
 def _mismatches(src: Path, out: Path, texts: list[str]) -> list[str]:
     want = hf_token_ids(src, texts)
     assert want is not None
@@ -62,15 +75,15 @@ def _mismatches(src: Path, out: Path, texts: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", VOCABS)
-def test_real_vocabulary(name, tmp_path):
-    src, out = _convert_vocab(name, tmp_path)
+def test_real_vocabulary(name, converted):
+    src, out = converted(name)
     texts = [*_vocab_test_texts(name), *SAMPLE_TEXTS, *EXTRA_TEXTS]
     assert _mismatches(src, out, texts) == []
 
 
-def test_llama_spm_vocabulary(tmp_path):
+def test_llama_spm_vocabulary(converted):
     """Llama 2's vocabulary as transformers writes it (Metaspace, prepend_scheme "first")."""
-    src, out = _convert_vocab("llama-spm", tmp_path)
+    src, out = converted("llama-spm")
     texts = [*_vocab_test_texts("llama-spm"), *SAMPLE_TEXTS, *EXTRA_TEXTS]
     leading = [t for t in texts if t[:1].isspace()]
     assert _mismatches(src, out, [t for t in texts if t not in leading]) == []
@@ -85,6 +98,6 @@ LEADING_SPACE_REASON = (
 
 @pytest.mark.known_upstream
 @pytest.mark.xfail(strict=True, reason=LEADING_SPACE_REASON)
-def test_llama_spm_leading_space(tmp_path):
-    src, out = _convert_vocab("llama-spm", tmp_path)
+def test_llama_spm_leading_space(converted):
+    src, out = converted("llama-spm")
     assert _mismatches(src, out, [" ", "  Hello", " world"]) == []
