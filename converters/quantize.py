@@ -8,8 +8,10 @@ is used rather than reimplemented.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -98,6 +100,20 @@ def encode(raw: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType) ->
     return gguf.quants.quantize(np.ascontiguousarray(data), qtype)
 
 
+@contextlib.contextmanager
+def quiet_llama_log() -> Iterator[None]:
+    """Silence llama.cpp's INFO log while inside (llama-cpp-python prints it unless its
+    logger is above INFO); restores the previous level."""
+    log = logging.getLogger("llama-cpp-python")
+    old = log.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        log.setLevel(max(old, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def llama_quantize(src: Path, dst: Path, outtype: str, *, nthread: int = 0) -> None:
     """Quantize ``src`` (a GGUF) into ``dst`` with llama.cpp's ``llama_model_quantize``.
 
@@ -112,6 +128,9 @@ def llama_quantize(src: Path, dst: Path, outtype: str, *, nthread: int = 0) -> N
     params.ftype = int(LLAMA_TYPES[outtype])
     params.nthread = nthread
     logger.info("quantizing to %s with llama.cpp", outtype)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with quiet_llama_log():
+        rc = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(dst).encode(), ctypes.byref(params)
+        )
     if rc != 0:
         raise ConversionError(f"llama.cpp quantization to {outtype} failed (code {rc})")

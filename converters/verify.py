@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gguf
 
+from converters.quantize import quiet_llama_log
 from ggufworker.errors import VerificationError
 
 logger = logging.getLogger(__name__)
@@ -161,14 +162,8 @@ def llama_token_ids(path: Path, texts: Sequence[str]) -> list[list[int]]:
     """Token ids llama.cpp gives for ``texts`` with the GGUF's vocabulary (special tokens added)."""
     import llama_cpp
 
-    # llama-cpp-python prints llama.cpp's load log unless its logger is above INFO.
-    llama_log = logging.getLogger("llama-cpp-python")
-    old_level = llama_log.level
-    llama_log.setLevel(max(old_level, logging.ERROR))
-    try:
+    with quiet_llama_log():
         return _tokenize_all(llama_cpp, path, texts)
-    finally:
-        llama_log.setLevel(old_level)
 
 
 def _tokenize_all(llama_cpp, path: Path, texts: Sequence[str]) -> list[list[int]]:
