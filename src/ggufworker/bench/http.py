@@ -95,7 +95,8 @@ class Stream:
 
 def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], want: int) -> dict:
     """Medians over runs of the single-stream and N-client measurements."""
-    decode = [s.decode_tps for s in single if s.decode_tps]
+    decode_runs = [s.decode_tps for s in single]
+    decode = [x for x in decode_runs if x]
     aggregate, ttfts, completed = [], [], []
     for wall, streams in batches:
         tokens = sum(len(s.token_times) for s in streams)
@@ -105,7 +106,7 @@ def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], wa
     med = statistics.median
     return {
         "single_decode_tps": round(med(decode), 2) if decode else None,
-        "single_decode_tps_runs": [round(x, 2) for x in decode],
+        "single_decode_tps_runs": [round(x, 2) if x else None for x in decode_runs],
         "aggregate_tps": round(med(aggregate), 2) if aggregate else None,
         "aggregate_tps_runs": [round(x, 2) for x in aggregate],
         "median_ttft_s": round(med(ttfts), 3) if ttfts else None,
@@ -114,46 +115,55 @@ def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], wa
     }
 
 
-def _bench_engine(path: Path, args: argparse.Namespace, clients: int) -> tuple[dict, list[int]]:
+class EngineTarget:
     """The engine in this process: the ceiling the server is compared with."""
-    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
 
-    engine = Engine.load(
-        path,
-        n_ctx=max(args.ctx_size, clients * (args.max_tokens + 64)),
-        n_parallel=args.parallel or clients,
-        n_threads=args.threads,
-    )
-    eos = list(engine.info.eos_token_ids)
-    params = SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=0.0,
-        repeat_penalty=1.0,
-        logit_bias={t: -100.0 for t in eos},
-    )
+    name = "engine"
 
-    async def one(prompt: str) -> Stream:
+    def __init__(self, path: Path, args: argparse.Namespace, clients: int) -> None:
+        from ggufworker.engine import Engine, SamplingParams
+
+        self.engine = Engine.load(
+            path,
+            n_ctx=_ctx(args, clients),
+            n_parallel=args.parallel or clients,
+            n_threads=args.threads,
+        )
+        self.eos = list(self.engine.info.eos_token_ids)
+        self._params = SamplingParams(
+            max_tokens=args.max_tokens,
+            temperature=0.0,
+            repeat_penalty=1.0,
+            logit_bias={t: -100.0 for t in self.eos},
+        )
+
+    async def _one(self, prompt: str, max_tokens: int) -> Stream:
+        from dataclasses import replace
+
+        from ggufworker.engine import GenerationRequest
+
+        params = replace(self._params, max_tokens=max_tokens)
         sent = time.perf_counter()
         times: list[float] = []
         completed = False
-        async for ev in engine.submit(GenerationRequest(prompt, params)):
+        async for ev in self.engine.submit(GenerationRequest(prompt, params)):
             if ev.token_id is not None:
                 times.append(time.perf_counter())
             completed = ev.finish_reason is not None
         return Stream(sent, times, completed)
 
-    async def many(n: int) -> tuple[float, list[Stream]]:
-        start = time.perf_counter()
-        streams = await asyncio.gather(*[one(PROMPTS[i % len(PROMPTS)]) for i in range(n)])
-        return time.perf_counter() - start, list(streams)
+    def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
+        async def many() -> tuple[float, list[Stream]]:
+            start = time.perf_counter()
+            streams = await asyncio.gather(
+                *[self._one(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(n)]
+            )
+            return time.perf_counter() - start, list(streams)
 
-    try:
-        asyncio.run(many(1))  # warm-up
-        single = [asyncio.run(many(1))[1][0] for _ in range(args.runs)]
-        batches = [asyncio.run(many(clients)) for _ in range(args.runs)]
-    finally:
-        engine.close()
-    return _summary(single, batches, args.max_tokens), eos
+        return asyncio.run(many())
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
@@ -178,32 +188,35 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Strea
     return Stream(sent, times, finished and done)
 
 
-def _bench_http(base: str, args: argparse.Namespace, clients: int, eos: list[int]) -> dict:
-    url = f"{base}/v1/completions"
+class HttpTarget:
+    """An OpenAI-compatible server, driven by streaming /v1/completions requests."""
 
-    def body(i: int, max_tokens: int) -> dict:
+    def __init__(self, name: str, base: str, eos: list[int]) -> None:
+        self.name = name
+        self.url = f"{base}/v1/completions"
+        self.eos = eos
+
+    def _body(self, i: int, max_tokens: int) -> dict:
         return {
             "prompt": PROMPTS[i % len(PROMPTS)],
             "max_tokens": max_tokens,
             "temperature": 0,
             "repeat_penalty": 1.0,
-            "logit_bias": {str(t): -100 for t in eos},
+            "logit_bias": {str(t): -100 for t in self.eos},
             "stream": True,
         }
 
-    async def many(n: int, max_tokens: int) -> tuple[float, list[Stream]]:
-        limits = httpx.Limits(max_connections=n + 2)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-            start = time.perf_counter()
-            streams = await asyncio.gather(
-                *[_http_stream(client, url, body(i, max_tokens)) for i in range(n)]
-            )
-            return time.perf_counter() - start, list(streams)
+    def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
+        async def many() -> tuple[float, list[Stream]]:
+            limits = httpx.Limits(max_connections=n + 2)
+            async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+                start = time.perf_counter()
+                streams = await asyncio.gather(
+                    *[_http_stream(client, self.url, self._body(i, max_tokens)) for i in range(n)]
+                )
+                return time.perf_counter() - start, list(streams)
 
-    asyncio.run(many(1, 8))  # warm-up
-    single = [asyncio.run(many(1, args.max_tokens))[1][0] for _ in range(args.runs)]
-    batches = [asyncio.run(many(clients, args.max_tokens)) for _ in range(args.runs)]
-    return _summary(single, batches, args.max_tokens)
+        return asyncio.run(many())
 
 
 # --- server processes --------------------------------------------------------------------------
@@ -254,8 +267,22 @@ def _threads(args: argparse.Namespace) -> int:
     return args.threads or os.cpu_count() or 1
 
 
+def _ctx(args: argparse.Namespace, clients: int) -> int:
+    return max(args.ctx_size, clients * (args.max_tokens + 64))
+
+
+def _paired_ratio(a: list[float | None], b: list[float | None]) -> float | None:
+    """Median over runs of a[i] / b[i] (both measured in run i)."""
+    ratios = [x / y for x, y in zip(a, b, strict=True) if x and y]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return its results (numbers, settings, ratios).
+
+    The servers are started together and idle while another target is measured; each run
+    measures every target in turn (single stream, then N clients), so a noisy neighbour hits
+    all targets alike, and ratios are taken within a run before the median.
 
     Raises:
         ModelNotFoundError / DownloadError: the model cannot be resolved.
@@ -265,7 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     path = resolve_source(args.model, ServerSettings(home=args.home))
     clients = args.clients
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    threads = str(_threads(args))
     out: dict[str, Any] = {
         "model": args.model,
         "path": str(path),
@@ -275,28 +303,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": _threads(args),
         "cpu_count": os.cpu_count(),
     }
-    # EOS ids come from the engine; it is loaded even when not benchmarked, to ban EOS.
-    logger.info("bench: engine alone")
-    engine_result, eos = _bench_engine(path, args, clients)
-    if "engine" in targets:
-        out["engine"] = engine_result
-    if "ggufworker" in targets:
+    servers: list[tuple[str, list[str], int, str]] = []
+    if "ggufworker" in wanted:
         port = _free_port()
         cmd = [
             sys.executable, "-m", "ggufworker", "serve",
             "--model", str(path),
             "--port", str(port),
             "--parallel", str(args.parallel or clients),
-            "--ctx-size", str(max(args.ctx_size, clients * (args.max_tokens + 64))),
-            "--threads", str(_threads(args)),
+            "--ctx-size", str(_ctx(args, clients)),
+            "--threads", threads,
             "--max-queue", str(4 * clients),
             "--keep-alive", "-1",
             "--log-level", "warning",
         ]  # fmt: skip
-        logger.info("bench: ggufworker serve")
-        with _server(cmd, port, args.startup_timeout, "/health") as base:
-            out["ggufworker"] = _bench_http(base, args, clients, eos)
-    if "llama-cpp-python" in targets:
+        servers.append(("ggufworker", cmd, port, "/health"))
+    if "llama-cpp-python" in wanted:
         port = _free_port()
         cmd = [
             sys.executable, "-m", "llama_cpp.server",
@@ -304,21 +326,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--port", str(port),
             "--interrupt_requests", "False",
             "--n_ctx", str(args.ctx_size),
-            "--n_threads", str(_threads(args)),
-            "--n_threads_batch", str(_threads(args)),
+            "--n_threads", threads,
+            "--n_threads_batch", threads,
         ]  # fmt: skip
-        logger.info("bench: llama-cpp-python server")
-        with _server(cmd, port, args.startup_timeout, "/v1/models") as base:
-            out["llama_cpp_python"] = _bench_http(base, args, clients, eos)
-    ours = out.get("ggufworker")
-    if ours and "engine" in out and out["engine"]["single_decode_tps"]:
-        out["single_decode_ratio_vs_engine"] = round(
-            ours["single_decode_tps"] / out["engine"]["single_decode_tps"], 3
+        servers.append(("llama_cpp_python", cmd, port, "/v1/models"))
+    with contextlib.ExitStack() as stack:
+        bases = {name: stack.enter_context(_server(cmd, port, args.startup_timeout, ready))
+                 for name, cmd, port, ready in servers}  # fmt: skip
+        # The engine is loaded even when not measured: it names the EOS tokens to ban.
+        engine = EngineTarget(path, args, clients)
+        stack.callback(engine.close)
+        targets: list[Any] = [engine] if "engine" in wanted else []
+        targets += [HttpTarget(name, base, engine.eos) for name, base in bases.items()]
+        single: dict[str, list[Stream]] = {t.name: [] for t in targets}
+        batches: dict[str, list[tuple[float, list[Stream]]]] = {t.name: [] for t in targets}
+        for t in targets:
+            t.measure(1, 8)  # warm-up
+        for r in range(args.runs):
+            logger.info("bench: run %d/%d", r + 1, args.runs)
+            for t in targets:
+                single[t.name].append(t.measure(1, args.max_tokens)[1][0])
+            for t in targets:
+                batches[t.name].append(t.measure(clients, args.max_tokens))
+    for t in targets:
+        out[t.name] = _summary(single[t.name], batches[t.name], args.max_tokens)
+    if "engine" in out and "ggufworker" in out:
+        out["single_decode_ratio_vs_engine"] = _paired_ratio(
+            out["ggufworker"]["single_decode_tps_runs"], out["engine"]["single_decode_tps_runs"]
         )
-    peer = out.get("llama_cpp_python")
-    if ours and peer and peer["aggregate_tps"]:
-        out["aggregate_ratio_vs_llama_cpp_python"] = round(
-            ours["aggregate_tps"] / peer["aggregate_tps"], 2
+        out["aggregate_ratio_vs_engine"] = _paired_ratio(
+            out["ggufworker"]["aggregate_tps_runs"], out["engine"]["aggregate_tps_runs"]
+        )
+    if "ggufworker" in out and "llama_cpp_python" in out:
+        out["aggregate_ratio_vs_llama_cpp_python"] = _paired_ratio(
+            out["ggufworker"]["aggregate_tps_runs"], out["llama_cpp_python"]["aggregate_tps_runs"]
         )
     return out
 
@@ -337,7 +378,11 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{key:<18}{r['single_decode_tps'] or 0:>15.1f}{r['aggregate_tps'] or 0:>16.1f}"
                 f"{r['median_ttft_s'] or 0:>9.2f}{r['streams_completed']:>7}/{r['streams_per_run']}"
             )
-    for key in ("single_decode_ratio_vs_engine", "aggregate_ratio_vs_llama_cpp_python"):
+    for key in (
+        "single_decode_ratio_vs_engine",
+        "aggregate_ratio_vs_engine",
+        "aggregate_ratio_vs_llama_cpp_python",
+    ):
         if key in result:
             rows.append(f"{key}: {result[key]}")
     return "\n".join(rows)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ggufworker.server import serving_extras
-from ggufworker.server.auth import require_api_key
 from ggufworker.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -22,7 +21,7 @@ from ggufworker.server.sse import sse_response
 from ggufworker.server.worker import execute_events
 
 public = APIRouter()
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()  # API keys are checked by APIKeyMiddleware (all but /health)
 
 
 @public.get("/health", summary="503 while loading, 200 when ready (no auth)")

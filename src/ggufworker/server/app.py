@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from ggufworker import __version__
 from ggufworker.config import ServerSettings
 from ggufworker.server.api_router import public, router
+from ggufworker.server.auth import APIKeyMiddleware
 from ggufworker.server.errors import install_error_handlers
 from ggufworker.server.limits import BodyLimitMiddleware
 from ggufworker.server.metrics import Metrics, RequestMetricsMiddleware
@@ -79,6 +80,10 @@ def create_app(
     app.include_router(public)
     app.include_router(router)
     endpoints = {getattr(r, "path", "") for r in [*public.routes, *router.routes]}
+    # add_middleware wraps: the last added runs first. Order of a request: metrics, CORS,
+    # API key, body limit, then the routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -86,7 +91,6 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outermost, so 413s and CORS rejections are counted too
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics, endpoints=endpoints)
     return app

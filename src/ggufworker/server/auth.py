@@ -1,12 +1,20 @@
-"""API keys: optional Bearer authentication, several keys allowed, compared in constant time."""
+"""API keys: optional Bearer authentication, several keys allowed, compared in constant time.
+
+Checked in ASGI middleware, before the body is read or parsed: a client without a valid key
+learns nothing about the request format and cannot make the server parse large bodies.
+"""
 
 from __future__ import annotations
 
 import hmac
+import json
 
-from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ggufworker.errors import AuthenticationError
+from ggufworker.errors import AuthenticationError, error_spec
+from ggufworker.server.sse import error_payload
+
+PUBLIC_PATHS = frozenset({"/health"})
 
 
 def check_api_key(keys: list[str], authorization: str | None) -> None:
@@ -20,7 +28,7 @@ def check_api_key(keys: list[str], authorization: str | None) -> None:
     if not keys:
         return
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
     given = token.strip().encode()
     matched = False
@@ -30,6 +38,42 @@ def check_api_key(keys: list[str], authorization: str | None) -> None:
         raise AuthenticationError("invalid API key")
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency guarding every route except /health."""
-    check_api_key(request.app.state.settings.api_keys, request.headers.get("authorization"))
+class APIKeyMiddleware:
+    """401 for every HTTP request without a valid key, except /health and CORS preflights."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or scope.get("path") in PUBLIC_PATHS
+            or scope.get("method") == "OPTIONS"
+        ):
+            await self.app(scope, receive, send)
+            return
+        header = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        try:
+            check_api_key(self.keys, header)
+        except AuthenticationError as exc:
+            body = json.dumps(error_payload(exc)).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error_spec(exc).status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b"Bearer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

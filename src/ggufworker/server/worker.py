@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +40,9 @@ async def execute_events(
     lease = await manager.acquire(body.model)
     try:
         req = GenerationRequest(
-            prompt=body.prompt, params=body.to_sampling_params(), request_id=body.job_id
+            prompt=body.prompt,
+            params=body.to_sampling_params(),
+            request_id=f"{body.job_id}-{uuid.uuid4().hex[:8]}",
         )
         generation = Generation(lease, [req], metrics)
     except BaseException:
