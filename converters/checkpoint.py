@@ -191,5 +191,5 @@ class Checkpoint:
 def to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Widen raw tensor data to float32 (bf16 bits shifted into the high half of a float32)."""
     if dtype == "BF16":
-        return (np.asarray(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return np.left_shift(np.asarray(raw, dtype=np.uint16), 16, dtype=np.uint32).view(np.float32)
     return np.asarray(raw, dtype=np.float32)

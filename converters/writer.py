@@ -9,6 +9,9 @@ chunk, never the model.
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import gguf
@@ -23,7 +26,7 @@ from converters.tokenizer import Vocab, write_vocab
 logger = logging.getLogger(__name__)
 
 #: float32 bytes converted per chunk; bounds the working memory of one conversion step.
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def write_gguf(
@@ -64,10 +67,11 @@ def write_gguf(
         assert w.fout is not None
         fout = w.fout[0]
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress)
-        with bar:
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with bar, ThreadPoolExecutor(workers, thread_name_prefix="st2gguf") as pool:
             for plan, nbytes in zip(plans, sizes, strict=True):
                 w.write_padding(fout, fout.tell())
-                written = _write_tensor(fout, plan, expected[plan.name][1], bar)
+                written = _write_tensor(fout, plan, expected[plan.name][1], bar, pool, workers + 1)
                 if written != nbytes:
                     raise AssertionError(f"{plan.name}: wrote {written} bytes, planned {nbytes}")
                 logger.debug("%s %s -> %s", plan.name, plan.shape, expected[plan.name][1].name)
@@ -78,18 +82,41 @@ def write_gguf(
     return expected
 
 
-def _write_tensor(fout, plan: TensorPlan, ttype: gguf.GGMLQuantizationType, bar: tqdm) -> int:
+def _write_tensor(
+    fout,
+    plan: TensorPlan,
+    ttype: gguf.GGMLQuantizationType,
+    bar: tqdm,
+    pool: ThreadPoolExecutor,
+    window: int,
+) -> int:
+    """Encode a tensor chunk by chunk on ``pool`` (numpy releases the GIL) and write in order."""
     data = plan.load()
     if tuple(data.shape) != plan.shape:
         raise AssertionError(f"{plan.name}: loader gave {data.shape}, planned {plan.shape}")
     rows = data.reshape(-1, plan.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
     step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * 4))
+    starts = iter(range(0, rows.shape[0], step))
+    pending: deque[Future[np.ndarray]] = deque()
+
+    def submit_next() -> None:
+        start = next(starts, None)
+        if start is not None:
+            pending.append(pool.submit(encode, rows[start : start + step], plan.dtype, ttype))
+
+    # At most `window` chunks in flight: bounded memory, every worker busy.
+    for _ in range(window):
+        submit_next()
     written = 0
-    for start in range(0, rows.shape[0], step):
-        chunk = encode(rows[start : start + step], plan.dtype, ttype)
-        fout.write(np.ascontiguousarray(chunk).data)
-        written += chunk.nbytes
-        bar.update(chunk.nbytes)
-        release_pages(data)
-    del rows, data
+    try:
+        while pending:
+            chunk = pending.popleft().result()
+            submit_next()
+            fout.write(np.ascontiguousarray(chunk).data)
+            written += chunk.nbytes
+            bar.update(chunk.nbytes)
+            release_pages(data)
+    finally:
+        for fut in pending:
+            fut.cancel()
     return written
