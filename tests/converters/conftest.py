@@ -1,7 +1,8 @@
 """Fixtures for converter tests: tiny random checkpoints built with transformers configs.
 
 Checkpoints are built once per session (seeded) under a session temp dir; the real-weight
-SafeTensors exports (slow to make) are cached under ``.cache/converters`` in the checkout.
+SafeTensors exports (slow to make) are cached beside the session's test models
+(``.cache/converters`` in the checkout unless $GGUFWORKER_TEST_CACHE says otherwise).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Pa
 
 
 @pytest.fixture(scope="session")
-def export_cache() -> Path:
-    path = builders.REPO / ".cache" / "converters"
+def export_cache(model_cache: Path) -> Path:
+    """Where real-weight SafeTensors exports persist between runs (beside the test models)."""
+    path = model_cache.parent / "converters"
     path.mkdir(parents=True, exist_ok=True)
     return path
