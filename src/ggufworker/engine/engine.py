@@ -19,7 +19,7 @@ from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.model import ContextOptions, Model
-from ggufworker.engine.sampling import build_chain, validate
+from ggufworker.engine.sampling import build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
@@ -174,15 +174,20 @@ class Engine:
                     "are already waiting"
                 )
             self._outstanding += 1
+        greedy = is_plain_greedy(request.params)
         try:
-            chain = build_chain(request.params, self._model.vocab, self._model.n_vocab)
+            chain = (
+                0 if greedy else build_chain(request.params, self._model.vocab, self._model.n_vocab)
+            )
         except BaseException:
             with self._lock:
                 self._outstanding -= 1
             raise
         rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
         handle = RequestHandle(rid, len(tokens), self._cancel)
-        self._sched.post("submit", Request(rid, tokens, request.params, chain, handle))
+        self._sched.post(
+            "submit", Request(rid, tokens, request.params, chain, handle, greedy=greedy)
+        )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
             handle._deliver(EngineClosedError("the engine is closed"))
         return handle

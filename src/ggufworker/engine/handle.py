@@ -19,6 +19,30 @@ from ggufworker.engine.types import TokenEvent, Usage
 _END = object()  # stream ended without a final event (cancelled)
 
 
+def deliver_many(items: list[tuple[RequestHandle, object]]) -> None:
+    """Hand one step's events to their consumers: one loop wake-up per event loop, not per
+    event (``call_soon_threadsafe`` writes to the loop's self-pipe each time)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+    for handle, item in items:
+        target = handle._route(item)
+        if target is not None:
+            by_loop.setdefault(target[0], []).append((target[1], item))
+    for loop, batch in by_loop.items():
+        _call_soon(loop, _put_all, batch)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for aq, item in batch:
+        aq.put_nowait(item)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], arg: object) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, arg)
+    except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+        pass
+
+
 @dataclass
 class Completion:
     """A finished generation (what :meth:`Engine.generate` returns)."""
@@ -66,22 +90,24 @@ class RequestHandle:
 
     # --- producer side (scheduler thread) ----------------------------------------------------
 
-    def _deliver(self, item: object) -> None:
+    def _route(self, item: object) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None:
+        """Record ``item``; buffer it, or return the (loop, queue) it must be handed to."""
         with self._lock:
             if self._done:
-                return
+                return None
             if isinstance(item, BaseException) or item is _END:
                 self._done = True
             elif isinstance(item, TokenEvent) and item.finish_reason is not None:
                 self._done = True
             if self._loop is None:
                 self._buffer.put(item)
-                return
-            loop, aq = self._loop, self._aqueue
-        try:
-            loop.call_soon_threadsafe(aq.put_nowait, item)  # type: ignore[union-attr]
-        except RuntimeError:  # the consumer's loop is closed: nobody listens any more
-            pass
+                return None
+            return self._loop, self._aqueue  # type: ignore[return-value]
+
+    def _deliver(self, item: object) -> None:
+        target = self._route(item)
+        if target is not None:
+            _call_soon(target[0], _put_all, [(target[1], item)])
 
     def _end(self) -> None:
         self._deliver(_END)

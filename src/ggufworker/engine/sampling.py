@@ -76,6 +76,19 @@ def grammar_for(params: SamplingParams) -> str | None:
         ) from exc
 
 
+def is_plain_greedy(params: SamplingParams) -> bool:
+    """True when sampling is a plain argmax (temperature 0, nothing that reshapes the logits)."""
+    return (
+        params.temperature <= 0
+        and not params.logit_bias
+        and params.repeat_penalty == 1.0
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+        and params.grammar is None
+        and params.json_schema is None
+    )
+
+
 def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> int:
     """Build a llama.cpp sampler chain for one request; the caller frees it.
 

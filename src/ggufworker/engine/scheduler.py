@@ -17,9 +17,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch import Batch
-from ggufworker.engine.handle import RequestHandle
+from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import free_chain, logprobs_of
 from ggufworker.engine.text import TextStream
@@ -39,6 +41,10 @@ class Request:
     chain: int
     handle: RequestHandle
     t_submit: float = field(default_factory=time.perf_counter)
+    # Plain greedy (no bias, penalties or grammar): argmax over the step's logits in numpy
+    # instead of llama_sampler_sample, which copies the whole vocabulary into a candidate
+    # array per token (~0.5 MB for a 49k vocabulary). Same token: both take the first maximum.
+    greedy: bool = False
 
 
 @dataclass(eq=False)
@@ -51,6 +57,7 @@ class Slot:
     prefill_pos: int = 0  # next prompt index to feed
     next_token: int = -1  # sampled, not yet decoded (-1: still in prefill)
     out_idx: int = -1  # batch index of this slot's logits in the current step
+    out_row: int = -1  # row of those logits among the step's outputs
     n_fed: int = 0  # prompt tokens this step's batch holds for this slot
     n_gen: int = 0
     n_cached: int = 0
@@ -83,6 +90,8 @@ class Scheduler:
         self.eog = frozenset(model.eog_ids())
         self.n_vocab = model.n_vocab
         self._on_finish = on_finish  # (request, prompt, generated, cached) for engine stats
+        self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
+        self._n_out = 0
         self._closed = False
         self.thread = threading.Thread(target=self._run, name="ggufworker-scheduler", daemon=True)
 
@@ -146,6 +155,9 @@ class Scheduler:
                 self._admit()
                 if self._build_batch():
                     self._step()
+                if self._out:
+                    deliver_many(self._out)
+                    self._out = []
         except BaseException:  # a bug here must not leave callers waiting forever
             logger.exception("scheduler thread crashed")
         finally:
@@ -255,8 +267,11 @@ class Scheduler:
             victim = max(decoding, key=lambda s: len(s.cache))
             decoding.remove(victim)
             self._finish(victim, "length", "", None)
+        n_out = 0
         for s in decoding:
             s.out_idx = batch.add(s.next_token, len(s.cache), s.seq, True)
+            s.out_row = n_out
+            n_out += 1
         budget = min(self.n_batch - batch.n, free_cells - len(decoding))
         prefilling = [s for s in self.slots if s.req is not None and s.next_token < 0]
         prefilling.sort(key=lambda s: s.req.t_submit)  # type: ignore[union-attr]
@@ -271,8 +286,11 @@ class Scheduler:
             idx = batch.add_span(chunk, len(s.cache), s.seq, end == len(toks))
             if end == len(toks):
                 s.out_idx = idx
+                s.out_row = n_out
+                n_out += 1
             s.n_fed = len(chunk)
             budget -= len(chunk)
+        self._n_out = n_out
         return batch.n > 0
 
     def _step(self) -> None:
@@ -282,6 +300,7 @@ class Scheduler:
             self._decode_failed(rc)
             return
         now = time.perf_counter()
+        logits: np.ndarray | None = None
         for s in self.slots:
             req = s.req
             if req is None:
@@ -296,7 +315,16 @@ class Scheduler:
             if s.out_idx < 0:
                 continue
             try:
-                self._sample(s, req, now)
+                if req.greedy:
+                    if logits is None:
+                        # All of this step's outputs in one view, rows in batch order.
+                        logits = np.ctypeslib.as_array(
+                            llama_cpp.llama_get_logits(self.ctx), shape=(self._n_out, self.n_vocab)
+                        )
+                    tok = int(logits[s.out_row].argmax())
+                else:
+                    tok = int(llama_cpp.llama_sampler_sample(req.chain, self.ctx, s.out_idx))
+                self._sample(s, req, tok, now)
             except Exception as exc:  # one sequence's failure ends only that request
                 logger.exception("request %s failed", req.id)
                 self._release(s)
@@ -313,9 +341,8 @@ class Scheduler:
                 s.cache.clear()
                 req.handle._deliver(err)
 
-    def _sample(self, s: Slot, req: Request, now: float) -> None:
+    def _sample(self, s: Slot, req: Request, tok: int, now: float) -> None:
         params = req.params
-        tok = int(llama_cpp.llama_sampler_sample(req.chain, self.ctx, s.out_idx))
         s.n_gen += 1
         lp: float | None = None
         top: tuple = ()
@@ -341,7 +368,7 @@ class Scheduler:
         if s.first_event:
             s.first_event = False
             ttft = now - req.t_submit
-        req.handle._deliver(TokenEvent(text, tok, lp, top, None, None, ttft))
+        self._out.append((req.handle, TokenEvent(text, tok, lp, top, None, None, ttft)))
 
     def _piece_text(self, tok: int) -> str:
         return self.model.piece(tok).decode("utf-8", errors="replace")
@@ -363,7 +390,8 @@ class Scheduler:
         if s.first_event:
             ttft = (now or time.perf_counter()) - req.t_submit
         self._release(s)
-        req.handle._deliver(TokenEvent(text, tok, lp, top, reason, usage, ttft))  # type: ignore[arg-type]
+        event = TokenEvent(text, tok, lp, top, reason, usage, ttft)  # type: ignore[arg-type]
+        self._out.append((req.handle, event))
 
     def _release(self, s: Slot) -> None:
         req = s.req
