@@ -48,9 +48,13 @@ def test_existing_target_needs_force(tiny_checkpoint, tmp_path):
     assert gguf.GGUFReader(target).tensors
 
 
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
-def test_interrupted_conversion_leaves_no_file(tiny_checkpoint, tmp_path, monkeypatch, exc):
-    """Ctrl-C (or a crash) half-way: no target, no temp file; an existing target survives."""
+def test_interrupted_conversion_leaves_no_file(
+    tiny_checkpoint, tmp_path, monkeypatch, exc, outtype
+):
+    """Ctrl-C (or a crash) half-way: no target, no temp or intermediate file; an existing
+    target survives."""
     real = writer._write_tensor
     calls = []
 
@@ -64,13 +68,13 @@ def test_interrupted_conversion_leaves_no_file(tiny_checkpoint, tmp_path, monkey
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(exc):
-        convert(tiny_checkpoint("llama"), out_dir / "m.gguf", outtype="q8_0")
+        convert(tiny_checkpoint("llama"), out_dir / "m.gguf", outtype=outtype)
     assert _dir_listing(out_dir) == []
 
     (out_dir / "m.gguf").write_bytes(b"old")
     calls.clear()
     with pytest.raises(exc):
-        convert(tiny_checkpoint("llama"), out_dir / "m.gguf", outtype="q8_0", force=True)
+        convert(tiny_checkpoint("llama"), out_dir / "m.gguf", outtype=outtype, force=True)
     assert _dir_listing(out_dir) == ["m.gguf"]
     assert (out_dir / "m.gguf").read_bytes() == b"old"
 
