@@ -7,7 +7,12 @@ spellings of the same architecture onto a registered name.
 from __future__ import annotations
 
 from converters.archs.base import ArchConverter
-from converters.archs.gemma import Gemma2Converter, Gemma3Converter, GemmaConverter
+from converters.archs.gemma import (
+    Gemma2Converter,
+    Gemma3Converter,
+    Gemma3MultimodalConverter,
+    GemmaConverter,
+)
 from converters.archs.llama import LlamaConverter
 from converters.archs.phi3 import Phi3Converter
 from converters.archs.qwen import Qwen2Converter, Qwen3Converter
@@ -20,6 +25,7 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     GemmaConverter,
     Gemma2Converter,
     Gemma3Converter,
+    Gemma3MultimodalConverter,
     Phi3Converter,
 )
 

@@ -95,3 +95,27 @@ def _add_layer_pattern(w: gguf.GGUFWriter, cfg: dict[str, Any], n_layers: int) -
     layer_types = cfg.get("layer_types")
     if layer_types and len(layer_types) == n_layers:
         w.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+
+
+class Gemma3MultimodalConverter(Gemma3Converter):
+    """Gemma3ForConditionalGeneration (Gemma 3 4B and larger): the language model only.
+
+    The vision tower and projector are skipped (llama.cpp loads them from a separate mmproj
+    file); text-only outputs are the same as the checkpoint's.
+    """
+
+    hf_architectures = ("Gemma3ForConditionalGeneration",)
+    # Both layouts transformers has used for the text weights.
+    prefixes = {"language_model.model.": "model.", "model.language_model.": "model."}
+
+    def _text_name(self, hf_name: str) -> str | None:
+        for old, new in self.prefixes.items():
+            if hf_name.startswith(old):
+                return new + hf_name[len(old) :]
+        return None
+
+    def skip(self, hf_name: str) -> bool:
+        return self._text_name(hf_name) is None or super().skip(hf_name)
+
+    def gguf_name(self, hf_name: str) -> str:
+        return super().gguf_name(self._text_name(hf_name) or hf_name)

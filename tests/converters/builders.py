@@ -40,7 +40,7 @@ CORPUS = [
     "class Checkpoint:\n    def __init__(self, directory):\n        self.dir = Path(directory)",
 ]
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3-mm", "phi3")
 
 
 def _config(arch: str, vocab_size: int, overrides: dict | None = None):
@@ -64,6 +64,16 @@ def _config(arch: str, vocab_size: int, overrides: dict | None = None):
             "layer_types": ["sliding_attention", "full_attention"],
         }),
         "phi3": (tf.Phi3Config, {**base, "tie_word_embeddings": False}),
+        # Gemma 3 4B+ layout: a language model beside a (tiny) SigLIP vision tower
+        "gemma3-mm": (tf.Gemma3Config, {
+            "text_config": {**gemma, "sliding_window": 8,
+                            "layer_types": ["sliding_attention", "full_attention"]},
+            "vision_config": {"hidden_size": 32, "intermediate_size": 64,
+                              "num_hidden_layers": 1, "num_attention_heads": 2,
+                              "image_size": 28, "patch_size": 14},
+            "mm_tokens_per_image": 4, "image_token_index": 5, "boi_token_index": 6,
+            "eoi_token_index": 7, "architectures": ["Gemma3ForConditionalGeneration"],
+        }),
     }  # fmt: skip
     # Gemma 2/3 windows of 8 tokens are shorter than the test prompts, so sliding-window
     # attention and Gemma 3's per-layer pattern (layer 0 sliding, layer 1 global) matter.
