@@ -154,6 +154,10 @@ class Checkpoint:
                 )
             return [self.dir / n for n in names]
         files = sorted(self.dir.glob("*.safetensors"))
+        # Mistral repositories ship their own-format consolidated.safetensors beside the HF
+        # shards; it holds the same weights under other names.
+        hf_files = [f for f in files if not f.name.startswith("consolidated")]
+        files = hf_files or files
         if not files:
             raise ConversionError(f"{self.dir}: no *.safetensors files")
         return files

@@ -94,5 +94,17 @@ def test_smollm2_round_trip(smollm2_st, tmp_path):
     _check_round_trip(smollm2_st, tmp_path, 256)
 
 
+@pytest.mark.parametrize(("outtype", "tol"), [("f16", 2e-2), ("q8_0", 5e-2)])
+def test_smollm2_reduced_precision_logits(smollm2_st, tmp_path, outtype, tol):
+    """Real weights below f32: logits within a tolerance that fits the type (not greedy text:
+    near-ties flip under rounding)."""
+    from transformers import AutoTokenizer
+
+    out = convert(smollm2_st, tmp_path / f"m.{outtype}.gguf", outtype=outtype)
+    ids = AutoTokenizer.from_pretrained(smollm2_st)(_real_text()).input_ids[:128]
+    err = rel_err(llama_logits(out, ids), hf_logits(smollm2_st, ids))
+    assert err < tol, f"{outtype}: relative logit error {err:.2e}"
+
+
 def test_gemma3_round_trip(gemma3_st, tmp_path):
     _check_round_trip(gemma3_st, tmp_path, 200)
