@@ -262,3 +262,15 @@ def test_signal_mid_conversion_leaves_nothing(tiny_checkpoint, tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert _dir_listing(out_dir) == []
+
+
+def test_mistral_consolidated_file_is_ignored(tiny_checkpoint, tmp_path):
+    """Mistral repos hold consolidated.safetensors (own tensor names) beside the HF weights."""
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_checkpoint("mistral"), src)
+    save_file({"layers.0.attention.wq.weight": np.zeros((4, 4), np.float32)},
+              str(src / "consolidated.safetensors"))  # fmt: skip
+    out = convert(src, tmp_path / "m.gguf", outtype="f16")
+    assert "blk.0.attn_q.weight" in {t.name for t in gguf.GGUFReader(out).tensors}
