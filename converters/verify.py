@@ -7,6 +7,7 @@ compares its token ids with the Hugging Face tokenizer's on a varied text set.
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import struct
@@ -148,14 +149,31 @@ def check_structure(
 
 
 def hf_token_ids(src: Path, texts: Sequence[str]) -> list[list[int]] | None:
-    """Token ids from the checkpoint's own tokenizer.json (special tokens added), or None."""
-    path = src / "tokenizer.json"
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
+    """Reference token ids (special tokens added) for ``texts``, or None if none can be made.
 
-    tok = Tokenizer.from_file(str(path))
-    return [tok.encode(t).ids for t in texts]
+    From tokenizer.json with the ``tokenizers`` package; for a checkpoint with only a
+    SentencePiece tokenizer.model, from ``sentencepiece`` (when installed) plus the BOS token
+    that Hugging Face's SentencePiece tokenizers add (``add_bos_token``, default true).
+    """
+    path = src / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path))
+        return [tok.encode(t).ids for t in texts]
+    model = src / "tokenizer.model"
+    try:
+        import sentencepiece
+    except ImportError:
+        return None
+    if not model.is_file():
+        return None
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    cfg_path = src / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    bos = [sp.bos_id()] if cfg.get("add_bos_token", True) and sp.bos_id() >= 0 else []
+    eos = [sp.eos_id()] if cfg.get("add_eos_token", False) and sp.eos_id() >= 0 else []
+    return [bos + sp.encode(t) + eos for t in texts]
 
 
 def llama_token_ids(path: Path, texts: Sequence[str]) -> list[list[int]]:
@@ -192,14 +210,14 @@ def check_tokenization(path: Path, src: Path, texts: Sequence[str] = SAMPLE_TEXT
     """Compare llama.cpp's tokenization of ``texts`` with the Hugging Face tokenizer's.
 
     Returns:
-        The number of texts compared (0 when the checkpoint has no tokenizer.json).
+        The number of texts compared (0 when no reference tokenizer can be loaded).
 
     Raises:
         VerificationError: any text tokenizes differently.
     """
     want = hf_token_ids(src, texts)
     if want is None:
-        logger.warning("no tokenizer.json in %s: tokenization not verified", src)
+        logger.warning("no usable reference tokenizer in %s: tokenization not verified", src)
         return 0
     got = llama_token_ids(path, texts)
     bad = [(t, w, g) for t, w, g in zip(texts, want, got, strict=True) if w != g]

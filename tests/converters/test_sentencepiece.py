@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from converters.st2gguf import convert
-from converters.verify import SAMPLE_TEXTS, llama_token_ids
+from converters.verify import SAMPLE_TEXTS, check_tokenization, llama_token_ids
 
 from . import builders
 from .reference import hf_logits, llama_logits, rel_err
@@ -40,11 +40,13 @@ def spm_checkpoint(tiny_tokenizer, tmp_path_factory):
 
 
 def test_tokenizer_model_tokenizes_like_sentencepiece(spm_checkpoint, tmp_path):
-    out = convert(spm_checkpoint, tmp_path / "spm.gguf", outtype="f16")
+    out = convert(spm_checkpoint, tmp_path / "spm.gguf", outtype="f16", verify=True)
     sp = spm.SentencePieceProcessor(model_file=str(spm_checkpoint / "tokenizer.model"))
     got = llama_token_ids(out, SAMPLE_TEXTS)
     for text, ids in zip(SAMPLE_TEXTS, got, strict=True):
         assert ids == [sp.bos_id(), *sp.encode(text)], f"differs for {text!r}"
+    # --verify uses the same sentencepiece reference when there is no tokenizer.json
+    assert check_tokenization(out, spm_checkpoint) == len(SAMPLE_TEXTS)
 
 
 def test_tokenizer_model_checkpoint_logits(spm_checkpoint, tmp_path):
