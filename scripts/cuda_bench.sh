@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Build ggufworker's llama.cpp with CUDA on a machine without a package index, then run the
+# engine tests with every layer on the GPU and the engine- and HTTP-level benchmarks.
+#
+#   scripts/cuda_bench.sh build   # compile llama-cpp-python (CUDA) from a local sdist, make the
+#                                 # Llama-3.2-1B-shape random checkpoint, convert it to Q4_K_M
+#   scripts/cuda_bench.sh run     # tests + benchmarks; JSON results in $OUT (default ./out)
+#
+# Inputs (environment): SDIST (llama-cpp-python sdist, default .carry/llama_cpp_python-*.tar.gz),
+# WHEELS (folder of pure-Python wheels the machine lacks, default .carry/whl), CHECKPOINT_CFG
+# (folder with config.json + tokenizer files of the 1B shape, default .carry/l1b),
+# SMOLLM2_PARTS (glob of the SmolLM2 GGUF's pieces, concatenated in order), CUDA_ARCH (default 90).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/gw-cuda}
+OUT=${OUT:-$PWD/out}
+SDIST=${SDIST:-$(ls .carry/llama_cpp_python-*.tar.gz 2>/dev/null | head -1)}
+WHEELS=${WHEELS:-.carry/whl}
+CHECKPOINT_CFG=${CHECKPOINT_CFG:-.carry/l1b}
+CUDA_ARCH=${CUDA_ARCH:-90}
+mkdir -p "$WORK" "$OUT"
+export PYTHONPATH=$WORK/site:$PWD/src:$PWD PYTHONUNBUFFERED=1
+L1B=$WORK/llama-1b-shape-q4_k_m.gguf
+
+build() {
+  nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader
+  rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$SDIST" -C "$WORK/src"
+  local t0=$(date +%s)
+  (cd "$WORK"/src/llama_cpp_python-* &&
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    python3 -m pip wheel -q --no-build-isolation --no-deps --no-index -w "$WORK/wheel" .) \
+    > "$OUT/cuda_build.log" 2>&1 || { echo "build failed"; tail -30 "$OUT/cuda_build.log"; return 1; }
+  echo "cuda build: $(( $(date +%s) - t0 )) s"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
+    "$WORK"/wheel/*.whl "$WHEELS"/*.whl || return 1
+  python3 -m ggufworker.engine.selfcheck || return 1
+  python3 - "$CHECKPOINT_CFG" "$WORK/llama-1b-shape" <<'PY'
+import shutil, sys, torch, transformers
+src, dst = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+model = transformers.AutoModelForCausalLM.from_config(
+    transformers.AutoConfig.from_pretrained(src), dtype=torch.bfloat16)
+model.save_pretrained(dst)
+for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    shutil.copy(f"{src}/{name}", dst)
+print("random checkpoint:", sum(p.numel() for p in model.parameters()), "parameters")
+PY
+  /usr/bin/time -f "convert to q4_k_m: %e s, peak RSS %M kB" \
+    python3 -m converters.st2gguf "$WORK/llama-1b-shape" --outfile "$L1B" --outtype q4_k_m --no-progress --force
+}
+
+run() {
+  local tc=$WORK/test-models
+  if [ -n "${SMOLLM2_PARTS:-}" ]; then
+    mkdir -p "$tc/models/smollm2-135m-instruct"
+    cat $SMOLLM2_PARTS > "$tc/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+  fi
+  python3 -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())"
+  GGUFWORKER_TEST_CACHE=$tc HF_HUB_OFFLINE=1 GGUFWORKER_OFFLINE=1 \
+    python3 -m pytest tests/engine -q -p no:cacheprovider -k "not gemma" 2>&1 | tee "$OUT/cuda_engine_tests.log" | tail -15
+  python3 -m ggufworker.cli bench --model "$L1B" --streams 1,8,32 --tokens 128 --runs 3 \
+    --ctx-size 16384 --json > "$OUT/cuda_engine_bench.json" 2> "$OUT/cuda_engine_bench.err"
+  tail -3 "$OUT/cuda_engine_bench.err"
+  python3 -m ggufworker.cli bench --http --model "$L1B" --clients 8 --max-tokens 128 --runs 3 \
+    --json > "$OUT/cuda_http_bench.json" 2> "$OUT/cuda_http_bench.err"
+  tail -3 "$OUT/cuda_http_bench.err"
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) run ;;
+  *) echo "usage: $0 build|run" >&2; exit 2 ;;
+esac
