@@ -104,6 +104,8 @@ def bench_engine(
     """
     path = Path(path)
     n_max = max(streams)
+    # Room for every stream's prompt and tokens at once (no run may hit the context end).
+    n_ctx = max(n_ctx, n_max * (tokens + 64) + 1024)
     samples: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:

@@ -144,6 +144,7 @@ class Scheduler:
             while not self._closed:
                 idle = not self.waiting and all(s.req is None for s in self.slots)
                 if idle:
+                    self._flush()
                     self._handle_msg(self.inbox.get())
                 while True:
                     try:
@@ -155,15 +156,15 @@ class Scheduler:
                 self._admit()
                 if self._build_batch():
                     self._step()
-                if self._out:
-                    deliver_many(self._out)
-                    self._out = []
+                else:
+                    self._flush()
         except BaseException:  # a bug here must not leave callers waiting forever
             logger.exception("scheduler thread crashed")
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        self._flush()
         err = EngineClosedError("the engine was shut down")
         while True:
             try:
@@ -293,8 +294,16 @@ class Scheduler:
         self._n_out = n_out
         return batch.n > 0
 
+    def _flush(self) -> None:
+        if self._out:
+            deliver_many(self._out)
+            self._out = []
+
     def _step(self) -> None:
         batch = self.batch
+        # Hand over the previous step's events just before decoding: consumers then run while
+        # llama_decode has released the GIL, instead of competing with this thread for it.
+        self._flush()
         rc = batch.decode(self.ctx)
         if rc != 0:
             self._decode_failed(rc)
