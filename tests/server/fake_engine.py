@@ -127,6 +127,7 @@ class FakeEngine:
         self.active: set[FakeHandle] = set()
         self.submitted: list[GenerationRequest] = []
         self.closed = False
+        self.last_tools: Any = None
 
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = False
@@ -139,6 +140,7 @@ class FakeEngine:
     def render_chat(
         self, messages: list[dict[str, Any]], tools: Any = None, add_generation_prompt: bool = True
     ) -> str:
+        self.last_tools = tools
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
     def submit(self, req: GenerationRequest) -> FakeHandle:

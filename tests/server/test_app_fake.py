@@ -339,3 +339,12 @@ def test_cors_off_unless_configured() -> None:
             "/v1/chat/completions", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert r.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_tools_are_passed_to_the_chat_template(client: TestClient, factory: FakeFactory) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    r = client.post("/v1/chat/completions", json={**CHAT, "tools": tools})
+    assert r.status_code == 200
+    assert factory.engines[0].last_tools == tools
+    client.post("/v1/chat/completions", json=CHAT)
+    assert factory.engines[0].last_tools is None

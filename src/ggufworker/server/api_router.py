@@ -54,12 +54,12 @@ async def get_model(model_id: str, request: Request) -> Any:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await request.app.state.serving.chat(body, request)
+    return await request.app.state.chat.chat(body, request)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    return await request.app.state.serving.completion(body, request)
+    return await request.app.state.completion.completion(body, request)
 
 
 @router.post("/v1/embeddings")

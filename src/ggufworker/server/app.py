@@ -24,7 +24,8 @@ from ggufworker.server.models import (
     load_engine,
     resolve_source,
 )
-from ggufworker.server.serving import OpenAIServing
+from ggufworker.server.serving_chat import ChatServing
+from ggufworker.server.serving_completion import CompletionServing
 from ggufworker.server.worker import ReadinessCallback
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def create_app(
         manager = ModelManager(settings, engine_factory=engine_factory, resolver=resolver)
         metrics = app.state.metrics
         app.state.manager = manager
-        app.state.serving = OpenAIServing(manager, metrics)
+        app.state.chat = ChatServing(manager, metrics)
+        app.state.completion = CompletionServing(manager, metrics)
         callback = None
         if settings.callback_url:
             callback = ReadinessCallback(
