@@ -95,6 +95,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"{n:>8} {_f(e['aggregate_tps']):>16} {_f(e['decode_tps_per_stream']):>20} "
             f"{_f(e['ttft_median_s'], 3):>14}"
         )
+    t = r["second_turn"]
+    lines += [
+        "",
+        f"second chat turn (~1,000-token history): TTFT cold {_f(t['cold_ttft_s'], 3)} s, "
+        f"warm {_f(t['warm_ttft_s'], 3)} s, warm/cold {_f(t['warm_vs_cold'], 3)}",
+    ]
     p = r["prompt"]
     lines += ["", f"prompt ({p['n_tokens']} tokens): engine {_f(p['engine_tps'])} tok/s"]
     if "raw" in r:

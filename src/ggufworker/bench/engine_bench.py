@@ -85,6 +85,28 @@ async def _streams(engine: Engine, prompts: list[str], tokens: int) -> dict[str,
     }
 
 
+def _chat_turns(engine: Engine) -> tuple[str, list[dict[str, str]]]:
+    """A first-turn prompt with ~1,000 tokens of history, and the messages to build turn two."""
+    facts = " ".join(f"Fact {i}: the number {i} comes after {i - 1}." for i in range(1, 70))
+    history = [
+        {"role": "user", "content": "Remember these facts. " + facts},
+        {"role": "assistant", "content": "I will remember them."},
+        {"role": "user", "content": "What is fact 3?"},
+    ]
+    return engine.render_chat(history), history
+
+
+def _ttft(engine: Engine, prompt: str, tokens: int) -> tuple[float, str]:
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+    ttft = 0.0
+    parts = []
+    for ev in engine.submit(GenerationRequest(prompt, params, parse_special=True)):
+        parts.append(ev.text)
+        if ev.time_to_first_token is not None:
+            ttft = ev.time_to_first_token
+    return ttft, "".join(parts)
+
+
 def bench_engine(
     path: str | os.PathLike[str],
     *,
@@ -155,6 +177,19 @@ def bench_engine(
                 res = asyncio.run(_streams(engine, _prompts(n), tokens))
                 for k, v in res.items():
                     add(f"engine.{n}.{k}", v)
+            # Second chat turn: warm (history in a slot's KV) vs the same prompt cold.
+            engine.clear_cache()
+            first, history = _chat_turns(engine)
+            _, answer = _ttft(engine, first, 16)
+            second = engine.render_chat(
+                history
+                + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Fact 5?"}]
+            )
+            warm, _ = _ttft(engine, second, 1)
+            engine.clear_cache()
+            cold, _ = _ttft(engine, second, 1)
+            add("prefix.warm_ttft_s", warm)
+            add("prefix.cold_ttft_s", cold)
     finally:
         engine.close()
         if model is not None:
@@ -174,6 +209,11 @@ def bench_engine(
             for n in streams
         },
         "prompt": {"engine_tps": med["engine.prompt_tps"], "n_tokens": len(long_ids)},
+        "second_turn": {
+            "cold_ttft_s": med["prefix.cold_ttft_s"],
+            "warm_ttft_s": med["prefix.warm_ttft_s"],
+            "warm_vs_cold": med["prefix.warm_ttft_s"] / med["prefix.cold_ttft_s"],
+        },
         "samples": samples,
     }
     if references:
