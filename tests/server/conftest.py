@@ -27,6 +27,17 @@ SERVE = [sys.executable, "-m", "ggufworker", "serve"]
 KEYS = ("test-key-1", "test-key-2")
 
 
+def _die_with_parent() -> None:
+    """Child side: SIGTERM when pytest dies (Linux), so a killed run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,6 +66,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            preexec_fn=_die_with_parent,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -228,6 +228,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux), so a
+    killed benchmark leaves no server running."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def _server(cmd: list[str], port: int, timeout: float, ready_path: str) -> Iterator[str]:
     """Run a server subprocess until the block ends; yield its base URL once it answers."""
@@ -237,7 +249,9 @@ def _server(cmd: list[str], port: int, timeout: float, ready_path: str) -> Itera
     src = str(Path(ggufworker.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     log = tempfile.NamedTemporaryFile(prefix="ggufworker-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
