@@ -27,14 +27,15 @@ class Batch:
         i32p = ctypes.POINTER(ctypes.c_int32)
         base = self.seq.ctypes.data
         self._seq_ptrs = (i32p * size)(*(ctypes.cast(base + 4 * i, i32p) for i in range(size)))
+        # ctypes stubs type these fields as arrays; the C struct holds plain pointers.
         b = llama_cpp.llama_batch()
         b.n_tokens = 0
-        b.token = self.token.ctypes.data_as(i32p)
-        b.embd = ctypes.POINTER(ctypes.c_float)()
-        b.pos = self.pos.ctypes.data_as(i32p)
-        b.n_seq_id = self.n_seq_id.ctypes.data_as(i32p)
-        b.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))
-        b.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        b.token = self.token.ctypes.data_as(i32p)  # type: ignore[assignment]
+        b.embd = ctypes.POINTER(ctypes.c_float)()  # type: ignore[assignment]
+        b.pos = self.pos.ctypes.data_as(i32p)  # type: ignore[assignment]
+        b.n_seq_id = self.n_seq_id.ctypes.data_as(i32p)  # type: ignore[assignment]
+        b.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))  # type: ignore[assignment]
+        b.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))  # type: ignore[assignment]
         self.struct = b
         self.n = 0
 

@@ -325,7 +325,7 @@ class Engine:
         self._sched.post("close")
         self._sched.thread.join()
         llama_cpp.llama_free(self._ctx)
-        self._ctx = None
+        self._ctx = None  # type: ignore[assignment]
         self._model.close()
 
     def __enter__(self) -> Engine:

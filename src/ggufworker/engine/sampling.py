@@ -105,7 +105,7 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
             n = len(params.logit_bias)
             arr = (llama_cpp.llama_logit_bias * n)()
             for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                arr[i].token = int(tok)
+                arr[i].token = int(tok)  # type: ignore[assignment]
                 # -inf bans a token; llama.cpp adds the bias to the logit, so clamp to finite.
                 arr[i].bias = max(float(bias), -1e30)
             add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, n, arr))

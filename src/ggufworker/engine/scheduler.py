@@ -15,7 +15,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,46 +23,12 @@ from ggufworker.engine.batch import Batch
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import free_chain, logprobs_of
+from ggufworker.engine.slots import Request, Slot, common_prefix
 from ggufworker.engine.text import TextStream
-from ggufworker.engine.types import SamplingParams, TokenEvent, Usage
+from ggufworker.engine.types import TokenEvent, Usage
 from ggufworker.errors import EngineClosedError, GenerationError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Request:
-    """A request as the scheduler sees it (prompt already tokenized, chain already built)."""
-
-    id: str
-    tokens: list[int]
-    params: SamplingParams
-    chain: int
-    handle: RequestHandle
-    t_submit: float = field(default_factory=time.perf_counter)
-    # Plain greedy (no bias, penalties or grammar): argmax over the step's logits in numpy
-    # instead of llama_sampler_sample, which copies the whole vocabulary into a candidate
-    # array per token (~0.5 MB for a 49k vocabulary). Same token: both take the first maximum.
-    greedy: bool = False
-
-
-@dataclass(eq=False)
-class Slot:
-    """One sequence id of the KV cache and the request (if any) running in it."""
-
-    seq: int
-    cache: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
-    req: Request | None = None
-    prefill_pos: int = 0  # next prompt index to feed
-    next_token: int = -1  # sampled, not yet decoded (-1: still in prefill)
-    out_idx: int = -1  # batch index of this slot's logits in the current step
-    out_row: int = -1  # row of those logits among the step's outputs
-    n_fed: int = 0  # prompt tokens this step's batch holds for this slot
-    n_gen: int = 0
-    n_cached: int = 0
-    stream: TextStream | None = None
-    first_event: bool = True
-    last_used: float = 0.0
 
 
 class Scheduler:
@@ -222,8 +187,8 @@ class Scheduler:
             if not free:
                 return
             req = self.waiting[0]
-            slot = max(free, key=lambda s: (_common_prefix(s.cache, req.tokens), -s.last_used))
-            n_keep = min(_common_prefix(slot.cache, req.tokens), len(req.tokens) - 1)
+            slot = max(free, key=lambda s: (common_prefix(s.cache, req.tokens), -s.last_used))
+            n_keep = min(common_prefix(slot.cache, req.tokens), len(req.tokens) - 1)
             need = len(req.tokens) - n_keep + len(self.slots)
             free_cells = self.n_ctx - self._used_cells() - self._reserved_cells()
             if free_cells + len(slot.cache) - n_keep < need:
@@ -232,6 +197,13 @@ class Scheduler:
                 if free_cells + len(slot.cache) - n_keep < need and self.busy_slots():
                     return  # wait for running requests to finish and free cells
             self.waiting.popleft()
+            if n_keep > 0 and self.model.n_swa > 0:
+                # A sliding-window cache that is not full-size drops positions older than the
+                # window; reuse is valid only if the window before n_keep is still there
+                # (the same check llama-server makes before reusing a slot).
+                pos_min = llama_cpp.llama_memory_seq_pos_min(self.mem, slot.seq)
+                if pos_min > max(0, n_keep - self.model.n_swa):
+                    n_keep = 0
             if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, n_keep, -1):
                 # Partial removal can fail (e.g. recurrent state); start this sequence over.
                 llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
@@ -417,11 +389,3 @@ class Scheduler:
         free_chain(req.chain)
         req.chain = 0
         self._on_finish(req, n_prompt, n_gen, n_cached)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -1,0 +1,54 @@
+"""Per-request and per-slot state the scheduler keeps (plain data, no llama.cpp calls)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ggufworker.engine.handle import RequestHandle
+from ggufworker.engine.text import TextStream
+from ggufworker.engine.types import SamplingParams
+
+
+@dataclass(eq=False)
+class Request:
+    """A request as the scheduler sees it (prompt already tokenized, chain already built)."""
+
+    id: str
+    tokens: list[int]
+    params: SamplingParams
+    chain: int
+    handle: RequestHandle
+    t_submit: float = field(default_factory=time.perf_counter)
+    # Plain greedy (no bias, penalties or grammar): argmax over the step's logits in numpy
+    # instead of llama_sampler_sample, which copies the whole vocabulary into a candidate
+    # array per token (~0.5 MB for a 49k vocabulary). Same token: both take the first maximum.
+    greedy: bool = False
+
+
+@dataclass(eq=False)
+class Slot:
+    """One sequence id of the KV cache and the request (if any) running in it."""
+
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    req: Request | None = None
+    prefill_pos: int = 0  # next prompt index to feed
+    next_token: int = -1  # sampled, not yet decoded (-1: still in prefill)
+    out_idx: int = -1  # batch index of this slot's logits in the current step
+    out_row: int = -1  # row of those logits among the step's outputs
+    n_fed: int = 0  # prompt tokens this step's batch holds for this slot
+    n_gen: int = 0
+    n_cached: int = 0
+    stream: TextStream | None = None
+    first_event: bool = True
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
