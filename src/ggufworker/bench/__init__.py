@@ -57,7 +57,7 @@ def _main(args: argparse.Namespace) -> int:
     from ggufworker.bench.engine_bench import bench_engine
     from ggufworker.registry import pull
 
-    path = pull(args.model, progress=not args.json)
+    path = pull(args.model, home=getattr(args, "home", None), progress=not args.json)
     streams = tuple(int(s) for s in args.streams.split(",") if s.strip())
     result = bench_engine(
         path,
