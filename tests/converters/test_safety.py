@@ -236,7 +236,10 @@ def test_signal_mid_conversion_leaves_nothing(tiny_checkpoint, tmp_path, sig):
     """A real Ctrl-C / kill of the CLI process while tensors are being written."""
     # Slow the writer down so the signal lands mid-file.
     code = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # A shell starts background jobs with SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler; restore the interactive default so the test sees Ctrl-C.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from converters import writer, st2gguf\n"
         "real = writer._write_tensor\n"
         "def slow(*a, **k):\n"
