@@ -342,6 +342,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--n_ctx", str(args.ctx_size),
             "--n_threads", threads,
             "--n_threads_batch", threads,
+            # Its default keeps every layer on the CPU; offload all, as our engine does.
+            "--n_gpu_layers", "-1",
         ]  # fmt: skip
         servers.append(("llama_cpp_python", cmd, port, "/v1/models"))
     with contextlib.ExitStack() as stack:

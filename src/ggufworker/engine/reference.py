@@ -142,6 +142,7 @@ def llama_greedy(
         n_ctx=n_ctx,
         n_threads=n_threads or os.cpu_count(),
         n_threads_batch=n_threads or os.cpu_count(),
+        n_gpu_layers=-1,  # Llama's default keeps every layer on the CPU; offload as we do
         verbose=False,
     )
     try:
