@@ -7,7 +7,8 @@
 #   scripts/cuda_bench.sh run     # tests + benchmarks; JSON results in $OUT (default ./out)
 #
 # Inputs (environment): SDIST (llama-cpp-python sdist, default .carry/llama_cpp_python-*.tar.gz),
-# WHEELS (folder of pure-Python wheels the machine lacks, default .carry/whl), CHECKPOINT_CFG
+# WHEELS (folder of wheels the machine lacks: gguf, diskcache, fastapi + starlette + pydantic(-core,
+# -settings), opentelemetry-api, uvicorn, openai + jiter, sse-starlette, starlette-context; default .carry/whl), CHECKPOINT_CFG
 # (folder with config.json + tokenizer files of the 1B shape, default .carry/l1b),
 # SMOLLM2_PARTS (glob of the SmolLM2 GGUF's pieces, concatenated in order), CUDA_ARCH (default 90).
 set -uo pipefail
@@ -20,6 +21,11 @@ CHECKPOINT_CFG=${CHECKPOINT_CFG:-.carry/l1b}
 CUDA_ARCH=${CUDA_ARCH:-90}
 mkdir -p "$WORK" "$OUT"
 export PYTHONPATH=$WORK/site:$PWD/src:$PWD PYTHONUNBUFFERED=1
+# On a Python whose numpy is imported before llama_cpp (pytest plugins do it), loading a model
+# segfaulted on the GPU machine; preloading the system libstdc++ avoids it (docs/BACKENDS.md).
+if [ -e /lib/x86_64-linux-gnu/libstdc++.so.6 ]; then
+  export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6${LD_PRELOAD:+:$LD_PRELOAD}
+fi
 L1B=$WORK/llama-1b-shape-q4_k_m.gguf
 
 build() {
