@@ -23,22 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ggufworker.bench.prompts import PROMPTS
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.reference import llama_greedy, raw_greedy
 
 logger = logging.getLogger(__name__)
 
-PROMPTS = (
-    "Write a long story about a lighthouse keeper who",
-    "Explain in detail how a steam engine works, starting with",
-    "The history of the printing press began when",
-    "Describe a walk through a busy market in the morning:",
-    "List the steps to bake bread at home, and explain why",
-    "A letter to a friend about a trip to the mountains:",
-    "The most important ideas in physics are",
-    "Once upon a time, in a kingdom by the sea,",
-)
 # A ~500-token prompt for prompt-processing throughput.
 LONG_PROMPT = " ".join(
     f"Item {i}: a line of plain text for the prompt benchmark." for i in range(40)

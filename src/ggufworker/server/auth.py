@@ -7,12 +7,11 @@ learns nothing about the request format and cannot make the server parse large b
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ggufworker.errors import AuthenticationError, error_spec
-from ggufworker.server.sse import error_payload
+from ggufworker.errors import AuthenticationError
+from ggufworker.server.sse import send_asgi_error
 
 PUBLIC_PATHS = frozenset({"/health"})
 
@@ -62,18 +61,6 @@ class APIKeyMiddleware:
         try:
             check_api_key(self.keys, header)
         except AuthenticationError as exc:
-            body = json.dumps(error_payload(exc)).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error_spec(exc).status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_asgi_error(send, exc, ((b"www-authenticate", b"Bearer"),))
             return
         await self.app(scope, receive, send)

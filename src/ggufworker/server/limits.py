@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ggufworker.errors import RequestTooLargeError, error_spec
-from ggufworker.server.sse import error_payload
+from ggufworker.errors import RequestTooLargeError
+from ggufworker.server.sse import send_asgi_error
 
 
 class BodyLimitMiddleware:
@@ -52,19 +50,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, send: Send) -> None:
         exc = RequestTooLargeError(f"request body exceeds {self.max_bytes} bytes")
-        body = json.dumps(error_payload(exc)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error_spec(exc).status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_asgi_error(send, exc, ((b"connection", b"close"),))
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

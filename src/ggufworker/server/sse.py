@@ -40,6 +40,25 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
     }
 
 
+async def send_asgi_error(
+    send: Any, exc: BaseException, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer a raw ASGI request with the error envelope (for middleware below FastAPI)."""
+    body = json.dumps(error_payload(exc)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error_spec(exc).status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 async def guarded(events: AsyncIterator[bytes], *, done: bool = True) -> AsyncIterator[bytes]:
     """Pass events through; a failure mid-stream becomes an error event (then ``[DONE]``).
 
