@@ -7,6 +7,7 @@ serves the default model with one slot, no queue and API keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -126,6 +127,16 @@ class CallbackListener:
 COMMON = ["--threads", "1", "--ctx-size", "4096", "--keep-alive", "-1", "--log-level", "warning"]
 
 
+@contextlib.contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    """Wait for a started server to be ready; stop it when the block ends, whatever happens."""
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def callback_listener() -> Iterator[CallbackListener]:
     listener = CallbackListener()
@@ -169,11 +180,8 @@ def main_server(
         logs / "server.log",
         home=logs / "home",
     )
-    try:
-        server.wait_ready()
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -200,11 +208,8 @@ def tight_server(
         logs / "server.log",
         home=logs / "home",
     )
-    try:
-        server.wait_ready()
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -220,8 +225,5 @@ def batch_server(
         logs / "server.log",
         home=logs / "home",
     )
-    try:
-        server.wait_ready()
+    with running(server):
         yield server
-    finally:
-        server.stop()
