@@ -68,8 +68,16 @@ class Stream:
     """Timing of one generation: when it was sent and when each token arrived."""
 
     sent: float
-    token_times: list[float]
+    token_times: list[float]  # arrival of each piece of text (a token, or several held back)
     completed: bool
+    # Tokens generated, from the server's usage report. A streamed chunk can carry several
+    # tokens (bytes of one UTF-8 character are held back until it is whole), so counting
+    # chunks undercounts; servers without usage in streams fall back to one token per chunk.
+    n_tokens: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.n_tokens if self.n_tokens is not None else len(self.token_times)
 
     @property
     def ttft(self) -> float | None:
@@ -80,7 +88,7 @@ class Stream:
         t = self.token_times
         if len(t) < 2 or t[-1] <= t[0]:
             return None
-        return (len(t) - 1) / (t[-1] - t[0])
+        return (self.tokens - 1) / (t[-1] - t[0])
 
 
 def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], want: int) -> dict:
@@ -89,10 +97,10 @@ def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], wa
     decode = [x for x in decode_runs if x]
     aggregate, ttfts, completed = [], [], []
     for wall, streams in batches:
-        tokens = sum(len(s.token_times) for s in streams)
+        tokens = sum(s.tokens for s in streams)
         aggregate.append(tokens / wall if wall > 0 else 0.0)
         ttfts.append(statistics.median([s.ttft for s in streams if s.ttft is not None] or [0.0]))
-        completed.append(sum(1 for s in streams if s.completed and len(s.token_times) == want))
+        completed.append(sum(1 for s in streams if s.completed and s.tokens == want))
     med = statistics.median
     return {
         "single_decode_tps": round(med(decode), 2) if decode else None,
@@ -160,6 +168,7 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Strea
     sent = time.perf_counter()
     times: list[float] = []
     finished = done = False
+    n_tokens: int | None = None
     async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -170,12 +179,14 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Strea
                 done = True
                 continue
             chunk = json.loads(data)
+            if chunk.get("usage"):
+                n_tokens = int(chunk["usage"]["completion_tokens"])
             for choice in chunk.get("choices") or ():
                 if choice.get("text"):
                     times.append(time.perf_counter())
                 if choice.get("finish_reason"):
                     finished = True
-    return Stream(sent, times, finished and done)
+    return Stream(sent, times, finished and done, n_tokens)
 
 
 class HttpTarget:
@@ -194,6 +205,7 @@ class HttpTarget:
             "repeat_penalty": 1.0,
             "logit_bias": {str(t): -100 for t in self.eos},
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
 
     def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
