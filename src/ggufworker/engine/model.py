@@ -67,6 +67,7 @@ class Model:
         self.backend = "gpu" if gpu and n_gpu_layers != 0 else "cpu"
         self.vocab = llama_cpp.llama_model_get_vocab(ptr)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self._eog: tuple[int, ...] | None = None
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
@@ -111,8 +112,15 @@ class Model:
         return self.metadata.get("general.architecture", "unknown")
 
     def eog_ids(self) -> tuple[int, ...]:
-        """All token ids llama.cpp treats as end of generation."""
-        return tuple(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        """All token ids llama.cpp treats as end of generation.
+
+        llama.cpp has no call that lists them, so this asks once per vocabulary entry (a second
+        or so for a 128K vocabulary); the answer is computed once per model and kept.
+        """
+        if self._eog is None:
+            is_eog = llama_cpp.llama_vocab_is_eog
+            self._eog = tuple(t for t in range(self.n_vocab) if is_eog(self.vocab, t))
+        return self._eog
 
     def info(self, *, name: str, n_ctx: int, n_parallel: int) -> ModelInfo:
         """Describe the model as :class:`ModelInfo`."""
