@@ -5,17 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
-
-PROMPTS = [
-    "The capital of France is",
-    "List three colours:",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The best way to learn a language is",
-    "Water boils at",
-    "In 1969, the first humans",
-    "A haiku about autumn:\n",
-]
+from tests.engine.prompts import PROMPTS
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 

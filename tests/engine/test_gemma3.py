@@ -22,17 +22,8 @@ import pytest
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.reference import raw_greedy
+from tests.engine.prompts import PROMPTS
 
-PROMPTS = [
-    "The capital of France is",
-    "List three colours:",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The best way to learn a language is",
-    "Water boils at",
-    "In 1969, the first humans",
-    "A haiku about autumn:\n",
-]
 N_TOKENS = 12
 
 
