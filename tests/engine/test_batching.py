@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+from tests.engine.agree import assert_greedy_agree
 from tests.engine.prompts import PROMPTS
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
@@ -29,9 +30,9 @@ def test_smollm2_batched_equals_alone(smollm2_path: Path) -> None:
         for prompt in PROMPTS:
             engine.clear_cache()  # each prompt computed cold, not from the batched run's KV
             alone += _alone(engine, [prompt])
+        assert stats.total_requests == len(PROMPTS)
+        assert all(len(t) == GREEDY.max_tokens for t in together)
+        for prompt, a, b in zip(PROMPTS, alone, together, strict=True):
+            assert_greedy_agree(engine, engine.tokenize(prompt), a, b, f"batched {prompt!r}")
     finally:
         engine.close()
-    assert stats.total_requests == len(PROMPTS)
-    assert all(len(t) == GREEDY.max_tokens for t in together)
-    for prompt, a, b in zip(PROMPTS, alone, together, strict=True):
-        assert a == b, f"batched output differs for {prompt!r}"

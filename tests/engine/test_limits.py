@@ -15,10 +15,10 @@ LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
 SHORT = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def one_slot(smollm2_path: Path) -> Iterator[Engine]:
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "pipelined"])
+def one_slot(smollm2_path: Path, request: pytest.FixtureRequest) -> Iterator[Engine]:
     """One slot and room for one waiting request, so queueing is easy to provoke."""
-    engine = Engine.load(smollm2_path, n_ctx=256, n_parallel=1, max_queue=1)
+    engine = Engine.load(smollm2_path, n_ctx=256, n_parallel=1, max_queue=1, pipeline=request.param)
     yield engine
     engine.close()
 

@@ -41,6 +41,7 @@ def test_embed_matches_llama_cpp(smollm2_path: Path) -> None:
     engine = Engine.load(smollm2_path, n_ctx=512, n_parallel=1, embedding=True, flash_attn=True)
     try:
         got = engine.embed(texts)
+        backend = engine.info.backend
     finally:
         engine.close()
     ref_model = llama_cpp.Llama(
@@ -49,16 +50,20 @@ def test_embed_matches_llama_cpp(smollm2_path: Path) -> None:
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
         n_ctx=512,
         flash_attn=True,
+        n_gpu_layers=-1,  # Llama keeps every layer on the CPU by default; the engine offloads
         verbose=False,
     )
     try:
         ref = [ref_model.embed(t, normalize=True) for t in texts]
     finally:
         ref_model.close()
+    # Llama embeds both texts in one batch, the engine one per decode: on a GPU the batch shape
+    # picks other matrix kernels (see tests/engine/agree.py), so allow their rounding there.
+    tol = 2e-3 if backend == "gpu" else 1e-5
     for g, r in zip(got, ref, strict=True):
         assert math.isclose(sum(x * x for x in g), 1.0, rel_tol=1e-4)
         assert len(g) == len(r)
-        assert max(abs(a - b) for a, b in zip(g, r, strict=True)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(g, r, strict=True)) < tol
 
 
 def test_embed_needs_embedding_engine(smollm2: Engine) -> None:

@@ -11,20 +11,45 @@ import pytest
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
 from ggufworker.engine.reference import raw_greedy
 from ggufworker.errors import InvalidRequestError
+from tests.engine.agree import on_gpu
 
 
 def _chat(engine: Engine, text: str) -> str:
     return engine.render_chat([{"role": "user", "content": text}])
 
 
-def test_same_seed_same_text(smollm2: Engine) -> None:
-    prompt = _chat(smollm2, "Tell me a short story about a cat.")
-    params = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=12)
-    runs = [
-        smollm2.generate(GenerationRequest(prompt, params, parse_special=True)) for _ in range(2)
-    ]
+SEEDED = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=12)
+
+
+def _seeded_twice(engine: Engine, *, cold: bool) -> list:  # type: ignore[type-arg]
+    prompt = _chat(engine, "Tell me a short story about a cat.")
+    runs = []
+    for _ in range(2):
+        if cold:
+            engine.clear_cache()
+        runs.append(engine.generate(GenerationRequest(prompt, SEEDED, parse_special=True)))
+    return runs
+
+
+def test_same_seed_same_text_with_prefix_reuse(smollm2: Engine) -> None:
+    if on_gpu(smollm2):
+        # The second run reuses the first one's prompt KV and recomputes only the last prompt
+        # token, in a batch of one: on a GPU that changes the logits' last bits (batch-variant
+        # kernels), which a seeded draw can notice. llama-server documents the same for
+        # cache_prompt; docs/ENGINE.md.
+        pytest.skip("seeded output with prefix reuse is exact only on batch-invariant backends")
+    runs = _seeded_twice(smollm2, cold=False)
+    assert runs[1].usage.cached_tokens > 0
     assert runs[0].token_ids == runs[1].token_ids
     assert runs[0].text == runs[1].text
+
+
+def test_same_seed_same_text(smollm2: Engine) -> None:
+    runs = _seeded_twice(smollm2, cold=True)
+    assert runs[1].usage.cached_tokens == 0
+    assert runs[0].token_ids == runs[1].token_ids
+    assert runs[0].text == runs[1].text
+    prompt = _chat(smollm2, "Tell me a short story about a cat.")
     # Sanity of the reference: sampling at temperature 1 is not greedy decoding, for some seed.
     greedy = smollm2.generate(
         GenerationRequest(prompt, SamplingParams(temperature=0, max_tokens=12), parse_special=True)

@@ -37,7 +37,15 @@ T = TypeVar("T")
 class Engine:
     """A loaded model serving many requests at once through continuous batching."""
 
-    def __init__(self, model: Model, opts: ContextOptions, *, name: str, max_queue: int) -> None:
+    def __init__(
+        self,
+        model: Model,
+        opts: ContextOptions,
+        *,
+        name: str,
+        max_queue: int,
+        pipeline: bool | None = None,
+    ) -> None:
         self._model = model
         self._opts = opts
         self._ctx = model.new_context(opts)
@@ -54,6 +62,7 @@ class Engine:
             n_parallel=opts.n_parallel,
             n_batch=opts.n_batch,
             on_finish=self._on_finish,
+            pipeline=model.backend == "gpu" if pipeline is None else pipeline,
         )
         self._sched.start()
 
@@ -74,6 +83,7 @@ class Engine:
         max_queue: int = 64,
         kv_unified: bool = True,
         swa_full: bool = True,
+        pipeline: bool | None = None,
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -90,6 +100,8 @@ class Engine:
             embedding: also allow :meth:`embed` (pooled sentence embeddings).
             max_queue: requests that may wait for a free slot before :class:`QueueFullError`.
             kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md).
+            pipeline: make each step's token events while the next decode runs on the GPU
+                (see :mod:`ggufworker.engine.scheduler`); None: on when layers are offloaded.
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
@@ -108,7 +120,9 @@ class Engine:
             swa_full=swa_full,
         )
         try:
-            return cls(model, opts, name=name or model.path.stem, max_queue=max_queue)
+            return cls(
+                model, opts, name=name or model.path.stem, max_queue=max_queue, pipeline=pipeline
+            )
         except BaseException:
             model.close()
             raise

@@ -5,6 +5,14 @@ plus prompt chunks of newly admitted requests (chunked prefill), then one sample
 that produced logits. Requests join and leave between steps. Every slot owns one sequence id of
 the unified KV cache and remembers which tokens its KV holds, so a new request whose prompt
 starts with the same tokens reuses them (prefix reuse, as llama-server's slots do).
+
+Pipelining (on when layers run on a GPU): ``llama_decode`` only queues the work on the GPU and
+returns; the logits are waited for when they are read. So a step first launches the next
+decode with the tokens just sampled, then turns the previous step's tokens into text, stop
+checks and events while the GPU computes, and only then reads the logits. A sequence whose stop
+string is found that way has one more token in flight; it is decoded and dropped (its KV is
+still a correct continuation, kept for prefix reuse). On the CPU ``llama_decode`` computes
+before it returns, so there is nothing to overlap and each token's event is made at once.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class Scheduler:
         n_parallel: int,
         n_batch: int,
         on_finish: Callable[[Request, int, int, int], None],
+        pipeline: bool = False,
     ) -> None:
         self.model = model
         self.ctx = ctx
@@ -49,6 +58,8 @@ class Scheduler:
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = n_batch
         self.slots = [Slot(seq=i) for i in range(n_parallel)]
+        self.active: list[Slot] = []  # slots with a request, in sequence-id order
+        self.pipeline = pipeline
         self.batch = Batch(n_batch)
         self.waiting: deque[Request] = deque()
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -70,7 +81,7 @@ class Scheduler:
         self.inbox.put(msg)
 
     def busy_slots(self) -> int:
-        return sum(1 for s in self.slots if s.req is not None)
+        return len(self.active)
 
     def _handle_msg(self, msg: tuple) -> None:
         kind = msg[0]
@@ -107,7 +118,7 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while not self._closed:
-                idle = not self.waiting and all(s.req is None for s in self.slots)
+                idle = not self.waiting and not self.active
                 if idle:
                     self._flush()
                     self._handle_msg(self.inbox.get())
@@ -158,7 +169,7 @@ class Scheduler:
     def _reserved_cells(self) -> int:
         """Cells that admitted-but-unfinished prompts will still need."""
         return sum(
-            len(s.req.tokens) - s.prefill_pos for s in self.slots if s.req and s.next_token < 0
+            len(s.req.tokens) - s.prefill_pos for s in self.active if s.req and s.next_token < 0
         )
 
     def _evict_idle(self, need: int, keep: Slot | None = None) -> None:
@@ -210,6 +221,8 @@ class Scheduler:
                 n_keep = 0
             del slot.cache[n_keep:]
             slot.req = req
+            self.active.append(slot)
+            self.active.sort(key=lambda s: s.seq)
             slot.prefill_pos = n_keep
             slot.next_token = -1
             slot.n_gen = 0
@@ -229,7 +242,7 @@ class Scheduler:
     def _build_batch(self) -> bool:
         batch = self.batch
         batch.clear()
-        decoding = [s for s in self.slots if s.req is not None and s.next_token >= 0]
+        decoding = [s for s in self.active if s.next_token >= 0]
         free_cells = self.n_ctx - self._used_cells()
         # Out of KV cells: running sequences have hit the shared context end.
         while decoding and free_cells < len(decoding):
@@ -239,14 +252,17 @@ class Scheduler:
                 break
             victim = max(decoding, key=lambda s: len(s.cache))
             decoding.remove(victim)
-            self._finish(victim, "length", "", None)
+            if victim.pending is not None:
+                self._emit(victim)  # its last sampled token first (may end it on a stop)
+            if victim.req is not None:
+                self._finish(victim, "length", "", None)
         n_out = 0
         for s in decoding:
             s.out_idx = batch.add(s.next_token, len(s.cache), s.seq, True)
             s.out_row = n_out
             n_out += 1
         budget = min(self.n_batch - batch.n, free_cells - len(decoding))
-        prefilling = [s for s in self.slots if s.req is not None and s.next_token < 0]
+        prefilling = [s for s in self.active if s.next_token < 0]
         prefilling.sort(key=lambda s: s.req.t_submit)  # type: ignore[union-attr]
         for s in prefilling:
             s.out_idx = -1
@@ -273,32 +289,38 @@ class Scheduler:
 
     def _step(self) -> None:
         batch = self.batch
-        # Hand over the previous step's events just before decoding: consumers then run while
-        # llama_decode has released the GIL, instead of competing with this thread for it.
-        self._flush()
+        if not self.pipeline:
+            # Hand over the previous step's events just before decoding: consumers then run
+            # while llama_decode has released the GIL, instead of competing for it.
+            self._flush()
         rc = batch.decode(self.ctx)
         if rc != 0:
             self._decode_failed(rc)
             return
-        now = time.perf_counter()
-        logits: np.ndarray | None = None
-        for s in self.slots:
-            req = s.req
-            if req is None:
-                continue
+        active = tuple(self.active)
+        for s in active:
             # Record what this step put in the KV cache for this sequence.
             if s.next_token >= 0:
                 s.cache.append(s.next_token)
             else:
                 n_fed = s.n_fed
-                s.cache.extend(req.tokens[s.prefill_pos : s.prefill_pos + n_fed])
+                s.cache.extend(s.req.tokens[s.prefill_pos : s.prefill_pos + n_fed])  # type: ignore[union-attr]
                 s.prefill_pos += n_fed
-            if s.out_idx < 0:
+        if self.pipeline:
+            # The GPU is computing this step: make the previous step's events meanwhile.
+            self._emit_pending(active)
+            self._flush()
+        now = time.perf_counter()
+        logits: np.ndarray | None = None
+        for s in active:
+            req = s.req
+            if req is None or s.out_idx < 0:
                 continue
             try:
                 if req.greedy:
                     if logits is None:
-                        # All of this step's outputs in one view, rows in batch order.
+                        # All of this step's outputs in one view, rows in batch order (reading
+                        # them waits for the decode to finish).
                         logits = np.ctypeslib.as_array(
                             llama_cpp.llama_get_logits(self.ctx), shape=(self._n_out, self.n_vocab)
                         )
@@ -310,6 +332,8 @@ class Scheduler:
                 logger.exception("request %s failed", req.id)
                 self._release(s)
                 req.handle._deliver(GenerationError(f"generation failed: {exc}"))
+        if not self.pipeline:
+            self._emit_pending(active)
 
     def _decode_failed(self, rc: int) -> None:
         logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)
@@ -323,11 +347,13 @@ class Scheduler:
                 req.handle._deliver(err)
 
     def _sample(self, s: Slot, req: Request, tok: int, now: float) -> None:
+        """Take a sampled token: end the request (end of generation, length) or queue it to
+        be decoded next and its event to be made by :meth:`_emit`."""
         params = req.params
         s.n_gen += 1
         lp: float | None = None
         top: tuple = ()
-        if params.logprobs is not None:
+        if params.logprobs is not None:  # from this step's logits: read them now
             ptr = llama_cpp.llama_get_logits_ith(self.ctx, s.out_idx)
             lp, top = logprobs_of(ptr, self.n_vocab, tok, params.logprobs, self._piece_text)
         stream = s.stream
@@ -335,16 +361,34 @@ class Scheduler:
         if tok in self.eog and not params.ignore_eos:
             self._finish(s, "stop", stream.flush(), None, now)
             return
+        if (params.max_tokens is not None and s.n_gen >= params.max_tokens) or (
+            len(s.cache) + 1 >= self.n_ctx
+        ):
+            text = stream.push(self.model.piece(tok))
+            if not stream.stopped:
+                text += stream.flush()
+            self._finish(s, "stop" if stream.stopped else "length", text, tok, now, lp, top)
+            return
+        s.next_token = tok
+        s.pending = (tok, lp, top, now)
+
+    def _emit_pending(self, slots: tuple[Slot, ...]) -> None:
+        for s in slots:
+            if s.pending is not None and s.req is not None:
+                self._emit(s)
+
+    def _emit(self, s: Slot) -> None:
+        """Turn the slot's sampled token into text and an event; end the request on a stop
+        string (in pipelined mode the token decoding meanwhile is dropped)."""
+        tok, lp, top, now = s.pending  # type: ignore[misc]
+        s.pending = None
+        req = s.req
+        stream = s.stream
+        assert req is not None and stream is not None
         text = stream.push(self.model.piece(tok))
         if stream.stopped:
             self._finish(s, "stop", text, tok, now, lp, top)
             return
-        if (params.max_tokens is not None and s.n_gen >= params.max_tokens) or (
-            len(s.cache) + 1 >= self.n_ctx
-        ):
-            self._finish(s, "length", text + stream.flush(), tok, now, lp, top)
-            return
-        s.next_token = tok
         ttft = None
         if s.first_event:
             s.first_event = False
@@ -380,8 +424,10 @@ class Scheduler:
             return
         self._retire(req, len(req.tokens), s.n_gen, s.n_cached)
         s.req = None
+        self.active.remove(s)
         s.next_token = -1
         s.out_idx = -1
+        s.pending = None
         s.stream = None
         s.last_used = time.perf_counter()
 

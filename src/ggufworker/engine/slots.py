@@ -43,6 +43,8 @@ class Slot:
     stream: TextStream | None = None
     first_event: bool = True
     last_used: float = 0.0
+    # Sampled token whose text and event are not made yet: (token, logprob, top, time).
+    pending: tuple | None = None
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
