@@ -5,6 +5,7 @@
 #   scripts/cuda_bench.sh build   # compile llama-cpp-python (CUDA) from a local sdist, make the
 #                                 # Llama-3.2-1B-shape random checkpoint, convert it to Q4_K_M
 #   scripts/cuda_bench.sh run     # tests + benchmarks; JSON results in $OUT (default ./out)
+#   scripts/cuda_bench.sh build timing bench   # or any steps in order (build is skipped when done)
 #
 # Inputs (environment): SDIST (llama-cpp-python sdist, default .carry/llama_cpp_python-*.tar.gz),
 # WHEELS (folder of wheels the machine lacks: gguf, diskcache, fastapi + starlette + pydantic(-core,
@@ -30,6 +31,10 @@ L1B=$WORK/llama-1b-shape-q4_k_m.gguf
 
 build() {
   nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader
+  if [ -e "$WORK/site/llama_cpp/__init__.py" ] && [ -e "$L1B" ]; then
+    echo "already built in $WORK"
+    return 0
+  fi
   rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$SDIST" -C "$WORK/src"
   local t0=$(date +%s)
   (cd "$WORK"/src/llama_cpp_python-* &&
@@ -55,25 +60,51 @@ PY
     python3 -m converters.st2gguf "$WORK/llama-1b-shape" --outfile "$L1B" --outtype q4_k_m --no-progress --force
 }
 
-run() {
+# The raw loop's step split into the llama_decode call, the wait for the GPU and the argmax.
+timing() {
+  python3 scripts/decode_timing.py "$L1B" --steps 256 | tee "$OUT/cuda_decode_timing.json"
+}
+
+# Engine-level benchmark: $STREAMS (default 1, 8 and 32) streams with the default (pipelined) engine, then one
+# stream with pipelining off, each against the raw loop in the same run.
+bench() {
+  timeout 330 python3 -m ggufworker.cli bench --model "$L1B" --streams "${STREAMS:-1,8,32}" --tokens 128 \
+    --runs "${RUNS:-3}" --ctx-size 16384 --json > "$OUT/cuda_engine_bench.json" 2> "$OUT/cuda_engine_bench.err"
+  tail -2 "$OUT/cuda_engine_bench.err"
+  timeout 150 python3 -m ggufworker.cli bench --model "$L1B" --streams 1 --tokens 128 \
+    --runs "${RUNS:-3}" --pipeline off --json > "$OUT/cuda_engine_bench_nopipe.json" 2> "$OUT/cuda_engine_bench_nopipe.err"
+  tail -2 "$OUT/cuda_engine_bench_nopipe.err"
+  python3 - "$OUT" <<'PY'
+import json, sys
+for name in ("cuda_engine_bench", "cuda_engine_bench_nopipe"):
+    try:
+        r = json.load(open(f"{sys.argv[1]}/{name}.json"))
+    except Exception as exc:
+        print(name, "no result:", exc); continue
+    print(name, "pipeline", r.get("pipeline"), "ratios", r.get("ratios"),
+          "engine", {k: round(v["aggregate_tps"]) for k, v in r["engine"].items()}, "raw", r.get("raw"))
+PY
+}
+
+tests() {
   local tc=$WORK/test-models
   if [ -n "${SMOLLM2_PARTS:-}" ]; then
     mkdir -p "$tc/models/smollm2-135m-instruct"
     cat $SMOLLM2_PARTS > "$tc/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
   fi
   python3 -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())"
-  GGUFWORKER_TEST_CACHE=$tc HF_HUB_OFFLINE=1 GGUFWORKER_OFFLINE=1 \
+  GGUFWORKER_TEST_CACHE=$tc HF_HUB_OFFLINE=1 GGUFWORKER_OFFLINE=1 timeout 400 \
     python3 -m pytest tests/engine -q -p no:cacheprovider -k "not gemma" 2>&1 | tee "$OUT/cuda_engine_tests.log" | tail -15
-  python3 -m ggufworker.cli bench --model "$L1B" --streams 1,8,32 --tokens 128 --runs 3 \
-    --ctx-size 16384 --json > "$OUT/cuda_engine_bench.json" 2> "$OUT/cuda_engine_bench.err"
-  tail -3 "$OUT/cuda_engine_bench.err"
-  python3 -m ggufworker.cli bench --http --model "$L1B" --clients 8 --max-tokens 128 --runs 3 \
+}
+
+http() {
+  timeout 400 python3 -m ggufworker.cli bench --http --model "$L1B" --clients 8 --max-tokens 128 --runs "${RUNS:-3}" \
     --json > "$OUT/cuda_http_bench.json" 2> "$OUT/cuda_http_bench.err"
   tail -3 "$OUT/cuda_http_bench.err"
 }
 
 case "${1:-}" in
-  build) build ;;
-  run) run ;;
-  *) echo "usage: $0 build|run" >&2; exit 2 ;;
+  build | timing | bench | tests | http) for step in "$@"; do "$step" || exit 1; done ;;
+  run) tests && bench && http ;;
+  *) echo "usage: $0 build|timing|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--ctx-size", type=int, default=4096, help="context size (tokens)")
     p.add_argument("--no-reference", action="store_true", help="skip the llama.cpp references")
+    p.add_argument(
+        "--pipeline",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="engine steps pipelined with the GPU (auto: when layers are offloaded)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_main)
 
@@ -67,6 +73,7 @@ def _main(args: argparse.Namespace) -> int:
         n_ctx=args.ctx_size,
         n_threads=args.threads,
         references=not args.no_reference,
+        pipeline={"auto": None, "on": True, "off": False}[args.pipeline],
     )
     if args.json:
         print(json.dumps(result, indent=2))

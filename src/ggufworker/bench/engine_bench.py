@@ -108,6 +108,7 @@ def bench_engine(
     n_threads: int | None = None,
     references: bool = True,
     kv_unified: bool = True,
+    pipeline: bool | None = None,
 ) -> dict[str, Any]:
     """Measure the engine and the references on one model; medians over ``runs``.
 
@@ -125,7 +126,12 @@ def bench_engine(
         samples.setdefault(key, []).append(value)
 
     engine = Engine.load(
-        path, n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads, kv_unified=kv_unified
+        path,
+        n_ctx=n_ctx,
+        n_parallel=n_max,
+        n_threads=n_threads,
+        kv_unified=kv_unified,
+        pipeline=pipeline,
     )
     model = Model(path) if references else None
     try:
@@ -192,6 +198,8 @@ def bench_engine(
         "tokens": tokens,
         "runs": runs,
         "threads": n_threads or os.cpu_count(),
+        "backend": engine.info.backend,
+        "pipeline": engine.pipelined,
         "engine": {
             str(n): {
                 k: med[f"engine.{n}.{k}"]

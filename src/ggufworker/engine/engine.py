@@ -314,6 +314,11 @@ class Engine:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether steps overlap the event work with the next decode (GPU default)."""
+        return self._sched.pipeline
+
     def stats(self) -> EngineStats:
         """Current load and lifetime token counts."""
         busy = self._sched.busy_slots()
