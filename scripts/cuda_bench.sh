@@ -65,6 +65,16 @@ timing() {
   python3 scripts/decode_timing.py "$L1B" --steps 256 | tee "$OUT/cuda_decode_timing.json"
 }
 
+# The same split for the engine (its llama_decode and logits calls timed) and the raw loop, at
+# several CPU thread counts: where a step's time goes on each side.
+matrix() {
+  for th in 16 4 1; do
+    for mode in "" "--in-thread" "--engine --pipeline on" "--engine --pipeline off"; do
+      timeout 60 python3 scripts/decode_timing.py "$L1B" --steps 384 --ctx 16384 --threads $th $mode 2>/dev/null
+    done
+  done | tee "$OUT/cuda_step_matrix.jsonl"
+}
+
 # Engine-level benchmark: $STREAMS (default 1, 8 and 32) streams with the default (pipelined) engine, then one
 # stream with pipelining off, each against the raw loop in the same run.
 bench() {
@@ -104,7 +114,7 @@ http() {
 }
 
 case "${1:-}" in
-  build | timing | bench | tests | http) for step in "$@"; do "$step" || exit 1; done ;;
+  build | timing | matrix | bench | tests | http) for step in "$@"; do "$step" || exit 1; done ;;
   run) tests && bench && http ;;
-  *) echo "usage: $0 build|timing|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
+  *) echo "usage: $0 build|timing|matrix|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac
