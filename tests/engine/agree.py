@@ -1,15 +1,15 @@
 """Comparing greedy token sequences of runs whose batch shapes differ.
 
 llama.cpp's kernels depend on the batch shape: ggml-cpu picks other matrix kernels once a batch
-has enough rows, and CUDA multiplies a batch of rows and a single row with different kernels. So
-the logits of one token differ in the last bits, or more (up to 0.26 for SmolLM2 Q4_1 on the CPU
-here), between a run alone and a run among other sequences, and greedy decoding can take the
-other branch where the two best tokens (nearly) tie (docs/ENGINE.md). Where a test compares such
-runs the check is: the sequences agree up to a position where the reference's two candidates are
-within ``TIE`` of each other; after it the contexts differ and nothing more is compared. A real
-fault (a wrong position, another sequence's KV) changes tokens where one candidate clearly wins,
-and still fails. Where the shapes are known to give identical logits on the CPU (the eight
-prompts of tests/engine/prompts.py batched or alone) the comparison stays exact there.
+has enough rows, and CUDA multiplies one row and many rows with different kernels. So a token's
+logits differ between a run alone and a run among other sequences (by up to ~0.6 for SmolLM2
+Q4_1, see ``TIE``), and greedy decoding can take the other branch where the two best tokens
+nearly tie (docs/ENGINE.md). Where a test compares such runs the check is: the sequences agree up
+to a position where the other run chose the reference's second-best token, within ``TIE`` of
+the best; after it the contexts differ and nothing more is compared. A real fault (a wrong
+position, another sequence's KV) changes tokens where one candidate clearly wins, and still
+fails. Where the shapes are known to give identical logits on the CPU (the eight prompts of
+tests/engine/prompts.py batched or alone) the comparison stays exact there.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from ggufworker.engine import Engine
 from ggufworker.engine.model import Model
 from ggufworker.engine.reference import raw_greedy
 
-TIE = 0.5  # logits; batch shape moved SmolLM2 (Q4_1, CPU) by up to 0.26 here
+# Logits. Measured here for SmolLM2 Q4_1: the batch shape moved a greedy choice whose
+# candidates were 0.26 apart on the CPU and 0.57 apart on an H100 (CUDA picks quantized
+# kernels for a row or a few, dequantize + GEMM for more).
+TIE = 1.0
 
 
 def on_gpu(engine: Engine) -> bool:
@@ -65,5 +68,9 @@ def assert_greedy_agree(
     assert not exact, f"{what}: token {i} is {got[i]}, expected {ref[i]}"
     logits = logits_after(engine.info.path, list(prompt) + list(ref[:i]))
     gap = float(abs(logits[ref[i]] - logits[got[i]]))
-    assert gap < TIE, f"{what}: token {i} is {got[i]}, expected {ref[i]} (logit gap {gap:.3f})"
+    rank = int((logits > logits[got[i]]).sum()) + 1
+    assert rank <= 2 and gap < TIE, (
+        f"{what}: token {i} is {got[i]} (rank {rank} in the reference's logits, {gap:.3f} below "
+        f"the best), expected {ref[i]}"
+    )
     return False
