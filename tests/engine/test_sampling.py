@@ -150,3 +150,63 @@ def test_logprobs_are_log_softmax_of_raw_logits(smollm2: Engine) -> None:
         assert t.logprob == pytest.approx(ref_lp[t.token_id], abs=1e-4)
     for ev in c.logprobs:  # greedy: the chosen token is the most likely one
         assert ev.logprob == pytest.approx(ev.top_logprobs[0].logprob)
+
+
+def test_biased_argmax_equals_argmax_of_biased_copy() -> None:
+    from ggufworker.engine.sampling import bias_arrays, biased_argmax
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        # Few distinct values, so ties between biased and unbiased entries are common.
+        row = rng.integers(-3, 4, size=64).astype(np.float32)
+        n = int(rng.integers(1, 6))
+        toks = rng.choice(64, size=n, replace=False)
+        bias = {int(t): float(rng.choice([-100.0, -1.0, 0.0, 1.0, 2.0])) for t in toks}
+        if trial % 10 == 0:
+            bias[int(toks[0])] = -math.inf
+        ids, vals = bias_arrays(SamplingParams(logit_bias=bias))  # type: ignore[misc]
+        want = row.copy()
+        want[ids] += vals
+        before = row.copy()
+        assert biased_argmax(row, ids, vals) == int(want.argmax())
+        assert np.array_equal(row, before)  # restored
+
+
+def test_greedy_logit_bias_matches_llama_cpp_samplers(smollm2: Engine) -> None:
+    """Greedy + logit_bias (numpy path) picks what llama.cpp's logit-bias and greedy samplers
+    pick, run over the same decodes."""
+    from ggufworker.engine._native import llama_cpp
+    from ggufworker.engine.batch import Batch
+    from ggufworker.engine.model import ContextOptions, Model
+    from ggufworker.engine.sampling import build_chain, free_chain
+
+    ids = smollm2.tokenize("The three primary colours are")
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    smollm2.clear_cache()
+    base = smollm2.generate(GenerationRequest(ids, plain)).token_ids
+    bias = {base[0]: -100.0, base[2]: -4.0, base[5]: 3.0}
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logit_bias=bias)
+    smollm2.clear_cache()
+    got = smollm2.generate(GenerationRequest(ids, params)).token_ids
+
+    model = Model(smollm2.info.path)
+    ctx = model.new_context(ContextOptions(n_ctx=256, n_parallel=1))
+    chain = build_chain(params, model.vocab, model.n_vocab)
+    try:
+        batch = Batch(64)
+        batch.add_span(ids, 0, 0, True)
+        ref: list[int] = []
+        while True:
+            assert batch.decode(ctx) == 0
+            tok = int(llama_cpp.llama_sampler_sample(chain, ctx, -1))
+            ref.append(tok)
+            if len(ref) == 12:
+                break
+            batch.clear()
+            batch.add(tok, len(ids) + len(ref) - 1, 0, True)
+    finally:
+        free_chain(chain)
+        llama_cpp.llama_free(ctx)
+        model.close()
+    assert got == ref
+    assert got[0] != base[0] and got != base

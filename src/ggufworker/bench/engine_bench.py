@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,25 +141,31 @@ def bench_engine(
             logger.info("run %d/%d", r + 1, runs)
             if model is not None:
                 opts = ContextOptions(n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads)
-                one = raw_greedy(model, [engine.tokenize(PROMPTS[0])], tokens, opts=opts)
+                # References run on the engine's thread: llama.cpp's CPU threads belong to the
+                # thread that computes, and two sets of them slow each other (docs/ENGINE.md).
+                on = engine.run_on_scheduler
+                one_ids = [engine.tokenize(PROMPTS[0])]
+                one = on(partial(raw_greedy, model, one_ids, tokens, opts=opts))
                 add("raw.single.decode_tps", one.n_decoded / one.decode_s)
-                many = raw_greedy(
-                    model, [engine.tokenize(p) for p in _prompts(n_max)], tokens, opts=opts
-                )
+                many_ids = [engine.tokenize(p) for p in _prompts(n_max)]
+                many = on(partial(raw_greedy, model, many_ids, tokens, opts=opts))
                 add(f"raw.batched{n_max}.decode_tps", many.n_decoded / many.decode_s)
                 add(
                     f"raw.batched{n_max}.aggregate_tps",
                     n_max * tokens / (many.prompt_s + many.decode_s),
                 )
-                pp = raw_greedy(model, [long_ids], 1, opts=opts)
+                pp = on(partial(raw_greedy, model, [long_ids], 1, opts=opts))
                 add("raw.prompt_tps", pp.n_prompt / pp.prompt_s)
-                ttft, rest, n = llama_greedy(
-                    path,
-                    PROMPTS[0],
-                    tokens,
-                    n_ctx=n_ctx,
-                    n_threads=n_threads,
-                    ban=engine.info.eos_token_ids,
+                ttft, rest, n = on(
+                    partial(
+                        llama_greedy,
+                        path,
+                        PROMPTS[0],
+                        tokens,
+                        n_ctx=n_ctx,
+                        n_threads=n_threads,
+                        ban=engine.info.eos_token_ids,
+                    )
                 )
                 add("llama_cpp.ttft_s", ttft)
                 if n > 1:

@@ -1,7 +1,9 @@
-"""HTTP-level benchmark: our server against the engine alone and llama-cpp-python's server.
+"""HTTP-level benchmark: our server against llama.cpp's raw loop, the engine alone and
+llama-cpp-python's server.
 
 In one run, on one model, one after the other (never two at once, so they don't share the
-CPU): the engine in-process, `ggufworker serve` as a subprocess, and
+CPU): the raw low-level loop (one ``llama_decode`` per step, as ``ggufworker bench`` runs it),
+the engine in-process, `ggufworker serve` as a subprocess, and
 `python -m llama_cpp.server --interrupt_requests False` as a subprocess. For each it measures
 
 - single-stream decode tok/s: (tokens - 1) / (last token time - first token time);
@@ -53,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", type=int, default=None, help="our slots (default: --clients)")
     g.add_argument(
         "--targets",
-        default="engine,ggufworker,llama-cpp-python",
-        help="comma-separated subset of engine, ggufworker, llama-cpp-python",
+        default="raw,engine,ggufworker,llama-cpp-python",
+        help="comma-separated subset of raw, engine, ggufworker, llama-cpp-python",
     )
     g.add_argument("--home", type=Path, default=None, help="model cache root")
     g.add_argument("--startup-timeout", type=float, default=180.0, help="seconds per server")
@@ -162,6 +164,39 @@ class EngineTarget:
 
     def close(self) -> None:
         self.engine.close()
+
+
+class RawTarget:
+    """llama.cpp's raw loop in this process: the floor of per-token overhead."""
+
+    name = "raw"
+
+    def __init__(self, path: Path, args: argparse.Namespace, clients: int, engine: Any) -> None:
+        from ggufworker.engine.model import ContextOptions, Model
+
+        self.model = Model(path)
+        self.opts = ContextOptions(
+            n_ctx=_ctx(args, clients), n_parallel=clients, n_threads=args.threads
+        )
+        self.prompts = [engine.tokenize(PROMPTS[i % len(PROMPTS)]) for i in range(clients)]
+        # On the engine's thread: a second computing thread would slow both (docs/ENGINE.md).
+        self.on_thread = engine.run_on_scheduler
+
+    def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
+        """Like the other targets; token times are spread evenly over the measured decode."""
+        from ggufworker.engine.reference import raw_greedy
+
+        prompts = self.prompts[:n]
+        run = self.on_thread(lambda: raw_greedy(self.model, prompts, max_tokens, opts=self.opts))
+        t0 = time.perf_counter()
+        first = t0 + run.prompt_s
+        step = run.decode_s / max(1, max_tokens - 1)
+        times = [first + i * step for i in range(max_tokens)]
+        streams = [Stream(t0, times, True) for _ in range(n)]
+        return run.prompt_s + run.decode_s, streams
+
+    def close(self) -> None:
+        self.model.close()
 
 
 async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
@@ -354,7 +389,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The engine is loaded even when not measured: it names the EOS tokens to ban.
         engine = EngineTarget(path, args, clients)
         stack.callback(engine.close)
-        targets: list[Any] = [engine] if "engine" in wanted else []
+        targets: list[Any] = []
+        if "raw" in wanted:
+            raw = RawTarget(path, args, clients, engine.engine)
+            stack.callback(raw.close)
+            targets.append(raw)
+        targets += [engine] if "engine" in wanted else []
         targets += [HttpTarget(name, base, engine.eos) for name, base in bases.items()]
         single: dict[str, list[Stream]] = {t.name: [] for t in targets}
         batches: dict[str, list[tuple[float, list[Stream]]]] = {t.name: [] for t in targets}
@@ -375,6 +415,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["aggregate_ratio_vs_engine"] = _paired_ratio(
             out["ggufworker"]["aggregate_tps_runs"], out["engine"]["aggregate_tps_runs"]
         )
+    if "raw" in out and "ggufworker" in out:
+        out["single_decode_ratio_vs_raw"] = _paired_ratio(
+            out["ggufworker"]["single_decode_tps_runs"], out["raw"]["single_decode_tps_runs"]
+        )
+        out["aggregate_ratio_vs_raw"] = _paired_ratio(
+            out["ggufworker"]["aggregate_tps_runs"], out["raw"]["aggregate_tps_runs"]
+        )
     if "ggufworker" in out and "llama_cpp_python" in out:
         out["aggregate_ratio_vs_llama_cpp_python"] = _paired_ratio(
             out["ggufworker"]["aggregate_tps_runs"], out["llama_cpp_python"]["aggregate_tps_runs"]
@@ -389,7 +436,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"  runs {result['runs']}  threads {result['threads']}",
         f"{'target':<18}{'1-stream tok/s':>15}{'N-client tok/s':>16}{'TTFT s':>9}{'complete':>10}",
     ]
-    for key in ("engine", "ggufworker", "llama_cpp_python"):
+    for key in ("raw", "engine", "ggufworker", "llama_cpp_python"):
         r = result.get(key)
         if r:
             rows.append(
@@ -397,6 +444,8 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{r['median_ttft_s'] or 0:>9.2f}{r['streams_completed']:>7}/{r['streams_per_run']}"
             )
     for key in (
+        "single_decode_ratio_vs_raw",
+        "aggregate_ratio_vs_raw",
         "single_decode_ratio_vs_engine",
         "aggregate_ratio_vs_engine",
         "aggregate_ratio_vs_llama_cpp_python",

@@ -19,7 +19,7 @@ from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.model import ContextOptions, Model
-from ggufworker.engine.sampling import build_chain, is_plain_greedy, validate
+from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
@@ -200,7 +200,16 @@ class Engine:
         rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
         handle = RequestHandle(rid, len(tokens), self._cancel)
         self._sched.post(
-            "submit", Request(rid, tokens, request.params, chain, handle, greedy=greedy)
+            "submit",
+            Request(
+                rid,
+                tokens,
+                request.params,
+                chain,
+                handle,
+                greedy=greedy,
+                bias=bias_arrays(request.params) if greedy else None,
+            ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
             handle._deliver(EngineClosedError("the engine is closed"))
@@ -300,6 +309,16 @@ class Engine:
             llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
         norm = math.sqrt(sum(v * v for v in vec)) or 1.0
         return [v / norm for v in vec]
+
+    def run_on_scheduler(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the scheduler thread between two steps and return its result.
+
+        For other llama.cpp work in the same process (a reference decoder, a second context):
+        llama.cpp's CPU backend keeps a team of spinning OpenMP worker threads for each thread
+        that computes, so computing from a second thread makes both teams compete for the
+        cores (measured here: 3x slower decoding for both, see docs/ENGINE.md).
+        """
+        return self._call(fn)
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self._closed:

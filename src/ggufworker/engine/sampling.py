@@ -1,8 +1,9 @@
 """Per-request sampler chains built from llama.cpp's samplers, and logprobs.
 
-Every request gets its own ``llama_sampler`` chain (the chain keeps per-request state: RNG,
-penalty history, grammar stack). Greedy decoding also goes through llama.cpp's greedy sampler,
-so grammar and logit bias apply the same way at any temperature.
+Every request that samples, or has penalties or a grammar, gets its own ``llama_sampler`` chain
+(the chain keeps per-request state: RNG, penalty history, grammar stack). Greedy requests with at
+most a ``logit_bias`` need no state: the scheduler takes their argmax in numpy
+(:func:`biased_argmax`), which picks the token llama.cpp's logit-bias + greedy samplers pick.
 """
 
 from __future__ import annotations
@@ -77,16 +78,45 @@ def grammar_for(params: SamplingParams) -> str | None:
 
 
 def is_plain_greedy(params: SamplingParams) -> bool:
-    """True when sampling is a plain argmax (temperature 0, nothing that reshapes the logits)."""
+    """True when sampling is an argmax over the logits plus any ``logit_bias`` (temperature 0,
+    no penalties or grammar): done in numpy, see :func:`biased_argmax`."""
     return (
         params.temperature <= 0
-        and not params.logit_bias
         and params.repeat_penalty == 1.0
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0
         and params.grammar is None
         and params.json_schema is None
     )
+
+
+def bias_arrays(params: SamplingParams) -> tuple[np.ndarray, np.ndarray] | None:
+    """``logit_bias`` as (token ids ascending, biases) arrays, or None when there is none."""
+    if not params.logit_bias:
+        return None
+    items = sorted((int(t), float(b)) for t, b in params.logit_bias.items())
+    ids = np.array([t for t, _ in items], dtype=np.int64)
+    return ids, np.array([b for _, b in items], dtype=np.float32)
+
+
+def biased_argmax(row: np.ndarray, ids: np.ndarray, bias: np.ndarray) -> int:
+    """Index of the largest ``row[i] + bias`` (bias 0 off ``ids``), the first one on ties, as
+    llama.cpp's logit-bias then greedy samplers choose; without copying the row.
+
+    ``row`` is changed during the call and restored before it returns.
+    """
+    saved = row[ids].copy()
+    row[ids] = -np.inf
+    try:
+        j = int(row.argmax())
+        best = float(row[j])
+    finally:
+        row[ids] = saved
+    cand = saved + bias
+    k = int(cand.argmax())
+    if cand[k] > best or (cand[k] == best and ids[k] < j):
+        return int(ids[k])
+    return j
 
 
 def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> int:

@@ -30,7 +30,7 @@ from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch import Batch
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
-from ggufworker.engine.sampling import free_chain, logprobs_of
+from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
 from ggufworker.engine.slots import Request, Slot, common_prefix
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import TokenEvent, Usage
@@ -324,7 +324,10 @@ class Scheduler:
                         logits = np.ctypeslib.as_array(
                             llama_cpp.llama_get_logits(self.ctx), shape=(self._n_out, self.n_vocab)
                         )
-                    tok = int(logits[s.out_row].argmax())
+                    if req.bias is None:
+                        tok = int(logits[s.out_row].argmax())
+                    else:
+                        tok = biased_argmax(logits[s.out_row], *req.bias)
                 else:
                     tok = int(llama_cpp.llama_sampler_sample(req.chain, self.ctx, s.out_idx))
                 self._sample(s, req, tok, now)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ggufworker.engine.handle import RequestHandle
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import SamplingParams
@@ -20,10 +22,12 @@ class Request:
     chain: int
     handle: RequestHandle
     t_submit: float = field(default_factory=time.perf_counter)
-    # Plain greedy (no bias, penalties or grammar): argmax over the step's logits in numpy
-    # instead of llama_sampler_sample, which copies the whole vocabulary into a candidate
-    # array per token (~0.5 MB for a 49k vocabulary). Same token: both take the first maximum.
+    # Greedy without penalties or grammar: argmax over the step's logits (plus logit_bias) in
+    # numpy instead of llama_sampler_sample, which copies the whole vocabulary into a
+    # candidate array per token (~0.5 MB for a 49k vocabulary, 1.5 MB for 128k). Same token:
+    # both take the first maximum.
     greedy: bool = False
+    bias: tuple[np.ndarray, np.ndarray] | None = None  # logit_bias of a greedy request
 
 
 @dataclass(eq=False)
