@@ -69,7 +69,7 @@ def assert_greedy_agree(
     logits = logits_after(engine.info.path, list(prompt) + list(ref[:i]))
     gap = float(abs(logits[ref[i]] - logits[got[i]]))
     rank = int((logits > logits[got[i]]).sum()) + 1
-    assert rank <= 2 and gap < TIE, (
+    assert gap < TIE, (
         f"{what}: token {i} is {got[i]} (rank {rank} in the reference's logits, {gap:.3f} below "
         f"the best), expected {ref[i]}"
     )
