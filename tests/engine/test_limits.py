@@ -94,3 +94,13 @@ def test_close_ends_pending_requests(smollm2_path: Path) -> None:
         list(running)
     with pytest.raises(EngineClosedError):
         engine.submit(GenerationRequest("Hello", SHORT))
+
+
+def test_run_on_scheduler_uses_the_engine_thread(one_slot: Engine) -> None:
+    import threading
+
+    assert one_slot.run_on_scheduler(threading.current_thread).name == "ggufworker-scheduler"
+    with pytest.raises(ZeroDivisionError):
+        one_slot.run_on_scheduler(lambda: 1 // 0)
+    # The engine still serves after a failing call.
+    assert one_slot.generate(GenerationRequest("Hi", SHORT)).finish_reason == "length"
