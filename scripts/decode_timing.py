@@ -21,7 +21,6 @@ import time
 import numpy as np
 
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
-from ggufworker.engine import batch as batch_mod
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch import Batch
 from ggufworker.engine.model import ContextOptions, Model
@@ -72,7 +71,7 @@ def engine(args: argparse.Namespace) -> dict[str, object]:
     calls: list[float] = []
     waits: list[float] = []
     starts: list[float] = []
-    decode, get_logits = batch_mod.Batch.decode, llama_cpp.llama_get_logits
+    decode, get_logits = Batch.decode, llama_cpp.llama_get_logits
 
     def timed_decode(self: Batch, ctx: object) -> int:
         t0 = time.perf_counter()
@@ -87,7 +86,7 @@ def engine(args: argparse.Namespace) -> dict[str, object]:
         waits.append(time.perf_counter() - t0)
         return out
 
-    batch_mod.Batch.decode = timed_decode  # type: ignore[method-assign]
+    Batch.decode = timed_decode  # type: ignore[method-assign]
     llama_cpp.llama_get_logits = timed_logits
     eng = Engine.load(
         args.model,
@@ -102,7 +101,7 @@ def engine(args: argparse.Namespace) -> dict[str, object]:
         pipelined = eng.pipelined
     finally:
         eng.close()
-        batch_mod.Batch.decode = decode  # type: ignore[method-assign]
+        Batch.decode = decode  # type: ignore[method-assign]
         llama_cpp.llama_get_logits = get_logits
     steps = [b - a for a, b in zip(starts[8:], starts[9:], strict=False)]
     return {

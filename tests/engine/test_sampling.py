@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+from ggufworker.engine.model import Model
 from ggufworker.engine.reference import raw_greedy
 from ggufworker.errors import InvalidRequestError
 from tests.engine.agree import on_gpu
@@ -77,17 +78,11 @@ def test_max_tokens_gives_length(smollm2: Engine) -> None:
     assert c.usage.prompt_tokens == len(smollm2.tokenize("The sky is"))
 
 
-def test_greedy_matches_raw_loop(smollm2: Engine) -> None:
+def test_greedy_matches_raw_loop(smollm2: Engine, smollm2_model: Model) -> None:
     """The engine's greedy path equals argmax over llama.cpp's logits (the raw loop)."""
-    from ggufworker.engine.model import Model
-
     prompt = "The three primary colours are"
     ids = smollm2.tokenize(prompt)
-    model = Model(smollm2.info.path)
-    try:
-        ref = raw_greedy(model, [ids], 16).tokens[0]
-    finally:
-        model.close()
+    ref = raw_greedy(smollm2_model, [ids], 16).tokens[0]
     smollm2.clear_cache()
     got = smollm2.generate(
         GenerationRequest(ids, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
@@ -126,16 +121,10 @@ def test_bad_grammar_rejected_at_submit(smollm2: Engine) -> None:
     assert smollm2.stats().busy_slots == 0
 
 
-def test_logprobs_are_log_softmax_of_raw_logits(smollm2: Engine) -> None:
-    from ggufworker.engine.model import Model
-
+def test_logprobs_are_log_softmax_of_raw_logits(smollm2: Engine, smollm2_model: Model) -> None:
     prompt = "The capital of Italy is"
     ids = smollm2.tokenize(prompt)
-    model = Model(smollm2.info.path)
-    try:
-        ref = raw_greedy(model, [ids], 1, keep_logits=True).first_logits[0].astype(np.float64)
-    finally:
-        model.close()
+    ref = raw_greedy(smollm2_model, [ids], 1, keep_logits=True).first_logits[0].astype(np.float64)
     ref_lp = ref - (ref.max() + math.log(np.exp(ref - ref.max()).sum()))
     smollm2.clear_cache()
     c = smollm2.generate(
@@ -172,12 +161,14 @@ def test_biased_argmax_equals_argmax_of_biased_copy() -> None:
         assert np.array_equal(row, before)  # restored
 
 
-def test_greedy_logit_bias_matches_llama_cpp_samplers(smollm2: Engine) -> None:
+def test_greedy_logit_bias_matches_llama_cpp_samplers(
+    smollm2: Engine, smollm2_model: Model
+) -> None:
     """Greedy + logit_bias (numpy path) picks what llama.cpp's logit-bias and greedy samplers
     pick, run over the same decodes."""
     from ggufworker.engine._native import llama_cpp
     from ggufworker.engine.batch import Batch
-    from ggufworker.engine.model import ContextOptions, Model
+    from ggufworker.engine.model import ContextOptions
     from ggufworker.engine.sampling import build_chain, free_chain
 
     ids = smollm2.tokenize("The three primary colours are")
@@ -189,7 +180,7 @@ def test_greedy_logit_bias_matches_llama_cpp_samplers(smollm2: Engine) -> None:
     smollm2.clear_cache()
     got = smollm2.generate(GenerationRequest(ids, params)).token_ids
 
-    model = Model(smollm2.info.path)
+    model = smollm2_model
     ctx = model.new_context(ContextOptions(n_ctx=256, n_parallel=1))
     chain = build_chain(params, model.vocab, model.n_vocab)
     try:
@@ -207,6 +198,5 @@ def test_greedy_logit_bias_matches_llama_cpp_samplers(smollm2: Engine) -> None:
     finally:
         free_chain(chain)
         llama_cpp.llama_free(ctx)
-        model.close()
     assert got == ref
     assert got[0] != base[0] and got != base

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=__doc__,
         conflict_handler="resolve",
     )
-    if _http_module() is not None:
-        _http_module().add_arguments(p)  # type: ignore[union-attr]
+    http = _http_module()
+    if http is not None:
+        http.add_arguments(p)
     p.add_argument("--http", action="store_true", help="HTTP-level benchmark (server)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or GGUF path")
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")

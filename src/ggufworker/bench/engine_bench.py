@@ -137,17 +137,17 @@ def bench_engine(
     model = Model(path) if references else None
     try:
         long_ids = engine.tokenize(LONG_PROMPT)
+        one_ids = [engine.tokenize(PROMPTS[0])]
+        many_ids = [engine.tokenize(p) for p in _prompts(n_max)]
+        opts = ContextOptions(n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads)
+        # References run on the engine's thread: llama.cpp's CPU threads belong to the thread
+        # that computes, and two sets of them slow each other (docs/ENGINE.md).
+        on = engine.run_on_scheduler
         for r in range(runs):
             logger.info("run %d/%d", r + 1, runs)
             if model is not None:
-                opts = ContextOptions(n_ctx=n_ctx, n_parallel=n_max, n_threads=n_threads)
-                # References run on the engine's thread: llama.cpp's CPU threads belong to the
-                # thread that computes, and two sets of them slow each other (docs/ENGINE.md).
-                on = engine.run_on_scheduler
-                one_ids = [engine.tokenize(PROMPTS[0])]
                 one = on(partial(raw_greedy, model, one_ids, tokens, opts=opts))
                 add("raw.single.decode_tps", one.n_decoded / one.decode_s)
-                many_ids = [engine.tokenize(p) for p in _prompts(n_max)]
                 many = on(partial(raw_greedy, model, many_ids, tokens, opts=opts))
                 add(f"raw.batched{n_max}.decode_tps", many.n_decoded / many.decode_s)
                 add(
@@ -234,7 +234,6 @@ def bench_engine(
             "ttft_s": med["llama_cpp.ttft_s"],
         }
         e1 = out["engine"].get("1")
-        en = out["engine"][str(n_max)]
 
         # Each ratio is the median of the per-run ratios: a run's engine and reference figures
         # are taken seconds apart, so load from other processes affects both alike.
@@ -251,5 +250,4 @@ def bench_engine(
             ),
             "prompt_vs_raw": ratio("engine.prompt_tps", "raw.prompt_tps"),
         }
-        del en
     return out

@@ -344,14 +344,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = resolve_source(args.model, ServerSettings(home=args.home))
     clients = args.clients
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
-    threads = str(_threads(args))
+    n_threads = _threads(args)
+    threads = str(n_threads)
     out: dict[str, Any] = {
         "model": args.model,
         "path": str(path),
         "clients": clients,
         "max_tokens": args.max_tokens,
         "runs": args.runs,
-        "threads": _threads(args),
+        "threads": n_threads,
         "cpu_count": os.cpu_count(),
     }
     servers: list[tuple[str, list[str], int, str]] = []
@@ -408,24 +409,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 batches[t.name].append(t.measure(clients, args.max_tokens))
     for t in targets:
         out[t.name] = _summary(single[t.name], batches[t.name], args.max_tokens)
-    if "engine" in out and "ggufworker" in out:
-        out["single_decode_ratio_vs_engine"] = _paired_ratio(
-            out["ggufworker"]["single_decode_tps_runs"], out["engine"]["single_decode_tps_runs"]
-        )
-        out["aggregate_ratio_vs_engine"] = _paired_ratio(
-            out["ggufworker"]["aggregate_tps_runs"], out["engine"]["aggregate_tps_runs"]
-        )
-    if "raw" in out and "ggufworker" in out:
-        out["single_decode_ratio_vs_raw"] = _paired_ratio(
-            out["ggufworker"]["single_decode_tps_runs"], out["raw"]["single_decode_tps_runs"]
-        )
-        out["aggregate_ratio_vs_raw"] = _paired_ratio(
-            out["ggufworker"]["aggregate_tps_runs"], out["raw"]["aggregate_tps_runs"]
-        )
-    if "ggufworker" in out and "llama_cpp_python" in out:
-        out["aggregate_ratio_vs_llama_cpp_python"] = _paired_ratio(
-            out["ggufworker"]["aggregate_tps_runs"], out["llama_cpp_python"]["aggregate_tps_runs"]
-        )
+    # Our server against each peer measured in the same runs.
+    ours = out.get("ggufworker")
+    peers = (
+        ("engine", ("single_decode", "aggregate")),
+        ("raw", ("single_decode", "aggregate")),
+        ("llama_cpp_python", ("aggregate",)),
+    )
+    for peer, kinds in peers:
+        if ours and peer in out:
+            for kind in kinds:
+                out[f"{kind}_ratio_vs_{peer}"] = _paired_ratio(
+                    ours[f"{kind}_tps_runs"], out[peer][f"{kind}_tps_runs"]
+                )
     return out
 
 

@@ -92,7 +92,5 @@ def render_chat(
             eos_token=eos_token or "",
             **extra,
         )
-    except TemplateError:
-        raise
     except jinja2.TemplateError as exc:
         raise TemplateError(f"chat template failed: {exc}") from exc

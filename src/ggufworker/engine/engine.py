@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
@@ -234,7 +236,7 @@ class Engine:
     def _cancel(self, request_id: str) -> None:
         self._sched.post("cancel", request_id)
 
-    def _on_finish(self, req: Request, n_prompt: int, n_gen: int, n_cached: int) -> None:
+    def _on_finish(self, n_prompt: int, n_gen: int, n_cached: int) -> None:
         with self._lock:
             self._outstanding -= 1
             t = self._totals
@@ -303,7 +305,7 @@ class Engine:
             ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
             if not ptr:
                 raise InvalidRequestError("this model produces no pooled embeddings")
-            vec = [float(ptr[i]) for i in range(self.info.n_embd)]
+            vec = np.ctypeslib.as_array(ptr, shape=(self.info.n_embd,)).tolist()
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
             llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)

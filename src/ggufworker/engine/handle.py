@@ -105,9 +105,7 @@ class RequestHandle:
             return self._loop, self._aqueue  # type: ignore[return-value]
 
     def _deliver(self, item: object) -> None:
-        target = self._route(item)
-        if target is not None:
-            _call_soon(target[0], _put_all, [(target[1], item)])
+        deliver_many([(self, item)])
 
     def _end(self) -> None:
         self._deliver(_END)

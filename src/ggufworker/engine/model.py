@@ -76,7 +76,6 @@ class Model:
         # Piece cache: llama_token_to_piece per token is a ctypes call; generated text is
         # assembled from pieces every step, so cache them (vocab is immutable).
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
 
     # --- metadata ----------------------------------------------------------------------------
 
@@ -209,9 +208,6 @@ class Model:
             buf = ctypes.create_string_buffer(cap)
             n = llama_cpp.llama_detokenize(self.vocab, arr, n_ids, buf, cap, False, special)
         return buf.raw[:n].decode("utf-8", errors="replace")
-
-    def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     # --- context -----------------------------------------------------------------------------
 

@@ -82,11 +82,17 @@ def is_plain_greedy(params: SamplingParams) -> bool:
     no penalties or grammar): done in numpy, see :func:`biased_argmax`."""
     return (
         params.temperature <= 0
-        and params.repeat_penalty == 1.0
-        and params.presence_penalty == 0.0
-        and params.frequency_penalty == 0.0
+        and not _has_penalties(params)
         and params.grammar is None
         and params.json_schema is None
+    )
+
+
+def _has_penalties(params: SamplingParams) -> bool:
+    return (
+        params.repeat_penalty != 1.0
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
     )
 
 
@@ -139,11 +145,7 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
                 # -inf bans a token; llama.cpp adds the bias to the logit, so clamp to finite.
                 arr[i].bias = max(float(bias), -1e30)
             add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, n, arr))
-        if (
-            params.repeat_penalty != 1.0
-            or params.presence_penalty != 0.0
-            or params.frequency_penalty != 0.0
-        ):
+        if _has_penalties(params):
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(

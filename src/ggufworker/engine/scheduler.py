@@ -49,7 +49,7 @@ class Scheduler:
         *,
         n_parallel: int,
         n_batch: int,
-        on_finish: Callable[[Request, int, int, int], None],
+        on_finish: Callable[[int, int, int], None],
         pipeline: bool = False,
     ) -> None:
         self.model = model
@@ -58,14 +58,13 @@ class Scheduler:
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = n_batch
         self.slots = [Slot(seq=i) for i in range(n_parallel)]
-        self.active: list[Slot] = []  # slots with a request, in sequence-id order
         self.pipeline = pipeline
         self.batch = Batch(n_batch)
         self.waiting: deque[Request] = deque()
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.eog = frozenset(model.eog_ids())
         self.n_vocab = model.n_vocab
-        self._on_finish = on_finish  # (request, prompt, generated, cached) for engine stats
+        self._on_finish = on_finish  # (prompt, generated, cached tokens) for engine stats
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
         self._n_out = 0
         self._closed = False
@@ -81,7 +80,11 @@ class Scheduler:
         self.inbox.put(msg)
 
     def busy_slots(self) -> int:
-        return len(self.active)
+        return len(self._active())
+
+    def _active(self) -> list[Slot]:
+        """Slots with a request, in sequence-id order (the batch order)."""
+        return [s for s in self.slots if s.req is not None]
 
     def _handle_msg(self, msg: tuple) -> None:
         kind = msg[0]
@@ -118,7 +121,7 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while not self._closed:
-                idle = not self.waiting and not self.active
+                idle = not self.waiting and not self._active()
                 if idle:
                     self._flush()
                     self._handle_msg(self.inbox.get())
@@ -166,11 +169,18 @@ class Scheduler:
     def _used_cells(self) -> int:
         return sum(len(s.cache) for s in self.slots)
 
-    def _reserved_cells(self) -> int:
-        """Cells that admitted-but-unfinished prompts will still need."""
-        return sum(
-            len(s.req.tokens) - s.prefill_pos for s in self.active if s.req and s.next_token < 0
+    def _free_cells(self) -> int:
+        """Cells neither holding KV nor needed by admitted-but-unfinished prompts."""
+        reserved = sum(
+            len(s.req.tokens) - s.prefill_pos
+            for s in self.slots
+            if s.req is not None and s.next_token < 0
         )
+        return self.n_ctx - self._used_cells() - reserved
+
+    def _drop_kv(self, s: Slot) -> None:
+        llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+        s.cache.clear()
 
     def _evict_idle(self, need: int, keep: Slot | None = None) -> None:
         """Drop idle slots' cached prefixes (least recently used first) until ``need`` cells
@@ -179,18 +189,18 @@ class Scheduler:
             (s for s in self.slots if s.req is None and s.cache and s is not keep),
             key=lambda s: s.last_used,
         )
+        free = self._free_cells()
         for s in idle:
-            if self.n_ctx - self._used_cells() - self._reserved_cells() >= need:
+            if free >= need:
                 return
-            llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
-            s.cache.clear()
+            free += len(s.cache)
+            self._drop_kv(s)
 
     def clear_idle_caches(self) -> None:
         """Drop the KV of every idle slot (scheduler thread only)."""
         for s in self.slots:
             if s.req is None and s.cache:
-                llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
-                s.cache.clear()
+                self._drop_kv(s)
 
     def _admit(self) -> None:
         while self.waiting:
@@ -198,13 +208,16 @@ class Scheduler:
             if not free:
                 return
             req = self.waiting[0]
-            slot = max(free, key=lambda s: (common_prefix(s.cache, req.tokens), -s.last_used))
-            n_keep = min(common_prefix(slot.cache, req.tokens), len(req.tokens) - 1)
+            n_common, slot = max(
+                ((common_prefix(s.cache, req.tokens), s) for s in free),
+                key=lambda p: (p[0], -p[1].last_used),
+            )
+            n_keep = min(n_common, len(req.tokens) - 1)
             need = len(req.tokens) - n_keep + len(self.slots)
-            free_cells = self.n_ctx - self._used_cells() - self._reserved_cells()
+            free_cells = self._free_cells()
             if free_cells + len(slot.cache) - n_keep < need:
                 self._evict_idle(need + len(slot.cache) - n_keep, keep=slot)
-                free_cells = self.n_ctx - self._used_cells() - self._reserved_cells()
+                free_cells = self._free_cells()
                 if free_cells + len(slot.cache) - n_keep < need and self.busy_slots():
                     return  # wait for running requests to finish and free cells
             self.waiting.popleft()
@@ -221,8 +234,6 @@ class Scheduler:
                 n_keep = 0
             del slot.cache[n_keep:]
             slot.req = req
-            self.active.append(slot)
-            self.active.sort(key=lambda s: s.seq)
             slot.prefill_pos = n_keep
             slot.next_token = -1
             slot.n_gen = 0
@@ -242,7 +253,8 @@ class Scheduler:
     def _build_batch(self) -> bool:
         batch = self.batch
         batch.clear()
-        decoding = [s for s in self.active if s.next_token >= 0]
+        active = self._active()
+        decoding = [s for s in active if s.next_token >= 0]
         free_cells = self.n_ctx - self._used_cells()
         # Out of KV cells: running sequences have hit the shared context end.
         while decoding and free_cells < len(decoding):
@@ -262,7 +274,7 @@ class Scheduler:
             s.out_row = n_out
             n_out += 1
         budget = min(self.n_batch - batch.n, free_cells - len(decoding))
-        prefilling = [s for s in self.active if s.next_token < 0]
+        prefilling = [s for s in active if s.req is not None and s.next_token < 0]
         prefilling.sort(key=lambda s: s.req.t_submit)  # type: ignore[union-attr]
         for s in prefilling:
             s.out_idx = -1
@@ -297,7 +309,7 @@ class Scheduler:
         if rc != 0:
             self._decode_failed(rc)
             return
-        active = tuple(self.active)
+        active = self._active()
         for s in active:
             # Record what this step put in the KV cache for this sequence.
             if s.next_token >= 0:
@@ -341,12 +353,12 @@ class Scheduler:
     def _decode_failed(self, rc: int) -> None:
         logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)
         err = GenerationError(f"llama_decode failed (code {rc})")
-        for s in self.slots:
-            if s.req is not None and (s.out_idx >= 0 or s.next_token < 0):
+        for s in self._active():
+            if s.out_idx >= 0 or s.next_token < 0:
                 req = s.req
+                assert req is not None
                 self._release(s)
-                llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
-                s.cache.clear()
+                self._drop_kv(s)
                 req.handle._deliver(err)
 
     def _sample(self, s: Slot, req: Request, tok: int, now: float) -> None:
@@ -375,7 +387,7 @@ class Scheduler:
         s.next_token = tok
         s.pending = (tok, lp, top, now)
 
-    def _emit_pending(self, slots: tuple[Slot, ...]) -> None:
+    def _emit_pending(self, slots: list[Slot]) -> None:
         for s in slots:
             if s.pending is not None and s.req is not None:
                 self._emit(s)
@@ -427,7 +439,6 @@ class Scheduler:
             return
         self._retire(req, len(req.tokens), s.n_gen, s.n_cached)
         s.req = None
-        self.active.remove(s)
         s.next_token = -1
         s.out_idx = -1
         s.pending = None
@@ -437,4 +448,4 @@ class Scheduler:
     def _retire(self, req: Request, n_prompt: int, n_gen: int, n_cached: int = 0) -> None:
         free_chain(req.chain)
         req.chain = 0
-        self._on_finish(req, n_prompt, n_gen, n_cached)
+        self._on_finish(n_prompt, n_gen, n_cached)
