@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, SMOLLM2
+
 SERVE = [sys.executable, "-m", "ggufworker", "serve"]
 KEYS = ("test-key-1", "test-key-2")
 
@@ -127,6 +128,24 @@ class CallbackListener:
 COMMON = ["--threads", "1", "--ctx-size", "4096", "--keep-alive", "-1", "--log-level", "warning"]
 
 
+def cached_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    model_cache: Path,
+    *args: str,
+    common: list[str] = COMMON,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start a server on the session model cache (offline), logging under a new temp dir."""
+    logs = tmp_path_factory.mktemp(name)
+    return ServerProcess(
+        [*common, *args, "--offline", "--home", str(model_cache)],
+        logs / "server.log",
+        home=logs / "home",
+        env=env,
+    )
+
+
 @contextlib.contextmanager
 def running(server: ServerProcess) -> Iterator[ServerProcess]:
     """Wait for a started server to be ready; stop it when the block ends, whatever happens."""
@@ -153,33 +172,19 @@ def main_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     """SmolLM2 (by registry name) and Gemma 3 (by path), 8 slots, worker callback on."""
-    logs = tmp_path_factory.mktemp("main-server")
-    server = ServerProcess(
-        [
-            *COMMON,
-            "--model",
-            "smollm2-135m-instruct",
-            "--model",
-            str(gemma3_path),
-            "--pin",
-            "smollm2-135m-instruct",
-            "--embedding-model",
-            "smollm2-135m-instruct",
-            "--parallel",
-            "8",
-            "--max-body-bytes",
-            "65536",
-            "--worker-id",
-            "worker-under-test",
-            "--callback-url",
-            callback_listener.url,
-            "--offline",
-            "--home",
-            str(model_cache),
-        ],
-        logs / "server.log",
-        home=logs / "home",
-    )
+    server = cached_server(
+        tmp_path_factory,
+        "main-server",
+        model_cache,
+        "--model", SMOLLM2,
+        "--model", str(gemma3_path),
+        "--pin", SMOLLM2,
+        "--embedding-model", SMOLLM2,
+        "--parallel", "8",
+        "--max-body-bytes", "65536",
+        "--worker-id", "worker-under-test",
+        "--callback-url", callback_listener.url,
+    )  # fmt: skip
     with running(server):
         yield server
 
@@ -189,25 +194,15 @@ def tight_server(
     smollm2_path: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """The default model (no --model), one slot, no queue, two API keys."""
-    logs = tmp_path_factory.mktemp("tight-server")
-    server = ServerProcess(
-        [
-            *COMMON,
-            "--parallel",
-            "1",
-            "--max-queue",
-            "0",
-            "--api-key",
-            KEYS[0],
-            "--api-key",
-            KEYS[1],
-            "--offline",
-            "--home",
-            str(model_cache),
-        ],
-        logs / "server.log",
-        home=logs / "home",
-    )
+    server = cached_server(
+        tmp_path_factory,
+        "tight-server",
+        model_cache,
+        "--parallel", "1",
+        "--max-queue", "0",
+        "--api-key", KEYS[0],
+        "--api-key", KEYS[1],
+    )  # fmt: skip
     with running(server):
         yield server
 
@@ -219,11 +214,6 @@ def batch_server(
     """A server only the concurrency test uses, so its KV cache starts empty: a prompt's greedy
     output is only bit-stable when the cache holds the same cells, and other tests' requests
     leave cached prefixes behind."""
-    logs = tmp_path_factory.mktemp("batch-server")
-    server = ServerProcess(
-        [*COMMON, "--parallel", "8", "--offline", "--home", str(model_cache)],
-        logs / "server.log",
-        home=logs / "home",
-    )
+    server = cached_server(tmp_path_factory, "batch-server", model_cache, "--parallel", "8")
     with running(server):
         yield server

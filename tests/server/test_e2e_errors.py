@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import SMOLLM2
 from tests.server.conftest import KEYS, ServerProcess
 
-SMOL = "smollm2-135m-instruct"
 MSG = [{"role": "user", "content": "Hello"}]
 
 
@@ -49,7 +49,7 @@ def test_bad_json_is_400(main_server: ServerProcess) -> None:
 def test_wrong_types_are_400_through_the_client(
     main_server: ServerProcess, extra: dict, param: str
 ) -> None:
-    body = {"model": SMOL, "messages": MSG, **extra}
+    body = {"model": SMOLLM2, "messages": MSG, **extra}
     with pytest.raises(openai.BadRequestError) as info:
         _oa(main_server).chat.completions.create(**body)
     assert info.value.status_code == 400
@@ -64,10 +64,10 @@ def test_unknown_model_is_404(main_server: ServerProcess) -> None:
 
 def test_context_overflow_is_400(main_server: ServerProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        _oa(main_server).completions.create(model=SMOL, prompt="hello " * 5000, max_tokens=4)
+        _oa(main_server).completions.create(model=SMOLLM2, prompt="hello " * 5000, max_tokens=4)
     assert info.value.code == "context_length_exceeded"
     # still serving
-    r = _oa(main_server).completions.create(model=SMOL, prompt="Hi", max_tokens=2)
+    r = _oa(main_server).completions.create(model=SMOLLM2, prompt="Hi", max_tokens=2)
     assert r.usage.completion_tokens == 2
 
 
@@ -75,13 +75,13 @@ def test_non_text_content_is_400(main_server: ServerProcess) -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(openai.BadRequestError) as info:
         _oa(main_server).chat.completions.create(
-            model=SMOL, messages=[{"role": "user", "content": [image]}]
+            model=SMOLLM2, messages=[{"role": "user", "content": [image]}]
         )
     assert info.value.body["param"] == "messages"
 
 
 def test_body_too_large_is_413(main_server: ServerProcess) -> None:
-    big = {"model": SMOL, "prompt": "x" * 100_000}
+    big = {"model": SMOLLM2, "prompt": "x" * 100_000}
     _envelope(httpx.post(f"{main_server.url}/v1/completions", json=big), 413, "request_too_large")
     chunked = httpx.post(
         f"{main_server.url}/v1/completions",
@@ -102,7 +102,7 @@ def test_api_keys(tight_server: ServerProcess) -> None:
     assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
     _envelope(httpx.get(f"{tight_server.url}/v1/models"), 401, "invalid_api_key")
     for key in KEYS:
-        assert [m.id for m in _oa(tight_server, key).models.list().data] == [SMOL]
+        assert [m.id for m in _oa(tight_server, key).models.list().data] == [SMOLLM2]
 
 
 def _busy_slots(server: ServerProcess) -> float:
@@ -115,7 +115,7 @@ def _busy_slots(server: ServerProcess) -> float:
 def test_queue_full_is_429_then_disconnect_frees_the_slot(tight_server: ServerProcess) -> None:
     client = _oa(tight_server, KEYS[0])
     stream = client.chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=MSG,
         max_tokens=2000,
         stream=True,
@@ -128,26 +128,26 @@ def test_queue_full_is_429_then_disconnect_frees_the_slot(tight_server: ServerPr
     # one slot, no queue: the next request is refused with Retry-After
     r = httpx.post(
         f"{tight_server.url}/v1/chat/completions",
-        json={"model": SMOL, "messages": MSG, "max_tokens": 2},
+        json={"model": SMOLLM2, "messages": MSG, "max_tokens": 2},
         headers={"Authorization": f"Bearer {KEYS[1]}"},
     )
     _envelope(r, 429, "queue_full")
     assert int(r.headers["retry-after"]) >= 1
     with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
+        client.chat.completions.create(model=SMOLLM2, messages=MSG, max_tokens=2)
     # the client goes away mid-stream: its request is cancelled and the slot freed
     stream.close()
     deadline = time.monotonic() + 10
     while _busy_slots(tight_server) != 0:
         assert time.monotonic() < deadline, "slot still busy after the client disconnected"
         time.sleep(0.05)
-    r2 = client.chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
+    r2 = client.chat.completions.create(model=SMOLLM2, messages=MSG, max_tokens=2)
     assert r2.usage.completion_tokens == 2
 
 
 def test_non_streamed_client_disconnect_frees_the_slot(tight_server: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {KEYS[0]}"}
-    body = {"model": SMOL, "messages": MSG, "max_tokens": 2000, "ignore_eos": True}
+    body = {"model": SMOLLM2, "messages": MSG, "max_tokens": 2000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{tight_server.url}/v1/chat/completions", json=body, headers=headers, timeout=1.5
@@ -156,5 +156,7 @@ def test_non_streamed_client_disconnect_frees_the_slot(tight_server: ServerProce
     while _busy_slots(tight_server) != 0:
         assert time.monotonic() < deadline, "slot still busy after the client went away"
         time.sleep(0.05)
-    r = _oa(tight_server, KEYS[0]).chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
+    r = _oa(tight_server, KEYS[0]).chat.completions.create(
+        model=SMOLLM2, messages=MSG, max_tokens=2
+    )
     assert r.usage.completion_tokens == 2

@@ -9,9 +9,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.conftest import SMOLLM2
 from tests.server.conftest import ServerProcess
 
-SMOL = "smollm2-135m-instruct"
 PROMPTS = [
     "Name a color.",
     "What is 2 plus 2?",
@@ -34,20 +34,20 @@ def aclient(server: ServerProcess) -> openai.AsyncOpenAI:
 
 def _chat(server: ServerProcess, content: str, **kw: object) -> openai.types.chat.ChatCompletion:
     return client(server).chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": content}], temperature=0, **kw
+        model=SMOLLM2, messages=[{"role": "user", "content": content}], temperature=0, **kw
     )
 
 
 def test_chat_stream_equals_non_stream_with_usage(main_server: ServerProcess) -> None:
     full = _chat(main_server, PROMPTS[0], max_tokens=24)
-    assert full.model == SMOL and full.object == "chat.completion"
+    assert full.model == SMOLLM2 and full.object == "chat.completion"
     text = full.choices[0].message.content
     assert text and full.choices[0].finish_reason in ("stop", "length")
     assert full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 0
     assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
 
     stream = client(main_server).chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=[{"role": "user", "content": PROMPTS[0]}],
         temperature=0,
         max_tokens=24,
@@ -64,14 +64,14 @@ def test_chat_stream_equals_non_stream_with_usage(main_server: ServerProcess) ->
 
 def test_completions_stream_and_not(main_server: ServerProcess) -> None:
     c = client(main_server)
-    full = c.completions.create(model=SMOL, prompt="The sky is", max_tokens=12, temperature=0)
+    full = c.completions.create(model=SMOLLM2, prompt="The sky is", max_tokens=12, temperature=0)
     assert full.usage.completion_tokens == 12 and full.choices[0].finish_reason == "length"
     parts = c.completions.create(
-        model=SMOL, prompt="The sky is", max_tokens=12, temperature=0, stream=True
+        model=SMOLLM2, prompt="The sky is", max_tokens=12, temperature=0, stream=True
     )
     assert "".join(p.choices[0].text for p in parts) == full.choices[0].text
     echoed = c.completions.create(
-        model=SMOL, prompt="The sky is", max_tokens=12, temperature=0, echo=True
+        model=SMOLLM2, prompt="The sky is", max_tokens=12, temperature=0, echo=True
     )
     assert echoed.choices[0].text == "The sky is" + full.choices[0].text
 
@@ -83,7 +83,7 @@ def test_stop_and_max_completion_tokens(main_server: ServerProcess) -> None:
     assert word not in stopped.message.content and stopped.finish_reason == "stop"
     assert free.startswith(stopped.message.content)
     short = client(main_server).chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=[{"role": "user", "content": PROMPTS[1]}],
         temperature=0,
         max_tokens=30,
@@ -113,7 +113,7 @@ def test_json_schema_output_validates(main_server: ServerProcess) -> None:
         "additionalProperties": False,
     }
     r = client(main_server).chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=[{"role": "user", "content": "Invent a person. Reply in JSON."}],
         temperature=0,
         max_tokens=60,
@@ -124,7 +124,7 @@ def test_json_schema_output_validates(main_server: ServerProcess) -> None:
     assert set(data) == {"name", "age"}
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
     obj = client(main_server).chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=[{"role": "user", "content": "Describe a cat in JSON."}],
         temperature=0,
         max_tokens=60,
@@ -141,7 +141,7 @@ def test_models_lists_both_and_each_answers_under_its_name(
 ) -> None:
     ids = [m.id for m in client(main_server).models.list().data]
     gemma = gemma3_path.stem
-    assert ids == [SMOL, gemma]
+    assert ids == [SMOLLM2, gemma]
 
     async def both() -> list[openai.types.chat.ChatCompletion]:
         c = aclient(main_server)
@@ -153,12 +153,12 @@ def test_models_lists_both_and_each_answers_under_its_name(
                     max_tokens=8,
                     temperature=0,
                 )
-                for m in (SMOL, gemma)
+                for m in (SMOLLM2, gemma)
             ]
         )
 
     smol, gem = asyncio.run(both())
-    assert (smol.model, gem.model) == (SMOL, gemma)
+    assert (smol.model, gem.model) == (SMOLLM2, gemma)
     assert smol.choices[0].message.content and gem.choices[0].message.content
     # each model answers as it does alone: the other one does not leak into its stream
     alone = _chat(main_server, "Hi", max_tokens=8)
@@ -180,7 +180,12 @@ CONCURRENT = [
 
 
 def test_eight_concurrent_streams_equal_alone(batch_server: ServerProcess) -> None:
-    greedy = {"model": SMOL, "temperature": 0, "max_tokens": 24, "extra_body": {"ignore_eos": True}}
+    greedy = {
+        "model": SMOLLM2,
+        "temperature": 0,
+        "max_tokens": 24,
+        "extra_body": {"ignore_eos": True},
+    }
 
     async def together() -> list[str]:
         ac = aclient(batch_server)
@@ -201,13 +206,13 @@ def test_eight_concurrent_streams_equal_alone(batch_server: ServerProcess) -> No
 
 def test_n_choices(main_server: ServerProcess) -> None:
     r = client(main_server).chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=6, n=3, seed=7
+        model=SMOLLM2, messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=6, n=3, seed=7
     )
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert all(c.message.content for c in r.choices)
     assert 3 <= r.usage.completion_tokens <= 18
     single = client(main_server).chat.completions.create(
-        model=SMOL, messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=6, seed=7
+        model=SMOLLM2, messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=6, seed=7
     )
     assert r.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt counts once
 
@@ -226,7 +231,7 @@ def test_tools_are_accepted(main_server: ServerProcess) -> None:
         }
     ]
     r = client(main_server).chat.completions.create(
-        model=SMOL,
+        model=SMOLLM2,
         messages=[{"role": "user", "content": "Weather in Paris?"}],
         tools=tools,
         tool_choice="auto",

@@ -11,9 +11,8 @@ import time
 import httpx
 import openai
 
-from tests.server.conftest import CallbackListener, ServerProcess
-
-SMOL = "smollm2-135m-instruct"
+from tests.conftest import SMOLLM2
+from tests.server.conftest import COMMON, CallbackListener, ServerProcess, cached_server, free_port
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
@@ -27,10 +26,10 @@ def test_metrics_count_what_happened(main_server: ServerProcess) -> None:
     before = httpx.get(url).text
     ok = 'endpoint="/v1/completions",status="200"'
     bad = 'endpoint="/v1/completions",status="404"'
-    model = f'model="{SMOL}"'
+    model = f'model="{SMOLLM2}"'
     client = openai.OpenAI(base_url=f"{main_server.url}/v1", api_key="x", max_retries=0)
     usages = [
-        client.completions.create(model=SMOL, prompt=p, max_tokens=5, temperature=0).usage
+        client.completions.create(model=SMOLLM2, prompt=p, max_tokens=5, temperature=0).usage
         for p in ("One", "Two", "Three")
     ]
     try:
@@ -77,7 +76,7 @@ def test_execute_streams_worker_events(main_server: ServerProcess) -> None:
     assert end["decode_time_ms"] > 0
     reference = httpx.post(
         f"{main_server.url}/v1/completions",
-        json={"model": SMOL, "prompt": prompt, "max_tokens": 12, "temperature": 0},
+        json={"model": SMOLLM2, "prompt": prompt, "max_tokens": 12, "temperature": 0},
         timeout=60,
     ).json()
     assert "".join(t["t"] for t in tokens) == reference["choices"][0]["text"]
@@ -92,14 +91,14 @@ def test_readiness_callback_reaches_listener(
     main_server: ServerProcess, callback_listener: CallbackListener
 ) -> None:
     deadline = time.monotonic() + 20
-    while not any(b.get("model") == SMOL for b in callback_listener.bodies):
+    while not any(b.get("model") == SMOLLM2 for b in callback_listener.bodies):
         assert time.monotonic() < deadline, f"no callback: {callback_listener.bodies}"
         time.sleep(0.05)
-    body = next(b for b in callback_listener.bodies if b["model"] == SMOL)
+    body = next(b for b in callback_listener.bodies if b["model"] == SMOLLM2)
     assert body == {
         "worker_id": "worker-under-test",
         "url": main_server.url,
-        "model": SMOL,
+        "model": SMOLLM2,
         "backend": body["backend"],
         "slots": 8,
     }
@@ -110,21 +109,14 @@ def test_readiness_callback_retries_until_listener_is_up(
     smollm2_path, model_cache, tmp_path_factory
 ) -> None:
     """The callback URL is dead when the server becomes ready; a later listener still gets it."""
-    from tests.server.conftest import COMMON, free_port
-
     port = free_port()
-    logs = tmp_path_factory.mktemp("retry-server")
-    server = ServerProcess(
-        [
-            *COMMON,
-            "--parallel", "2",
-            "--offline",
-            "--home", str(model_cache),
-            "--worker-id", "late",
-            "--callback-url", f"http://127.0.0.1:{port}/ready",
-        ],
-        logs / "server.log",
-        home=logs / "home",
+    server = cached_server(
+        tmp_path_factory,
+        "retry-server",
+        model_cache,
+        "--parallel", "2",
+        "--worker-id", "late",
+        "--callback-url", f"http://127.0.0.1:{port}/ready",
     )  # fmt: skip
     listener = None
     try:
@@ -158,9 +150,9 @@ def test_tokenize_detokenize_round_trip(main_server: ServerProcess) -> None:
 
 def test_embeddings(main_server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{main_server.url}/v1", api_key="x", max_retries=0)
-    r = client.embeddings.create(model=SMOL, input=["a cat sat", "a cat sat", "stock markets"])
+    r = client.embeddings.create(model=SMOLLM2, input=["a cat sat", "a cat sat", "stock markets"])
     vecs = [d.embedding for d in r.data]
-    assert [d.index for d in r.data] == [0, 1, 2] and r.model == SMOL
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == SMOLLM2
     assert all(abs(math.fsum(x * x for x in v) - 1) < 1e-3 for v in vecs)
     assert vecs[0] == vecs[1] and vecs[0] != vecs[2]
     assert r.usage.prompt_tokens > 0
@@ -170,7 +162,7 @@ def test_health_and_models_report_state(main_server: ServerProcess) -> None:
     r = httpx.get(f"{main_server.url}/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     cards = httpx.get(f"{main_server.url}/v1/models").json()["data"]
-    smol = next(c for c in cards if c["id"] == SMOL)
+    smol = next(c for c in cards if c["id"] == SMOLLM2)
     assert smol["capabilities"] == ["completion", "embedding"]
     assert smol["loaded"] and smol["pinned"] and smol["meta"]["architecture"] == "llama"
 
@@ -180,20 +172,18 @@ def test_idle_unload_reload_and_settings_from_file_and_env(
 ) -> None:
     """Two models, one pinned; the other unloads when idle and loads again on use. Settings
     come from a config file and an env var (the env var wins over the file)."""
-    from tests.server.conftest import COMMON
-
-    logs = tmp_path_factory.mktemp("idle-server")
-    config = logs / "server.yaml"
+    config = tmp_path_factory.mktemp("idle-config") / "server.yaml"
     config.write_text(
-        f"model: [{SMOL}, {gemma3_path}]\npin: [{SMOL}]\nkeep_alive: 1.0\n"
+        f"model: [{SMOLLM2}, {gemma3_path}]\npin: [{SMOLLM2}]\nkeep_alive: 1.0\n"
         "parallel: 2\napi_keys: [from-file]\n"
     )
     gemma = gemma3_path.stem
-    server = ServerProcess(
-        [*[a for a in COMMON if a not in ("--keep-alive", "-1")], "--offline",
-         "--home", str(model_cache), "--config", str(config)],
-        logs / "server.log",
-        home=logs / "home",
+    server = cached_server(
+        tmp_path_factory,
+        "idle-server",
+        model_cache,
+        "--config", str(config),
+        common=[a for a in COMMON if a not in ("--keep-alive", "-1")],
         env={"GGUFWORKER_API_KEYS": "from-env"},
     )  # fmt: skip
     try:
@@ -210,7 +200,7 @@ def test_idle_unload_reload_and_settings_from_file_and_env(
             cards = httpx.get(f"{server.url}/v1/models", headers=headers).json()["data"]
             return {c["id"]: c["loaded"] for c in cards}
 
-        assert loaded() == {SMOL: True, gemma: False}  # the second model loads on first use
+        assert loaded() == {SMOLLM2: True, gemma: False}  # the second model loads on first use
         body = {"model": gemma, "prompt": "Hello", "max_tokens": 3, "temperature": 0}
         first = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60)
         assert first.status_code == 200 and loaded()[gemma]
@@ -218,7 +208,7 @@ def test_idle_unload_reload_and_settings_from_file_and_env(
         while loaded()[gemma]:
             assert time.monotonic() < deadline, "idle model never unloaded"
             time.sleep(0.1)
-        assert loaded()[SMOL]  # pinned: stays
+        assert loaded()[SMOLLM2]  # pinned: stays
         again = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60)
         assert again.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
     finally:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ggufworker.server import serving_extras
+from ggufworker.server.errors import retry_headers
 from ggufworker.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -27,8 +28,7 @@ router = APIRouter()  # API keys are checked by APIKeyMiddleware (all but /healt
 @public.get("/health", summary="503 while loading, 200 when ready (no auth)")
 async def health(request: Request) -> JSONResponse:
     status, body = serving_extras.health(request.app.state.manager)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_headers(status))
 
 
 @router.get("/metrics", summary="Prometheus metrics")

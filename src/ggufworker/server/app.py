@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,8 +26,6 @@ from ggufworker.server.models import (
 from ggufworker.server.serving_chat import ChatServing
 from ggufworker.server.serving_completion import CompletionServing
 from ggufworker.server.worker import ReadinessCallback
-
-logger = logging.getLogger(__name__)
 
 
 def create_app(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ggufworker.errors import AuthenticationError
@@ -53,13 +54,8 @@ class APIKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        header = None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                header = value.decode("latin-1")
-                break
         try:
-            check_api_key(self.keys, header)
+            check_api_key(self.keys, Headers(scope=scope).get("authorization"))
         except AuthenticationError as exc:
             await send_asgi_error(send, exc, ((b"www-authenticate", b"Bearer"),))
             return

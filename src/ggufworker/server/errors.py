@@ -24,6 +24,13 @@ RETRY_AFTER_S = 1
 _RETRY_STATUSES = {429, 503}
 
 
+def retry_headers(status: int, headers: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``headers`` plus ``Retry-After`` when ``status`` asks the client to come back later."""
+    if status in _RETRY_STATUSES:
+        return {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    return headers
+
+
 def envelope(
     status: int,
     message: str,
@@ -35,25 +42,13 @@ def envelope(
 ) -> JSONResponse:
     """An OpenAI error response."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    if status in _RETRY_STATUSES:
-        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_headers(status, headers))
 
 
 def error_response(exc: BaseException) -> JSONResponse:
     """The response for an exception, classified by the errors table."""
-    spec = error_spec(exc)
-    payload = error_payload(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if spec.status == 401 else None
-    err = payload["error"]
-    return envelope(
-        spec.status,
-        err["message"],
-        type_=err["type"],
-        code=err["code"],
-        param=err["param"],
-        headers=headers,
-    )
+    status = error_spec(exc).status
+    return JSONResponse(error_payload(exc), status_code=status, headers=retry_headers(status))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -133,10 +133,6 @@ class ModelManager:
 
     # --- lookup ----------------------------------------------------------------------------
 
-    @property
-    def default_name(self) -> str | None:
-        return next(iter(self._generation), None)
-
     def all_models(self) -> list[ServedModel]:
         return [*self._generation.values(), *self._embedding.values()]
 
@@ -261,6 +257,3 @@ class ModelManager:
                     await asyncio.to_thread(engine.close)
                 except Exception:
                     logger.exception("closing %s failed", model.spec.name)
-
-    def loaded(self) -> list[ServedModel]:
-        return [m for m in self.all_models() if m.state == "ready"]

@@ -42,6 +42,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """The request's stop strings as a tuple, empty ones dropped."""
+    stops = [stop] if isinstance(stop, str) else stop or []
+    return tuple(s for s in stops if s)
+
+
 # --- shared pieces -------------------------------------------------------------------------
 
 
@@ -120,7 +126,6 @@ class SamplingFields(OpenAIBaseModel):
         self, *, max_tokens: int | None, logprobs: int | None, json_schema: Any
     ) -> SamplingParams:
         defaults = SamplingParams()
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=defaults.temperature if self.temperature is None else self.temperature,
@@ -134,7 +139,7 @@ class SamplingFields(OpenAIBaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             seed=self.seed,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            stop=tuple(s for s in stop if s),
+            stop=stop_strings(self.stop),
             grammar=self.grammar,
             json_schema=json_schema,
             logprobs=logprobs,
@@ -286,13 +291,12 @@ class ExecuteRequest(OpenAIBaseModel):
     model: str | None = None
 
     def to_sampling_params(self) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             seed=self.seed,
-            stop=tuple(s for s in stop if s),
+            stop=stop_strings(self.stop),
         )
 
 

@@ -13,13 +13,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from fastapi import Request
+from prometheus_client import Histogram
 
 from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
 from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import Lease
+from ggufworker.server.models import Lease, ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,16 @@ class Generation:
             for task in tasks:
                 task.cancel()
 
+    # the model's histogram children, looked up on first use (a series shows on /metrics
+    # from its first observation)
+    @cached_property
+    def _ttft(self) -> Histogram:
+        return self.metrics.ttft.labels(self.lease.name)
+
+    @cached_property
+    def _itl(self) -> Histogram:
+        return self.metrics.itl.labels(self.lease.name)
+
     def _account(self, index: int, event: TokenEvent) -> None:
         choice = self.choices[index]
         now = time.perf_counter()
@@ -106,11 +118,9 @@ class Generation:
             last = self._last_token[index]
             if last is None:
                 ttft = event.time_to_first_token
-                self.metrics.ttft.labels(self.lease.name).observe(
-                    ttft if ttft is not None else now - self.started
-                )
+                self._ttft.observe(ttft if ttft is not None else now - self.started)
             else:
-                self.metrics.itl.labels(self.lease.name).observe(now - last)
+                self._itl.observe(now - last)
             self._last_token[index] = now
         choice.text.append(event.text)
         if event.finish_reason is not None:
@@ -139,6 +149,22 @@ class Generation:
         if token_id is None:
             return ""
         return self.engine.detokenize([token_id])
+
+
+async def start_generation(
+    manager: ModelManager,
+    metrics: Metrics,
+    model: str | None,
+    make_reqs: Callable[[Lease], list[GenerationRequest]],
+) -> Generation:
+    """Hold ``model`` and submit the requests ``make_reqs`` builds for it; the lease is given
+    back when building or submitting fails."""
+    lease = await manager.acquire(model)
+    try:
+        return Generation(lease, make_reqs(lease), metrics)
+    except BaseException:
+        lease.release()
+        raise
 
 
 async def _watch_disconnect(request: Request, generation: Generation) -> None:

@@ -3,7 +3,6 @@ OpenAI's chat responses and chunks."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,12 +12,16 @@ from fastapi.responses import JSONResponse, Response
 
 from ggufworker.engine.types import GenerationRequest, TokenEvent
 from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import ModelManager
+from ggufworker.server.models import Lease, ModelManager
 from ggufworker.server.protocol import ChatCompletionRequest, new_id
-from ggufworker.server.serving import Generation, chat_logprob, collect, seeded
+from ggufworker.server.serving import (
+    Generation,
+    chat_logprob,
+    collect,
+    seeded,
+    start_generation,
+)
 from ggufworker.server.sse import sse_event, sse_response
-
-logger = logging.getLogger(__name__)
 
 
 class ChatServing:
@@ -31,17 +34,15 @@ class ChatServing:
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         params = body.to_sampling_params()
         messages = body.template_messages()
-        lease = await self.manager.acquire(body.model)
-        try:
+
+        def make_reqs(lease: Lease) -> list[GenerationRequest]:
             prompt = lease.engine.render_chat(messages, tools=body.tools)
-            reqs = [
+            return [
                 GenerationRequest(prompt=prompt, params=seeded(params, i), parse_special=True)
                 for i in range(body.n)
             ]
-            generation = Generation(lease, reqs, self.metrics)
-        except BaseException:
-            lease.release()
-            raise
+
+        generation = await start_generation(self.manager, self.metrics, body.model, make_reqs)
         rid, created = new_id("chatcmpl"), int(time.time())
         if body.stream:
             return sse_response(self._chat_stream(body, generation, rid, created))
@@ -66,7 +67,7 @@ class ChatServing:
                 "id": rid,
                 "object": "chat.completion",
                 "created": created,
-                "model": lease.name,
+                "model": generation.lease.name,
                 "choices": choices,
                 "usage": generation.usage(shared_prompt=True),
             }

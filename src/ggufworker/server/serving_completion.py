@@ -3,7 +3,6 @@ OpenAI's legacy logprobs."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,10 +14,8 @@ from ggufworker.engine.types import GenerationRequest, TokenEvent
 from ggufworker.server.metrics import Metrics
 from ggufworker.server.models import Lease, ModelManager
 from ggufworker.server.protocol import CompletionRequest, new_id
-from ggufworker.server.serving import Generation, collect, seeded
+from ggufworker.server.serving import Generation, collect, seeded, start_generation
 from ggufworker.server.sse import sse_event, sse_response
-
-logger = logging.getLogger(__name__)
 
 
 class CompletionServing:
@@ -31,23 +28,26 @@ class CompletionServing:
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
         params = body.to_sampling_params()
         prompts = body.prompts()
-        lease = await self.manager.acquire(body.model)
-        try:
-            reqs = [
+        shared_prompt = len(prompts) == 1
+        generation = await start_generation(
+            self.manager,
+            self.metrics,
+            body.model,
+            lambda _: [
                 GenerationRequest(prompt=p, params=seeded(params, i), parse_special=False)
                 for p in prompts
                 for i in range(body.n)
-            ]
-            generation = Generation(lease, reqs, self.metrics)
-        except BaseException:
-            lease.release()
-            raise
+            ],
+        )
+        lease = generation.lease
         echo = [
             self._prompt_text(lease, p) if body.echo else "" for p in prompts for _ in range(body.n)
         ]
         rid, created = new_id("cmpl"), int(time.time())
         if body.stream:
-            return sse_response(self._completion_stream(body, generation, rid, created, echo))
+            return sse_response(
+                self._completion_stream(body, generation, rid, created, echo, shared_prompt)
+            )
         want = body.logprobs is not None
         legacy: list[dict[str, list[Any]]] = [_legacy_logprobs() for _ in generation.choices]
         offsets = [len(e) for e in echo]
@@ -73,7 +73,7 @@ class CompletionServing:
                 "created": created,
                 "model": lease.name,
                 "choices": choices,
-                "usage": generation.usage(shared_prompt=len(prompts) == 1),
+                "usage": generation.usage(shared_prompt=shared_prompt),
             }
         )
 
@@ -84,6 +84,7 @@ class CompletionServing:
         rid: str,
         created: int,
         echo: list[str],
+        shared_prompt: bool,
     ) -> AsyncIterator[bytes]:
         usage_opt = body.include_usage()
         head = {"id": rid, "object": "text_completion", "created": created}
@@ -114,7 +115,7 @@ class CompletionServing:
                 if event.text or logprobs or event.finish_reason:
                     yield chunk(index, event.text, event.finish_reason, logprobs)
             if usage_opt:
-                usage = generation.usage(shared_prompt=len(body.prompts()) == 1)
+                usage = generation.usage(shared_prompt=shared_prompt)
                 yield sse_event({**head, "choices": [], "usage": usage})
         finally:
             generation.close()

@@ -44,10 +44,13 @@ async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str,
     """OpenAI embeddings from a model served for embeddings."""
     texts = body.texts()
     lease = await manager.acquire(body.model, embedding=True)
+    engine = lease.engine
+
+    def embed() -> tuple[list[list[float]], int]:
+        return engine.embed(texts), sum(len(engine.tokenize(t)) for t in texts)
+
     try:
-        engine = lease.engine
-        vectors = await asyncio.to_thread(engine.embed, texts)
-        prompt_tokens = sum(len(engine.tokenize(t)) for t in texts)
+        vectors, prompt_tokens = await asyncio.to_thread(embed)
     finally:
         lease.release()
     data = []

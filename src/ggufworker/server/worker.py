@@ -26,7 +26,7 @@ from ggufworker.errors import error_spec
 from ggufworker.server.metrics import Metrics
 from ggufworker.server.models import ModelManager, ServedModel
 from ggufworker.server.protocol import ExecuteRequest
-from ggufworker.server.serving import Generation
+from ggufworker.server.serving import Generation, start_generation
 from ggufworker.server.sse import error_payload, sse_event
 
 logger = logging.getLogger(__name__)
@@ -37,17 +37,18 @@ async def execute_events(
 ) -> AsyncIterator[bytes]:
     """Submit the job (errors before the stream raise, so they get an HTTP status), then
     return its worker-event stream."""
-    lease = await manager.acquire(body.model)
-    try:
-        req = GenerationRequest(
-            prompt=body.prompt,
-            params=body.to_sampling_params(),
-            request_id=f"{body.job_id}-{uuid.uuid4().hex[:8]}",
-        )
-        generation = Generation(lease, [req], metrics)
-    except BaseException:
-        lease.release()
-        raise
+    generation = await start_generation(
+        manager,
+        metrics,
+        body.model,
+        lambda _: [
+            GenerationRequest(
+                prompt=body.prompt,
+                params=body.to_sampling_params(),
+                request_id=f"{body.job_id}-{uuid.uuid4().hex[:8]}",
+            )
+        ],
+    )
     return _execute_stream(body, generation)
 
 
