@@ -27,11 +27,6 @@ def home_dir() -> Path:
     return base / "ggufworker"
 
 
-def models_dir() -> Path:
-    """Where finished, verified GGUF files live."""
-    return home_dir() / "models"
-
-
 def env_flag(name: str) -> bool:
     """True when an environment variable is set to a truthy value (1, true, yes, on)."""
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}

@@ -11,8 +11,7 @@ import pytest
 from ggufworker import cli
 
 from .fakehub import FakeHub, gguf_bytes, sha256_hex
-
-REPO = "acme/tiny-GGUF"
+from .helpers import REPO, hf_source, model_entry
 
 
 @pytest.fixture(autouse=True)
@@ -24,18 +23,6 @@ def _registry_commands_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def main(argv: list[str]) -> int:
     return cli.main(argv)
-
-
-def _model(name: str, filename: str, sha: str | None) -> dict:
-    return {
-        "name": name,
-        "architecture": "llama",
-        "quantization": "Q8_0",
-        "filename": f"{name}.gguf",
-        "sha256": sha,
-        "license": "mit",
-        "sources": [{"type": "hf", "repo": REPO, "filename": filename}],
-    }
 
 
 def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -68,7 +55,12 @@ def test_pull_and_list_show_verified(
 ) -> None:
     data = gguf_bytes(150_000, seed=21)
     fake_hub.add(REPO, "a.gguf", data)
-    write_registry([_model("alpha", "a.gguf", sha256_hex(data)), _model("beta", "b.gguf", None)])
+    write_registry(
+        [
+            model_entry("alpha", [hf_source("a.gguf")], sha256_hex(data)),
+            model_entry("beta", [hf_source("b.gguf")], None),
+        ]
+    )
 
     assert main(["pull", "alpha", "--home", str(home), "--no-progress"]) == 0
     printed = Path(capsys.readouterr().out.strip())
@@ -106,7 +98,7 @@ def test_list_shows_hf_reference_pulls(
 ) -> None:
     data = gguf_bytes(120_000, seed=22)
     fake_hub.add(REPO, "c.gguf", data)
-    write_registry([_model("alpha", "a.gguf", None)])
+    write_registry([model_entry("alpha", [hf_source("a.gguf")], None)])
 
     assert main(["pull", f"hf://{REPO}/c.gguf", "--home", str(home), "--no-progress"]) == 0
     capsys.readouterr()
@@ -122,7 +114,7 @@ def test_offline_flag_not_cached(
     home: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_registry([_model("alpha", "a.gguf", None)])
+    write_registry([model_entry("alpha", [hf_source("a.gguf")], None)])
 
     assert main(["pull", "alpha", "--offline", "--home", str(home)]) == 1
     assert "offline" in _err_line(capsys)

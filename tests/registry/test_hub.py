@@ -13,8 +13,8 @@ from ggufworker.registry import pull
 from ggufworker.registry.cache import marker_path, read_marker
 
 from .fakehub import FakeHub, gguf_bytes, sha256_hex
+from .helpers import REPO, closed_port_url, hf_source, leftovers, model_entry
 
-REPO = "acme/tiny-GGUF"
 FILE = "tiny.Q4_0.gguf"
 SIZE = 3 * 1024 * 1024 + 123
 # huggingface_hub writes in 10 MiB chunks, so a resume restarts at the last whole chunk received:
@@ -23,34 +23,12 @@ BIG = 24 * 1024 * 1024 + 77
 CUT = 15 * 1024 * 1024
 
 
-def _model(name: str, sources: list[dict], sha: str | None, size: int | None = None) -> dict:
-    return {
-        "name": name,
-        "architecture": "llama",
-        "quantization": "Q4_0",
-        "filename": f"{name}.gguf",
-        "size": size,
-        "sha256": sha,
-        "license": "mit",
-        "sources": sources,
-    }
-
-
-def _hf(repo: str = REPO, filename: str = FILE) -> dict:
-    return {"type": "hf", "repo": repo, "filename": filename}
-
-
-def _leftovers(home: Path) -> list[Path]:
-    """Every file under the cache (staging included)."""
-    return sorted(p for p in home.rglob("*") if p.is_file()) if home.exists() else []
-
-
 def test_pull_from_hub_verifies_and_caches(
     fake_hub: FakeHub, write_registry: Callable[..., Path], home: Path
 ) -> None:
     data = gguf_bytes(SIZE, seed=1)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], sha256_hex(data), SIZE)])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data), SIZE)])
 
     path = pull("tiny", home=home, progress=False)
 
@@ -59,7 +37,7 @@ def test_pull_from_hub_verifies_and_caches(
     marker = read_marker(path)
     assert marker is not None and marker.sha256 == sha256_hex(data)
     # nothing but the file and its marker is left in the cache
-    assert _leftovers(home) == sorted([path, marker_path(path)])
+    assert leftovers(home) == sorted([path, marker_path(path)])
 
     # a second pull trusts the marker: no request reaches the hub, the file is not rewritten
     before = len(fake_hub.requests)
@@ -74,7 +52,7 @@ def test_unpinned_file_is_checked_against_hub_lfs_sha(
 ) -> None:
     data = gguf_bytes(200_000, seed=2)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], None)])
+    write_registry([model_entry("tiny", [hf_source(FILE)], None)])
 
     path = pull("tiny", home=home, progress=False)
 
@@ -87,7 +65,7 @@ def test_hf_reference_without_registry_entry(
 ) -> None:
     data = gguf_bytes(100_000, seed=3)
     fake_hub.add("acme/other", "sub/x.gguf", data)
-    write_registry([_model("tiny", [_hf()], None)])
+    write_registry([model_entry("tiny", [hf_source(FILE)], None)])
 
     path = pull("hf://acme/other@v1/sub/x.gguf", home=home, progress=False)
 
@@ -101,7 +79,7 @@ def test_transfer_cut_midway_is_resumed(
 ) -> None:
     data = gguf_bytes(BIG, seed=4)
     fake_hub.add(REPO, FILE, data, cut_after=CUT)
-    write_registry([_model("tiny", [_hf()], sha256_hex(data), BIG)])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data), BIG)])
 
     path = pull("tiny", home=home, progress=False)
 
@@ -114,7 +92,7 @@ def test_transfer_cut_midway_is_resumed(
     assert store_gets[1].range is not None
     resumed_from = int(store_gets[1].range.removeprefix("bytes=").split("-")[0])
     assert 0 < resumed_from <= CUT
-    assert _leftovers(home) == sorted([path, marker_path(path)])
+    assert leftovers(home) == sorted([path, marker_path(path)])
 
 
 def test_pinned_sha_differs_from_hub_nothing_cached(
@@ -122,12 +100,12 @@ def test_pinned_sha_differs_from_hub_nothing_cached(
 ) -> None:
     data = gguf_bytes(300_000, seed=5)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], "0" * 64)])
+    write_registry([model_entry("tiny", [hf_source(FILE)], "0" * 64)])
 
     with pytest.raises(ChecksumMismatchError, match="0{64}"):
         pull("tiny", home=home, progress=False)
 
-    assert _leftovers(home) == []
+    assert leftovers(home) == []
 
 
 def test_corrupt_transfer_removed_and_reported(
@@ -138,12 +116,12 @@ def test_corrupt_transfer_removed_and_reported(
     corrupt[150_000] ^= 0xFF
     # the hub advertises the right sha256 but the store sends damaged bytes
     fake_hub.add(REPO, FILE, data, served=bytes(corrupt))
-    write_registry([_model("tiny", [_hf()], sha256_hex(data))])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data))])
 
     with pytest.raises(ChecksumMismatchError, match="sha256 mismatch"):
         pull("tiny", home=home, progress=False)
 
-    assert _leftovers(home) == []
+    assert leftovers(home) == []
     assert not (home / "models" / "tiny" / "tiny.gguf").exists()
 
 
@@ -154,7 +132,9 @@ def test_mismatch_then_next_source(
     bad = gguf_bytes(300_000, seed=8)
     fake_hub.add("acme/bad", FILE, bad)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf("acme/bad"), _hf()], sha256_hex(data))])
+    write_registry(
+        [model_entry("tiny", [hf_source(FILE, "acme/bad"), hf_source(FILE)], sha256_hex(data))]
+    )
 
     path = pull("tiny", home=home, progress=False)
 
@@ -167,7 +147,9 @@ def test_404_falls_back_to_next_source(
 ) -> None:
     data = gguf_bytes(250_000, seed=9)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf(filename="missing.gguf"), _hf()], sha256_hex(data))])
+    write_registry(
+        [model_entry("tiny", [hf_source("missing.gguf"), hf_source(FILE)], sha256_hex(data))]
+    )
 
     path = pull("tiny", home=home, progress=False)
 
@@ -180,26 +162,21 @@ def test_404_falls_back_to_next_source(
 def test_every_source_failing_is_one_error(
     fake_hub: FakeHub, write_registry: Callable[..., Path], home: Path
 ) -> None:
-    write_registry([_model("tiny", [_hf(filename="a.gguf"), _hf(filename="b.gguf")], None)])
+    write_registry([model_entry("tiny", [hf_source("a.gguf"), hf_source("b.gguf")], None)])
 
     with pytest.raises(DownloadError) as info:
         pull("tiny", home=home, progress=False)
 
     message = str(info.value)
     assert "a.gguf" in message and "b.gguf" in message and "404" in message
-    assert _leftovers(home) == []
+    assert leftovers(home) == []
 
 
 def test_hub_unreachable_is_a_download_error(
     write_registry: Callable[..., Path], home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    write_registry([_model("tiny", [_hf()], None)])
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    write_registry([model_entry("tiny", [hf_source(FILE)], None)])
 
     with pytest.raises(DownloadError, match="Connect"):
         pull("tiny", home=home, progress=False)
@@ -215,7 +192,7 @@ def test_offline_without_cache(
 ) -> None:
     data = gguf_bytes(100_000, seed=10)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], sha256_hex(data))])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data))])
     offline = True if how == "argument" else None
     if how != "argument":
         monkeypatch.setenv(how, "1")
@@ -224,7 +201,7 @@ def test_offline_without_cache(
         pull("tiny", home=home, offline=offline, progress=False)
 
     assert fake_hub.requests == []
-    assert _leftovers(home) == []
+    assert leftovers(home) == []
 
 
 def test_offline_with_cache(
@@ -235,7 +212,7 @@ def test_offline_with_cache(
 ) -> None:
     data = gguf_bytes(100_000, seed=11)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], sha256_hex(data))])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data))])
     online = pull("tiny", home=home, progress=False)
     fake_hub.requests.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -253,7 +230,7 @@ def test_changed_cached_file_is_rechecked(
 ) -> None:
     data = gguf_bytes(200_000, seed=12)
     fake_hub.add(REPO, FILE, data)
-    write_registry([_model("tiny", [_hf()], sha256_hex(data))])
+    write_registry([model_entry("tiny", [hf_source(FILE)], sha256_hex(data))])
     path = pull("tiny", home=home, progress=False)
 
     # damage the cached file: size/mtime no longer match the marker

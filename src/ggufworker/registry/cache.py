@@ -15,6 +15,7 @@ file without hashing it again, as long as its size and mtime did not change.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -26,11 +27,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from tqdm.auto import tqdm
 
 from ggufworker.errors import ChecksumMismatchError, DiskFullError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from ggufworker.registry.schema import HfSource, ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,21 @@ class Marker:
 def models_root(home: Path) -> Path:
     """Directory of finished model files under ``home``."""
     return home / "models"
+
+
+def model_path(home: Path, model: ModelEntry) -> Path:
+    """The cache path of a registry model's file."""
+    return models_root(home) / model.name / model.filename
+
+
+def hf_root(home: Path) -> Path:
+    """Directory of files pulled by ``hf://`` reference."""
+    return models_root(home) / "hf"
+
+
+def hf_path(home: Path, source: HfSource) -> Path:
+    """The cache path of a file pulled by ``hf://`` reference (``source.repo`` is owner/repo)."""
+    return hf_root(home) / source.repo / source.revision / source.filename
 
 
 def staging_root(home: Path) -> Path:
@@ -83,10 +102,7 @@ def write_marker(path: Path, sha256: str, source: str = "") -> Marker:
     st = path.stat()
     marker = Marker(sha256=sha256, size=st.st_size, mtime_ns=st.st_mtime_ns, source=source)
     payload = {
-        "sha256": marker.sha256,
-        "size": marker.size,
-        "mtime_ns": marker.mtime_ns,
-        "source": marker.source,
+        **dataclasses.asdict(marker),
         "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     target = marker_path(path)
@@ -97,12 +113,19 @@ def write_marker(path: Path, sha256: str, source: str = "") -> Marker:
     return marker
 
 
-def trusted_marker(path: Path, expected_sha256: str | None = None) -> Marker | None:
-    """The marker of ``path`` if the file is unchanged since it was verified.
+def marker_matches(marker: Marker, st: os.stat_result, expected_sha256: str | None) -> bool:
+    """True when the file with stat ``st`` is unchanged since ``marker`` was written.
 
     Unchanged means same size and mtime as recorded; when ``expected_sha256`` is given the
     recorded checksum must also equal it.
     """
+    if st.st_size != marker.size or st.st_mtime_ns != marker.mtime_ns:
+        return False
+    return expected_sha256 is None or marker.sha256 == expected_sha256.lower()
+
+
+def trusted_marker(path: Path, expected_sha256: str | None = None) -> Marker | None:
+    """The marker of ``path`` if the file is unchanged since it was verified (marker_matches)."""
     marker = read_marker(path)
     if marker is None:
         return None
@@ -110,21 +133,15 @@ def trusted_marker(path: Path, expected_sha256: str | None = None) -> Marker | N
         st = path.stat()
     except OSError:
         return None
-    if st.st_size != marker.size or st.st_mtime_ns != marker.mtime_ns:
-        return None
-    if expected_sha256 is not None and marker.sha256 != expected_sha256.lower():
-        return None
-    return marker
+    return marker if marker_matches(marker, st, expected_sha256) else None
 
 
-def sha256_file(path: Path, progress: Callable[[int], object] | None = None) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK_SIZE):
             digest.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
     return digest.hexdigest()
 
 
@@ -169,7 +186,8 @@ def disk_full_guard(*cleanup: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, DiskFullError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        # a DiskFullError (from a nested guard) has no errno, so it passes through unchanged
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         for path in cleanup:
             remove_quietly(path)
@@ -239,27 +257,23 @@ class HashingWriter:
 
         Raises:
             ChecksumMismatchError: the content does not hash to ``expected_sha256`` (the temp
-                file is removed; the target is untouched).
+                file is removed on leaving the ``with`` block; the target is untouched).
         """
         assert self._file is not None
         with disk_full_guard(self.tmp):
             self._file.close()
         actual = self.sha256
         if actual != expected_sha256.lower():
-            remove_quietly(self.tmp)
             raise ChecksumMismatchError(
                 f"sha256 mismatch for {self.target.name} from {source or 'download'}: "
                 f"expected {expected_sha256}, got {actual}"
             )
-        os.replace(self.tmp, self.target)
-        write_marker(self.target, actual, source)
-        return self.target
+        return place_verified(self.tmp, self.target, actual, source)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
-        if self.tmp.exists():
-            remove_quietly(self.tmp)
+        remove_quietly(self.tmp)
 
 
 STALE_AFTER_S = 6 * 3600

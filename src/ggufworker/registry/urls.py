@@ -7,15 +7,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import httpx
-
 from ggufworker.errors import DownloadError
 from ggufworker.registry.cache import HashingWriter, byte_progress, ensure_free_space
 from ggufworker.registry.schema import UrlSource
 
 logger = logging.getLogger(__name__)
-
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 def fetch_url(
@@ -46,9 +42,12 @@ def fetch_url(
                 except FileNotFoundError as exc:
                     raise DownloadError(f"{source.url}: no such file") from exc
             else:
+                import httpx  # here, not at module level: every command imports this module
+
+                timeout = httpx.Timeout(30.0, connect=10.0)
                 try:
                     with httpx.stream(
-                        "GET", source.url, follow_redirects=True, timeout=TIMEOUT
+                        "GET", source.url, follow_redirects=True, timeout=timeout
                     ) as resp:
                         if resp.status_code != 200:
                             raise DownloadError(f"{source.url}: HTTP {resp.status_code}")
