@@ -23,18 +23,18 @@ from ggufworker.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
-# SafeTensors dtype -> (numpy dtype used for the raw bytes, gguf-style type name)
-_DTYPES: dict[str, tuple[np.dtype, str]] = {
-    "F32": (np.dtype("<f4"), "F32"),
-    "F16": (np.dtype("<f2"), "F16"),
-    "BF16": (np.dtype("<u2"), "BF16"),
-    "F64": (np.dtype("<f8"), "F64"),
-    "I64": (np.dtype("<i8"), "I64"),
-    "I32": (np.dtype("<i4"), "I32"),
-    "I16": (np.dtype("<i2"), "I16"),
-    "I8": (np.dtype("i1"), "I8"),
-    "U8": (np.dtype("u1"), "U8"),
-    "BOOL": (np.dtype("u1"), "BOOL"),
+# SafeTensors dtype -> numpy dtype used for the raw bytes
+_DTYPES: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("u1"),
 }
 
 FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
@@ -52,11 +52,11 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _DTYPES[self.dtype][0].itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * _DTYPES[self.dtype].itemsize
 
     def load(self) -> np.ndarray:
         """Map the tensor's bytes read-only (bf16 as raw uint16); nothing is read until used."""
-        np_dtype = _DTYPES[self.dtype][0]
+        np_dtype = _DTYPES[self.dtype]
         if self.nbytes == 0:
             return np.empty(self.shape, dtype=np_dtype)
         with open(self.path, "rb") as f:
@@ -130,16 +130,22 @@ class Checkpoint:
             self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ConversionError(f"{config_path}: invalid JSON: {exc}") from exc
-        self.files = self._find_files()
+        self.files, weight_map = self._find_files()
         self.tensors: dict[str, TensorRef] = {}
         for path in self.files:
             for name, ref in read_safetensors_header(path).items():
                 if name in self.tensors:
                     raise ConversionError(f"tensor {name!r} appears in more than one shard")
                 self.tensors[name] = ref
-        self._check_index()
+        if weight_map is not None:
+            missing = sorted(set(weight_map) - set(self.tensors))
+            if missing:
+                raise ConversionError(
+                    f"tensors listed in the index but absent from shards: {missing[:5]}"
+                )
 
-    def _find_files(self) -> list[Path]:
+    def _find_files(self) -> tuple[list[Path], dict[str, str] | None]:
+        """The SafeTensors files to read and, when there is an index, its weight map."""
         index = self.dir / "model.safetensors.index.json"
         if index.is_file():
             try:
@@ -152,7 +158,7 @@ class Checkpoint:
                 raise ConversionError(
                     f"{self.dir}: shards listed in the index are missing: {missing}"
                 )
-            return [self.dir / n for n in names]
+            return [self.dir / n for n in names], weight_map
         files = sorted(self.dir.glob("*.safetensors"))
         # Mistral repositories ship their own-format consolidated.safetensors beside the HF
         # shards; it holds the same weights under other names.
@@ -160,18 +166,7 @@ class Checkpoint:
         files = hf_files or files
         if not files:
             raise ConversionError(f"{self.dir}: no *.safetensors files")
-        return files
-
-    def _check_index(self) -> None:
-        index = self.dir / "model.safetensors.index.json"
-        if not index.is_file():
-            return
-        listed = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
-        missing = sorted(listed - set(self.tensors))
-        if missing:
-            raise ConversionError(
-                f"tensors listed in the index but absent from shards: {missing[:5]}"
-            )
+        return files, None
 
     @property
     def architecture(self) -> str:

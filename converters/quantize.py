@@ -78,9 +78,7 @@ def tensor_type(
 
 def stored_nbytes(qtype: gguf.GGMLQuantizationType, shape: tuple[int, ...]) -> int:
     """Bytes one tensor takes in the file."""
-    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    return n_rows * (shape[-1] // block) * type_size
+    return int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype), dtype=np.int64))
 
 
 def encode(raw: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
@@ -92,12 +90,7 @@ def encode(raw: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType) ->
         return np.ascontiguousarray(raw, dtype=np.uint16)
     if qtype == QT.F16 and src_dtype == "F16":
         return np.ascontiguousarray(raw, dtype=np.float16)
-    data = to_f32(raw, src_dtype)
-    if qtype == QT.F32:
-        return np.ascontiguousarray(data, dtype=np.float32)
-    if qtype == QT.F16:
-        return data.astype(np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(data), qtype)
+    return gguf.quants.quantize(np.ascontiguousarray(to_f32(raw, src_dtype)), qtype)
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def convert(
         raise ConversionError(
             f"checkpoint is pre-quantized ({method}); convert the original float weights"
         )
-    out = resolve_outtype(outtype, ckpt.source_float_type())
+    source_type = ckpt.source_float_type()
+    out = resolve_outtype(outtype, source_type)
     target = Path(dst) if dst is not None else default_outfile(src_path, out)
     if target.is_dir():
         target = target / default_outfile(src_path, out).name
@@ -107,7 +108,7 @@ def convert(
     intermediate = _temp_beside(target, "f") if out in LLAMA_TYPES else None
     try:
         if intermediate is not None:
-            base = resolve_outtype("auto", ckpt.source_float_type())
+            base = resolve_outtype("auto", source_type)
             write_gguf(intermediate, conv, plans, vocab, base, name=name, progress=progress)
             llama_quantize(intermediate, tmp, out)
             intermediate.unlink()
@@ -172,10 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("gguf").setLevel(logging.WARNING)
     try:
         return run(args)
-    except ConversionError as exc:
-        print(f"st2gguf: error: {exc}", file=sys.stderr)
-        return 1
-    except DiskFullError as exc:
+    except (ConversionError, DiskFullError) as exc:
         print(f"st2gguf: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

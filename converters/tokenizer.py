@@ -73,6 +73,21 @@ def _looks_special(text: str) -> bool:
     )
 
 
+def _added_token(text: str, special: bool) -> tuple[str, gguf.TokenType]:
+    """(text, type) an added token is written with: control tokens raw, others with spaces."""
+    if special or _looks_special(text):
+        return text, _TT.CONTROL
+    return text.replace(SPM_SPACE, " "), _TT.USER_DEFINED
+
+
+def _append_pad(vocab: Vocab) -> None:
+    """Append an unused placeholder token, ``[PAD<id>]``."""
+    vocab.tokens.append(f"[PAD{len(vocab.tokens)}]")
+    vocab.types.append(_TT.UNUSED)
+    if vocab.scores is not None:
+        vocab.scores.append(-1000.0)
+
+
 def _added_tokens(src: Path, tok: dict[str, Any] | None) -> dict[int, tuple[str, bool]]:
     """id -> (content, special) from tokenizer.json's added_tokens and tokenizer_config.json."""
     added: dict[int, tuple[str, bool]] = {}
@@ -92,11 +107,8 @@ def _pad_to(vocab: Vocab, n_vocab: int) -> None:
         raise ConversionError(
             f"tokenizer has {len(vocab.tokens)} tokens but the embedding has {n_vocab} rows"
         )
-    for i in range(len(vocab.tokens), n_vocab):
-        vocab.tokens.append(f"[PAD{i}]")
-        vocab.types.append(_TT.UNUSED)
-        if vocab.scores is not None:
-            vocab.scores.append(-1000.0)
+    while len(vocab.tokens) < n_vocab:
+        _append_pad(vocab)
 
 
 def _is_spm_style(tok: dict[str, Any]) -> bool:
@@ -162,15 +174,13 @@ def _bpe_from_json(
     for i in range(max(by_id) + 1 if by_id else 0):
         text = by_id.get(i)
         if text is None:
-            vocab.tokens.append(f"[PAD{i}]")
-            vocab.types.append(_TT.UNUSED)
-        elif i in added:
-            special = added[i][1] or _looks_special(text)
-            vocab.tokens.append(text if special else text.replace(SPM_SPACE, " "))
-            vocab.types.append(_TT.CONTROL if special else _TT.USER_DEFINED)
-        else:
-            vocab.tokens.append(text)
-            vocab.types.append(_TT.NORMAL)
+            _append_pad(vocab)
+            continue
+        ttype = _TT.NORMAL
+        if i in added:
+            text, ttype = _added_token(text, added[i][1])
+        vocab.tokens.append(text)
+        vocab.types.append(ttype)
     return vocab
 
 
@@ -185,15 +195,8 @@ def _apply_added(vocab: Vocab, added: dict[int, tuple[str, bool]]) -> None:
     assert vocab.scores is not None
     for tid, (content, special) in sorted(added.items()):
         while tid >= len(vocab.tokens):
-            vocab.tokens.append(f"[PAD{len(vocab.tokens)}]")
-            vocab.types.append(_TT.UNUSED)
-            vocab.scores.append(-1000.0)
-        if special or _looks_special(content):
-            vocab.tokens[tid] = content
-            vocab.types[tid] = _TT.CONTROL
-        else:
-            vocab.tokens[tid] = content.replace(SPM_SPACE, " ")
-            vocab.types[tid] = _TT.USER_DEFINED
+            _append_pad(vocab)
+        vocab.tokens[tid], vocab.types[tid] = _added_token(content, special)
         vocab.scores[tid] = -1000.0
 
 

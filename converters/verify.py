@@ -7,14 +7,17 @@ compares its token ids with the Hugging Face tokenizer's on a varied text set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import gguf
+import numpy as np
 
 from converters.quantize import quiet_llama_log
 from ggufworker.errors import VerificationError
@@ -41,12 +44,11 @@ SAMPLE_TEXTS: tuple[str, ...] = (
 )
 
 
-_SCALAR_SIZES = {
-    gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.BOOL: 1,
-    gguf.GGUFValueType.UINT16: 2, gguf.GGUFValueType.INT16: 2,
-    gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4, gguf.GGUFValueType.FLOAT32: 4,
-    gguf.GGUFValueType.UINT64: 8, gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8,
-}  # fmt: skip
+#: Byte size of each scalar GGUF value type.
+_SCALAR_SIZES: dict[int, int] = {
+    vtype: np.dtype(np_type).itemsize
+    for vtype, np_type in gguf.GGUFReader.gguf_scalar_to_np.items()
+}
 
 
 def read_tensor_infos(
@@ -83,8 +85,7 @@ def read_tensor_infos(
             elif vtype == gguf.GGUFValueType.ARRAY:
                 item, count = u32(), u64()
                 if item in _SCALAR_SIZES:
-                    size = _SCALAR_SIZES[gguf.GGUFValueType(item)]
-                    pos += count * size
+                    pos += count * _SCALAR_SIZES[item]
                 else:
                     for _ in range(count):
                         skip_value(item)
@@ -176,23 +177,33 @@ def hf_token_ids(src: Path, texts: Sequence[str]) -> list[list[int]] | None:
     return [bos + sp.encode(t) + eos for t in texts]
 
 
-def llama_token_ids(path: Path, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids llama.cpp gives for ``texts`` with the GGUF's vocabulary (special tokens added)."""
+@contextlib.contextmanager
+def vocab_only_model(path: Path) -> Iterator[Any]:
+    """The GGUF at ``path`` loaded by llama.cpp with its vocabulary only; freed on exit.
+
+    Raises:
+        VerificationError: llama.cpp cannot load the file.
+    """
     import llama_cpp
 
-    with quiet_llama_log():
-        return _tokenize_all(llama_cpp, path, texts)
-
-
-def _tokenize_all(llama_cpp, path: Path, texts: Sequence[str]) -> list[list[int]]:
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise VerificationError(f"{path}: llama.cpp cannot load it")
     try:
+        yield model
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def llama_token_ids(path: Path, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids llama.cpp gives for ``texts`` with the GGUF's vocabulary (special tokens added)."""
+    import llama_cpp
+
+    out = []
+    with quiet_llama_log(), vocab_only_model(path) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
-        out = []
         for text in texts:
             data = text.encode("utf-8")
             cap = len(data) + 16
@@ -201,9 +212,7 @@ def _tokenize_all(llama_cpp, path: Path, texts: Sequence[str]) -> list[list[int]
             if n < 0:
                 raise VerificationError(f"llama.cpp tokenization overflow on {text!r}")
             out.append(list(buf[:n]))
-        return out
-    finally:
-        llama_cpp.llama_model_free(model)
+    return out
 
 
 def check_tokenization(path: Path, src: Path, texts: Sequence[str] = SAMPLE_TEXTS) -> int:

@@ -9,9 +9,10 @@ per-tensor transforms). Tensor names are mapped with gguf-py's own tables
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import gguf
@@ -21,8 +22,6 @@ from converters.checkpoint import Checkpoint, TensorRef, to_f32
 from ggufworker.errors import ConversionError
 
 logger = logging.getLogger(__name__)
-
-_BLOCK_RE = re.compile(r"\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,6 @@ class TensorPlan:
     dtype: str
     load: Callable[[], np.ndarray]
     keep_f32: bool = False
-    source: str | None = None
 
 
 def rope_parameters(cfg: dict[str, Any], layer_type: str = "full_attention") -> dict[str, Any]:
@@ -66,6 +64,8 @@ class ArchConverter:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     #: Tensors in the checkpoint that llama.cpp does not use.
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq",)
+    #: The LM head is always the tied token embedding (``lm_head.weight`` is dropped).
+    always_tied: ClassVar[bool] = False
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -82,6 +82,11 @@ class ArchConverter:
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
 
     # --- hyperparameters --------------------------------------------------------------------
+
+    @cached_property
+    def rope(self) -> dict[str, Any]:
+        """RoPE settings of full-attention layers (see :func:`rope_parameters`)."""
+        return rope_parameters(self.cfg)
 
     def require(self, key: str) -> Any:
         if self.cfg.get(key) is None:
@@ -105,10 +110,10 @@ class ArchConverter:
         w.add_rope_dimension_count(self.rope_dims())
         if cfg.get("vocab_size"):
             w.add_vocab_size(int(cfg["vocab_size"]))
-        self.add_rope_metadata(w, rope_parameters(cfg))
+        self.add_rope_metadata(w, self.rope)
 
     def rope_dims(self) -> int:
-        factor = float(rope_parameters(self.cfg).get("partial_rotary_factor", 1.0))
+        factor = float(self.rope.get("partial_rotary_factor", 1.0))
         return int(self.head_dim * factor)
 
     def add_rope_metadata(self, w: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
@@ -133,7 +138,9 @@ class ArchConverter:
         if hf_name.endswith(self.skip_suffixes):
             return True
         # Tied embeddings: llama.cpp reuses token_embd when output.weight is absent.
-        return hf_name == "lm_head.weight" and bool(self.cfg.get("tie_word_embeddings"))
+        return hf_name == "lm_head.weight" and (
+            self.always_tied or bool(self.cfg.get("tie_word_embeddings"))
+        )
 
     def gguf_name(self, hf_name: str) -> str:
         name = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -158,9 +165,7 @@ class ArchConverter:
             data = ref.load()
             return fn(data) if fn is not None else data
 
-        return TensorPlan(
-            name, ref.shape, ref.dtype, load, self.keeps_f32(name, ref.shape), hf_name
-        )
+        return TensorPlan(name, ref.shape, ref.dtype, load, self.keeps_f32(name, ref.shape))
 
     def shifted(self, hf_name: str, ref: TensorRef, shift: float) -> TensorPlan:
         """A tensor that needs arithmetic (``w + shift``): computed in float32, kept float32."""
@@ -171,7 +176,6 @@ class ArchConverter:
             "F32",
             lambda: to_f32(ref.load(), ref.dtype) + np.float32(shift),
             True,
-            hf_name,
         )
 
     @staticmethod
@@ -191,8 +195,7 @@ class ArchConverter:
                 logger.debug("skipping %s", hf_name)
                 continue
             plans.extend(self.tensor(hf_name, ref))
-        names = [p.name for p in plans]
-        dupes = {n for n in names if names.count(n) > 1}
+        dupes = {n for n, count in Counter(p.name for p in plans).items() if count > 1}
         if dupes:
             raise ConversionError(f"several checkpoint tensors map to {sorted(dupes)}")
         return sorted(plans, key=_order_key)
@@ -206,12 +209,7 @@ def _order_key(plan: TensorPlan) -> tuple[int, str]:
     return (1 << 30, plan.name)
 
 
-def f32_plan(name: str, values: Iterator[float] | list[float]) -> TensorPlan:
+def f32_plan(name: str, values: Sequence[float] | np.ndarray) -> TensorPlan:
     """A small generated float32 tensor (RoPE factors and the like)."""
-    arr = np.asarray(list(values), dtype=np.float32)
-    return TensorPlan(name, arr.shape, "F32", lambda: arr, True, None)
-
-
-def block_id(hf_name: str) -> int | None:
-    m = _BLOCK_RE.search(hf_name)
-    return int(m.group(1)) if m else None
+    arr = np.asarray(values, dtype=np.float32)
+    return TensorPlan(name, arr.shape, "F32", lambda: arr, True)

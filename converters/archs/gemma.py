@@ -24,10 +24,8 @@ logger = logging.getLogger(__name__)
 class GemmaConverter(ArchConverter):
     hf_architectures = ("GemmaForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.GEMMA
-
-    def skip(self, hf_name: str) -> bool:
-        # llama.cpp's Gemma graphs always use token_embd as the output projection.
-        return hf_name == "lm_head.weight" or super().skip(hf_name)
+    # llama.cpp's Gemma graphs always use token_embd as the output projection.
+    always_tied = True
 
     def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
         if hf_name.endswith("norm.weight"):

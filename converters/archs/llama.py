@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from functools import partial
 
 import gguf
 import numpy as np
 
-from converters.archs.base import ArchConverter, TensorPlan, f32_plan, rope_parameters
+from converters.archs.base import ArchConverter, TensorPlan, f32_plan
 from converters.checkpoint import TensorRef
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,13 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
 class LlamaConverter(ArchConverter):
     hf_architectures = ("LlamaForCausalLM", "MistralForCausalLM")
     gguf_arch = gguf.MODEL_ARCH.LLAMA
-    permute_qk = True
 
     def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
-        if self.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            yield self.passthrough(hf_name, ref, lambda d: rope_pair_permute(d, self.n_head))
-        elif self.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            yield self.passthrough(hf_name, ref, lambda d: rope_pair_permute(d, self.n_head_kv))
-        else:
-            yield self.passthrough(hf_name, ref)
+        for proj, n_head in (("q_proj", self.n_head), ("k_proj", self.n_head_kv)):
+            if hf_name.endswith((f"{proj}.weight", f"{proj}.bias")):
+                yield self.passthrough(hf_name, ref, partial(rope_pair_permute, n_head=n_head))
+                return
+        yield self.passthrough(hf_name, ref)
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         super().add_metadata(w)
@@ -74,7 +73,6 @@ class LlamaConverter(ArchConverter):
             )  # fmt: skip
 
     def extra_tensors(self) -> Iterable[TensorPlan]:
-        rope = rope_parameters(self.cfg)
-        if str(rope.get("rope_type", "")).lower() == "llama3":
+        if str(self.rope.get("rope_type", "")).lower() == "llama3":
             name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-            yield f32_plan(name, llama3_rope_factors(rope, self.head_dim).tolist())
+            yield f32_plan(name, llama3_rope_factors(self.rope, self.head_dim))

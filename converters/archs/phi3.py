@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import gguf
 
-from converters.archs.base import ArchConverter, TensorPlan, f32_plan, rope_parameters
+from converters.archs.base import ArchConverter, TensorPlan, f32_plan
 from ggufworker.errors import ConversionError
 
 
@@ -21,16 +21,14 @@ class Phi3Converter(ArchConverter):
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         super().add_metadata(w)
-        rope = rope_parameters(self.cfg)
-        orig = rope.get("original_max_position_embeddings") or self.cfg.get(
-            "original_max_position_embeddings"
-        )
+        key = "original_max_position_embeddings"
+        orig = self.rope.get(key) or self.cfg.get(key)
         if orig:
             w.add_rope_scaling_orig_ctx_len(int(orig))
         # llama.cpp reads 0 as "no sliding window" (and tells Phi-4 apart by it)
         w.add_sliding_window(int(self.cfg.get("sliding_window") or 0))
-        if rope.get("long_factor"):
-            w.add_rope_scaling_attn_factors(self._long_attn_factor(rope, orig))
+        if self.rope.get("long_factor"):
+            w.add_rope_scaling_attn_factors(self._long_attn_factor(self.rope, orig))
 
     def _long_attn_factor(self, rope: dict, orig: int | None) -> float:
         if not orig:
@@ -46,8 +44,7 @@ class Phi3Converter(ArchConverter):
         raise ConversionError(f"Phi-3 RoPE scaling type {kind!r} is not supported")
 
     def extra_tensors(self) -> Iterable[TensorPlan]:
-        rope = rope_parameters(self.cfg)
-        long_f, short_f = rope.get("long_factor"), rope.get("short_factor")
+        long_f, short_f = self.rope.get("long_factor"), self.rope.get("short_factor")
         if not long_f:
             return
         if not short_f or len(long_f) != len(short_f) or len(long_f) * 2 != self.rope_dims():

@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from converters.bench import TOKENIZER_FILES
+
 REPO = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("GGUFWORKER_MODELS_DIR", "/work/models"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,7 +114,7 @@ def build_tiny(
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, safe_serialization=True, **kwargs)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, out / name)
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from converters.st2gguf import convert
-from converters.verify import SAMPLE_TEXTS, llama_token_ids
+from converters.verify import SAMPLE_TEXTS, llama_token_ids, vocab_only_model
 
 from . import builders
 from .reference import hf_logits, llama_logits, rel_err
@@ -38,14 +38,9 @@ def _real_text() -> str:
 def _gguf_chat_template(path: Path) -> str | None:
     import llama_cpp
 
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    try:
+    with vocab_only_model(path) as model:
         raw = llama_cpp.llama_model_chat_template(model, None)
-        return raw.decode("utf-8") if raw else None
-    finally:
-        llama_cpp.llama_model_free(model)
+    return raw.decode("utf-8") if raw else None
 
 
 def _export(name: str, gguf_file: str, cache: Path, request: pytest.FixtureRequest) -> Path:

@@ -5,6 +5,8 @@ f32 output must match tightly; f16/bf16/q8_0 within a tolerance that fits the ty
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -34,12 +36,9 @@ def prompts(tiny_tokenizer) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint, prompts):
-    cache: dict[str, list[np.ndarray]] = {}
-
+    @functools.cache
     def get(arch: str) -> list[np.ndarray]:
-        if arch not in cache:
-            cache[arch] = [hf_logits(tiny_checkpoint(arch), ids) for ids in prompts]
-        return cache[arch]
+        return [hf_logits(tiny_checkpoint(arch), ids) for ids in prompts]
 
     return get
 

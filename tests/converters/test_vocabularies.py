@@ -7,6 +7,7 @@ the converted file must tokenize llama.cpp's test texts and our varied set like 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -57,12 +58,10 @@ def _convert_vocab(name: str, tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """``converted(name)`` -> (checkpoint, GGUF), built once per module."""
-    cache: dict[str, tuple[Path, Path]] = {}
 
+    @functools.cache
     def get(name: str) -> tuple[Path, Path]:
-        if name not in cache:
-            cache[name] = _convert_vocab(name, tmp_path_factory.mktemp("vocab"))
-        return cache[name]
+        return _convert_vocab(name, tmp_path_factory.mktemp("vocab"))
 
     return get
 
