@@ -50,3 +50,11 @@ def smollm2_path(model_cache: Path) -> Path:
 def gemma3_path(model_cache: Path) -> Path:
     """Gemma-3-270m Q4_K_M (gemma3 arch, SentencePiece)."""
     return _pull(GEMMA3, model_cache)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_models_dir(model_cache: Path) -> Path:
+    """llama.cpp's ``models/`` folder (vocabularies, chat templates) from the pinned sdist."""
+    from .llama_cpp_data import llama_cpp_models
+
+    return llama_cpp_models(model_cache)

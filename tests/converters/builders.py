@@ -7,16 +7,13 @@ reads and compute the logits its output is compared with.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from converters.bench import TOKENIZER_FILES
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = Path(os.environ.get("GGUFWORKER_MODELS_DIR", "/work/models"))
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 
 TINY = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -91,17 +88,24 @@ def build_tiny(
     dtype: str = "float32",
     overrides: dict | None = None,
     max_shard_size: str | None = None,
+    config: Any = None,
 ) -> Path:
-    """Save a seeded random ``arch`` model (every weight, norms included, randomised)."""
+    """Save a seeded random ``arch`` model (every weight, norms included, randomised).
+
+    ``config`` (a transformers config object) replaces the built-in table entry for ``arch``;
+    families outside the table pass their own (``vocab_size`` taken from ``tokenizer_dir``).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     sizes = tokenizer_dir / "vocab_size.json"
     vocab_size = json.loads(sizes.read_text())["vocab_size"] if sizes.is_file() else 0
     torch.manual_seed(1234)
-    model = AutoModelForCausalLM.from_config(
-        _config(arch, vocab_size, overrides), dtype=torch.float32
-    )
+    if config is None:
+        config = _config(arch, vocab_size, overrides)
+    elif vocab_size:
+        config.vocab_size = vocab_size
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for param in model.parameters():
             # 1-D params are norms/biases: perturb around their init (1 or 0) so that norm

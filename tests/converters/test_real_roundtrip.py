@@ -43,22 +43,14 @@ def _gguf_chat_template(path: Path) -> str | None:
     return raw.decode("utf-8") if raw else None
 
 
-def _export(name: str, gguf_file: str, cache: Path, request: pytest.FixtureRequest) -> Path:
-    path = builders.MODELS / gguf_file
-    if not path.is_file():
-        fixture = "smollm2_path" if "SmolLM2" in gguf_file else "gemma3_path"
-        path = Path(request.getfixturevalue(fixture))
-    return builders.export_gguf_to_safetensors(path, cache / name)
+@pytest.fixture(scope="module")
+def smollm2_st(export_cache, smollm2_path) -> Path:
+    return builders.export_gguf_to_safetensors(Path(smollm2_path), export_cache / "smollm2-135m")
 
 
 @pytest.fixture(scope="module")
-def smollm2_st(export_cache, request) -> Path:
-    return _export("smollm2-135m", builders.SMOLLM2_GGUF, export_cache, request)
-
-
-@pytest.fixture(scope="module")
-def gemma3_st(export_cache, request) -> Path:
-    return _export("gemma3-270m", builders.GEMMA3_GGUF, export_cache, request)
+def gemma3_st(export_cache, gemma3_path) -> Path:
+    return builders.export_gguf_to_safetensors(Path(gemma3_path), export_cache / "gemma3-270m")
 
 
 def _check_round_trip(src: Path, tmp_path: Path, n_positions: int) -> None:

@@ -8,7 +8,6 @@ the converted file must tokenize llama.cpp's test texts and our varied set like 
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from pathlib import Path
 
@@ -20,28 +19,20 @@ from converters.verify import SAMPLE_TEXTS, hf_token_ids, llama_token_ids
 from . import builders
 from .texts import EXTRA_TEXTS
 
-VOCAB_DIR = Path(
-    os.environ.get(
-        "GGUFWORKER_LLAMA_CPP_MODELS",
-        "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-    )
-)
 VOCABS = ("llama-bpe", "qwen2", "gpt-2", "starcoder", "deepseek-coder", "phi-3")
 
 
-def _vocab_test_texts(name: str) -> list[str]:
-    inp = VOCAB_DIR / f"ggml-vocab-{name}.gguf.inp"
+def _vocab_test_texts(vocab_dir: Path, name: str) -> list[str]:
+    inp = vocab_dir / f"ggml-vocab-{name}.gguf.inp"
     return inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
 
 
-def _convert_vocab(name: str, tmp_path: Path) -> tuple[Path, Path]:
+def _convert_vocab(vocab_dir: Path, name: str, tmp_path: Path) -> tuple[Path, Path]:
     """(tiny checkpoint with the vocabulary's HF tokenizer, converted GGUF)."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    vocab = VOCAB_DIR / f"ggml-vocab-{name}.gguf"
-    if not vocab.is_file():
-        pytest.skip(f"{vocab} not found (set GGUFWORKER_LLAMA_CPP_MODELS)")
+    vocab = vocab_dir / f"ggml-vocab-{name}.gguf"
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
     shutil.copy(vocab, tok_dir / "v.gguf")
@@ -56,12 +47,12 @@ def _convert_vocab(name: str, tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, llama_cpp_models_dir):
     """``converted(name)`` -> (checkpoint, GGUF), built once per module."""
 
     @functools.cache
     def get(name: str) -> tuple[Path, Path]:
-        return _convert_vocab(name, tmp_path_factory.mktemp("vocab"))
+        return _convert_vocab(llama_cpp_models_dir, name, tmp_path_factory.mktemp("vocab"))
 
     return get
 
@@ -74,16 +65,16 @@ def _mismatches(src: Path, out: Path, texts: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", VOCABS)
-def test_real_vocabulary(name, converted):
+def test_real_vocabulary(name, converted, llama_cpp_models_dir):
     src, out = converted(name)
-    texts = [*_vocab_test_texts(name), *SAMPLE_TEXTS, *EXTRA_TEXTS]
+    texts = [*_vocab_test_texts(llama_cpp_models_dir, name), *SAMPLE_TEXTS, *EXTRA_TEXTS]
     assert _mismatches(src, out, texts) == []
 
 
-def test_llama_spm_vocabulary(converted):
+def test_llama_spm_vocabulary(converted, llama_cpp_models_dir):
     """Llama 2's vocabulary as transformers writes it (Metaspace, prepend_scheme "first")."""
     src, out = converted("llama-spm")
-    texts = [*_vocab_test_texts("llama-spm"), *SAMPLE_TEXTS, *EXTRA_TEXTS]
+    texts = [*_vocab_test_texts(llama_cpp_models_dir, "llama-spm"), *SAMPLE_TEXTS, *EXTRA_TEXTS]
     leading = [t for t in texts if t[:1].isspace()]
     assert _mismatches(src, out, [t for t in texts if t not in leading]) == []
     assert leading, "the text set must exercise leading whitespace"
