@@ -66,6 +66,9 @@ class ArchConverter:
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq",)
     #: The LM head is always the tied token embedding (``lm_head.weight`` is dropped).
     always_tied: ClassVar[bool] = False
+    #: llama.cpp requires ``output.weight`` even when the checkpoint ties it to the embedding;
+    #: a tied checkpoint then gets a copy of ``token_embd.weight``.
+    output_required: ClassVar[bool] = False
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -195,6 +198,10 @@ class ArchConverter:
                 logger.debug("skipping %s", hf_name)
                 continue
             plans.extend(self.tensor(hf_name, ref))
+        if self.output_required and not any(p.name == "output.weight" for p in plans):
+            embd = next((p for p in plans if p.name == "token_embd.weight"), None)
+            if embd is not None:
+                plans.append(TensorPlan("output.weight", embd.shape, embd.dtype, embd.load))
         dupes = {n for n, count in Counter(p.name for p in plans).items() if count > 1}
         if dupes:
             raise ConversionError(f"several checkpoint tensors map to {sorted(dupes)}")
