@@ -7,15 +7,23 @@ spellings of the same architecture onto a registered name.
 from __future__ import annotations
 
 from converters.archs.base import ArchConverter
+from converters.archs.cohere import CohereConverter
+from converters.archs.ernie import Ernie45Converter
+from converters.archs.exaone import Exaone4Converter
 from converters.archs.gemma import (
     Gemma2Converter,
     Gemma3Converter,
     Gemma3MultimodalConverter,
     GemmaConverter,
 )
+from converters.archs.glm import Glm4Converter, GlmConverter
+from converters.archs.granite import GraniteConverter
+from converters.archs.helium import HeliumConverter
 from converters.archs.llama import LlamaConverter
+from converters.archs.olmo import Olmo2Converter, OlmoConverter
 from converters.archs.phi3 import Phi3Converter
 from converters.archs.qwen import Qwen2Converter, Qwen3Converter
+from converters.archs.smollm3 import SmolLM3Converter
 from ggufworker.errors import UnsupportedArchitectureError
 
 _FAMILIES: tuple[type[ArchConverter], ...] = (
@@ -27,6 +35,16 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     Gemma3Converter,
     Gemma3MultimodalConverter,
     Phi3Converter,
+    OlmoConverter,
+    Olmo2Converter,
+    GraniteConverter,
+    GlmConverter,
+    Glm4Converter,
+    CohereConverter,
+    Exaone4Converter,
+    SmolLM3Converter,
+    Ernie45Converter,
+    HeliumConverter,
 )
 
 CONVERTERS: dict[str, type[ArchConverter]] = {
@@ -35,6 +53,8 @@ CONVERTERS: dict[str, type[ArchConverter]] = {
 
 ALIASES: dict[str, str] = {
     "LLaMAForCausalLM": "LlamaForCausalLM",
+    # llama-shaped families published under their own class names
+    "InternLM3ForCausalLM": "LlamaForCausalLM",
 }
 
 
