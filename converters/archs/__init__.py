@@ -10,6 +10,7 @@ from converters.archs.base import ArchConverter
 from converters.archs.cohere import CohereConverter
 from converters.archs.ernie import Ernie45Converter
 from converters.archs.exaone import Exaone4Converter
+from converters.archs.falcon import FalconConverter
 from converters.archs.gemma import (
     Gemma2Converter,
     Gemma3Converter,
@@ -17,13 +18,21 @@ from converters.archs.gemma import (
     GemmaConverter,
 )
 from converters.archs.glm import Glm4Converter, GlmConverter
+from converters.archs.gpt2 import GPT2Converter
 from converters.archs.granite import GraniteConverter
 from converters.archs.helium import HeliumConverter
+from converters.archs.lfm2 import Lfm2Converter
 from converters.archs.llama import LlamaConverter
+from converters.archs.mamba import Mamba2Converter, MambaConverter
+from converters.archs.mpt import MptConverter
 from converters.archs.olmo import Olmo2Converter, OlmoConverter
+from converters.archs.phi2 import PhiConverter
 from converters.archs.phi3 import Phi3Converter
 from converters.archs.qwen import Qwen2Converter, Qwen3Converter
 from converters.archs.smollm3 import SmolLM3Converter
+from converters.archs.stablelm import StableLmConverter
+from converters.archs.starcoder import GPTBigCodeConverter
+from converters.archs.starcoder2 import Starcoder2Converter
 from ggufworker.errors import UnsupportedArchitectureError
 
 _FAMILIES: tuple[type[ArchConverter], ...] = (
@@ -35,6 +44,16 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     Gemma3Converter,
     Gemma3MultimodalConverter,
     Phi3Converter,
+    PhiConverter,
+    FalconConverter,
+    Starcoder2Converter,
+    GPT2Converter,
+    GPTBigCodeConverter,
+    MptConverter,
+    StableLmConverter,
+    MambaConverter,
+    Mamba2Converter,
+    Lfm2Converter,
     OlmoConverter,
     Olmo2Converter,
     GraniteConverter,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggufworker.engine._native import ensure_backend, llama_cpp
+from ggufworker.engine.devices import SPLIT_MODES, SplitMode, check_placement
 from ggufworker.engine.types import ModelInfo
 from ggufworker.errors import InvalidRequestError, ModelLoadError
 
@@ -46,6 +47,9 @@ class Model:
         n_gpu_layers: int | None = None,
         use_mmap: bool = True,
         repack: bool = True,
+        split_mode: SplitMode | None = None,
+        main_gpu: int | None = None,
+        tensor_split: Sequence[float] | None = None,
     ) -> None:
         ensure_backend()
         self.path = Path(path)
@@ -59,7 +63,18 @@ class Model:
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else 0
         # "Extra buffer types" repack weights for faster CPU matmuls (see docs/ENGINE.md).
         params.use_extra_bufts = repack
+        # Several GPUs (see engine/devices.py); None leaves llama.cpp's default in place.
+        check_placement(split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split)
+        if split_mode is not None:
+            params.split_mode = SPLIT_MODES[split_mode]
+        if main_gpu is not None:
+            params.main_gpu = main_gpu
+        shares = None
+        if tensor_split is not None:  # a float[llama_max_devices()] array, zeros past the end
+            shares = (ctypes.c_float * int(llama_cpp.llama_max_devices()))(*tensor_split)
+            params.tensor_split = shares
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        del shares  # llama.cpp copied the split during the load
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (see log for the reason)")
         self.ptr = ptr
@@ -72,6 +87,15 @@ class Model:
         self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.n_swa = int(llama_cpp.llama_model_n_swa(ptr))
+        # How a sequence's memory grows: a KV row per token ("kv"), a fixed-size state
+        # ("recurrent": Mamba, RWKV) or both ("hybrid": Jamba, Granite-4 H, Falcon-H1, LFM2).
+        # A state cannot be cut back to an arbitrary position (see docs/ENGINE.md).
+        if llama_cpp.llama_model_is_recurrent(ptr):
+            self.memory = "recurrent"
+        elif llama_cpp.llama_model_is_hybrid(ptr):
+            self.memory = "hybrid"
+        else:
+            self.memory = "kv"
         self.metadata = self._read_metadata()
         # Piece cache: llama_token_to_piece per token is a ctypes call; generated text is
         # assembled from pieces every step, so cache them (vocab is immutable).
@@ -148,6 +172,7 @@ class Model:
             gpu_layers=self.gpu_layers,
             backend=self.backend,
             metadata={k: v for k, v in self.metadata.items() if k != "tokenizer.chat_template"},
+            memory=self.memory,
         )
 
     # --- vocabulary --------------------------------------------------------------------------
@@ -217,7 +242,9 @@ class Model:
         params.n_ctx = opts.n_ctx
         params.n_batch = opts.n_batch
         params.n_ubatch = opts.n_batch
-        # One extra sequence id for embedding jobs so they never evict a slot's cache.
+        # One extra sequence id for embedding jobs so they never evict a slot's cache. For
+        # recurrent and hybrid models this is also the number of states llama.cpp allocates
+        # (one per sequence id); the attention part of a hybrid shares the unified KV cache.
         params.n_seq_max = opts.n_parallel + (1 if opts.embedding else 0)
         threads = opts.n_threads or max(1, os.cpu_count() or 1)
         params.n_threads = threads

@@ -13,6 +13,14 @@ checks and events while the GPU computes, and only then reads the logits. A sequ
 string is found that way has one more token in flight; it is decoded and dropped (its KV is
 still a correct continuation, kept for prefix reuse). On the CPU ``llama_decode`` computes
 before it returns, so there is nothing to overlap and each token's event is made at once.
+
+Recurrent and hybrid models (``Model.memory`` is ``"recurrent"`` or ``"hybrid"``) keep a
+fixed-size state per sequence that has consumed every token of the slot's cache; llama.cpp
+cannot cut it back to an earlier position (``seq_rm`` of a partial range returns false). For
+them prefix reuse is "extend or restart": a slot's state is kept only when the new prompt starts
+with exactly the tokens it has consumed (and is longer); otherwise the sequence is cleared and
+the prompt runs from its first token. Pure recurrent models hold no KV cells, so the cell
+accounting below only limits each sequence to ``n_ctx`` positions.
 """
 
 from __future__ import annotations
@@ -63,6 +71,10 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.eog = frozenset(model.eog_ids())
+        # Fixed-size per-sequence state: reuse only by extension (see the module docstring).
+        self.state_memory = model.memory != "kv"
+        # Whether sequences take KV cells of the shared cache (not so for pure recurrent models).
+        self.kv_cells = model.memory != "recurrent"
         self.n_vocab = model.n_vocab
         self._on_finish = on_finish  # (prompt, generated, cached tokens) for engine stats
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
@@ -167,10 +179,14 @@ class Scheduler:
     # --- admission and prefix reuse --------------------------------------------------------
 
     def _used_cells(self) -> int:
+        if not self.kv_cells:
+            return 0
         return sum(len(s.cache) for s in self.slots)
 
     def _free_cells(self) -> int:
         """Cells neither holding KV nor needed by admitted-but-unfinished prompts."""
+        if not self.kv_cells:
+            return self.n_ctx
         reserved = sum(
             len(s.req.tokens) - s.prefill_pos
             for s in self.slots
@@ -179,8 +195,19 @@ class Scheduler:
         return self.n_ctx - self._used_cells() - reserved
 
     def _drop_kv(self, s: Slot) -> None:
+        # Removing a whole sequence always succeeds, recurrent state included.
         llama_cpp.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
         s.cache.clear()
+
+    def _reusable(self, s: Slot, tokens: list[int]) -> int:
+        """How many of ``tokens`` the slot's memory can keep (at least one token is always
+        fed again, so that the step yields the logits of the prompt's last position)."""
+        n_keep = min(common_prefix(s.cache, tokens), len(tokens) - 1)
+        if self.state_memory and n_keep != len(s.cache):
+            # A state that consumed tokens the prompt does not continue with cannot be cut
+            # back: only a cold start gives a correct state.
+            return 0
+        return n_keep
 
     def _evict_idle(self, need: int, keep: Slot | None = None) -> None:
         """Drop idle slots' cached prefixes (least recently used first) until ``need`` cells
@@ -208,11 +235,18 @@ class Scheduler:
             if not free:
                 return
             req = self.waiting[0]
-            n_common, slot = max(
-                ((common_prefix(s.cache, req.tokens), s) for s in free),
-                key=lambda p: (p[0], -p[1].last_used),
-            )
-            n_keep = min(n_common, len(req.tokens) - 1)
+            if self.state_memory:
+                # Without reuse, take an empty slot, else the least recently used state,
+                # so that states other prompts could still extend survive longest.
+                n_keep, slot = max(
+                    ((self._reusable(s, req.tokens), s) for s in free),
+                    key=lambda p: (p[0], not p[1].cache, -p[1].last_used),
+                )
+            else:
+                n_keep, slot = max(
+                    ((self._reusable(s, req.tokens), s) for s in free),
+                    key=lambda p: (p[0], -p[1].last_used),
+                )
             need = len(req.tokens) - n_keep + len(self.slots)
             free_cells = self._free_cells()
             if free_cells + len(slot.cache) - n_keep < need:
@@ -229,7 +263,9 @@ class Scheduler:
                 if pos_min > max(0, n_keep - self.model.n_swa):
                     n_keep = 0
             if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, n_keep, -1):
-                # Partial removal can fail (e.g. recurrent state); start this sequence over.
+                # Partial removal failed (a recurrent state that cannot be cut back); the
+                # memory is unchanged, so clear the whole sequence and start over.
+                logger.debug("slot %d: memory kept no prefix; restarting", slot.seq)
                 llama_cpp.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
                 n_keep = 0
             del slot.cache[n_keep:]

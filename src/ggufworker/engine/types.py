@@ -13,6 +13,19 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class ToolGrammar:
+    """A tool-call grammar: GBNF rules (with a ``root``) that reference one rule per JSON
+    schema in ``schemas`` ((rule name, schema) pairs, converted by the engine). ``lazy``
+    grammars stay off until the output matches one of ``triggers`` (regexes searched in the
+    output; the grammar applies from the start of the first capture group)."""
+
+    gbnf: str
+    schemas: tuple[tuple[str, str], ...] = ()
+    lazy: bool = False
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings (llama.cpp sampler chain).
 
@@ -34,6 +47,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
+    tool_grammar: ToolGrammar | None = None
     logprobs: int | None = None
     ignore_eos: bool = False
 
@@ -112,3 +126,4 @@ class ModelInfo:
     gpu_layers: int
     backend: str
     metadata: dict[str, str] = field(default_factory=dict)
+    memory: str = "kv"  # "kv", "recurrent" (fixed-size state per sequence) or "hybrid"

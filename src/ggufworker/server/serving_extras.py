@@ -36,6 +36,7 @@ def list_models(manager: ModelManager) -> ModelList:
                 "size": info.size_bytes,
                 "quantization": info.quantization,
                 "backend": info.backend,
+                "memory": info.memory,
             }
     return ModelList(data=list(cards.values()))
 
