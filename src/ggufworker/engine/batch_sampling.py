@@ -1,0 +1,221 @@
+"""Sampling for every sequence of a step at once, in numpy, instead of one llama.cpp chain each.
+
+The chain :func:`ggufworker.engine.sampling.build_chain` builds for a request is, in order:
+logit bias, repetition penalties, top-k, top-p, min-p, temperature, then a draw. This module
+computes the same distribution for all of a step's sampled rows together:
+
+1. Candidates. Only a row's top-k tokens can be drawn, so the full vocabulary is cut to a small
+   candidate set per row with one vectorised pass: the k-th largest value of a strided subsample
+   is a threshold that at least k tokens of the full row reach (the subsample's own top k), so
+   the row's true top k all lie at or above it. Tokens touched by a bias or a penalty join the
+   set, with ``k + touched`` raw candidates so that penalised tokens dropping out cannot leave
+   the set short.
+2. On the (rows x candidates) matrix, vectorised: softmax, top-p (the smallest prefix reaching
+   p, at least one token), min-p (``logit >= max + log(min_p)``), temperature, and an
+   inverse-CDF draw with one uniform per row from that request's own generator.
+
+Each request owns a ``numpy.random.Generator`` seeded from its ``seed``, and draws exactly one
+number per token, so a seeded request gives the same tokens whatever else is in the batch.
+Requests with a grammar keep llama.cpp's chain (the grammar stack is llama.cpp's); rows with
+top-k disabled take an exact full-vocabulary path row by row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from ggufworker.engine.types import SamplingParams
+
+#: Stand-in parameters for greedy rows: the first (largest) candidate always wins.
+_GREEDY = SamplingParams(temperature=1.0, top_p=1.0, top_k=1, min_p=0.0)
+#: Subsample stride of the candidate threshold: about ``stride * k`` candidates per row.
+STRIDE = 32
+
+
+def vectorised(params: SamplingParams) -> bool:
+    """Whether a request's sampling can run in :func:`sample_rows` (everything but grammars)."""
+    return params.grammar is None and params.json_schema is None
+
+
+class RowSampler:
+    """One request's sampling state: its random generator and its penalty history."""
+
+    __slots__ = ("params", "rng", "history", "bias_ids", "bias")
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        # seed None: fresh OS entropy, like llama.cpp's LLAMA_DEFAULT_SEED
+        seed = None if params.seed is None else params.seed & 0xFFFFFFFF
+        self.rng = np.random.default_rng(seed)
+        penalised = (
+            params.repeat_penalty != 1.0
+            or params.presence_penalty != 0.0
+            or params.frequency_penalty != 0.0
+        )
+        self.history: deque[int] | None = (
+            deque(maxlen=max(params.repeat_last_n, 0)) if penalised else None
+        )
+        items = sorted((int(t), float(b)) for t, b in params.logit_bias.items())
+        self.bias_ids = np.array([t for t, _ in items], dtype=np.int64)
+        # -inf bans a token; llama.cpp clamps the bias to a finite value (see build_chain)
+        self.bias = np.array([max(b, -1e30) for _, b in items], dtype=np.float32)
+
+    def accept(self, token: int) -> None:
+        """Record a generated token (the penalty window), as llama.cpp's chain accepts it."""
+        if self.history is not None:
+            self.history.append(token)
+
+    def touched(self) -> np.ndarray:
+        """Token ids whose logit the bias or the penalties change (ascending, unique)."""
+        if self.history:
+            hist = np.fromiter(self.history, dtype=np.int64, count=len(self.history))
+            return np.union1d(self.bias_ids, hist)
+        return self.bias_ids
+
+    def modify(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``values`` (raw logits of ``ids``) after the logit bias and the penalties."""
+        out = values.astype(np.float32, copy=True)
+        if len(self.bias_ids):
+            pos = np.searchsorted(self.bias_ids, ids)
+            pos = np.minimum(pos, len(self.bias_ids) - 1)
+            hit = self.bias_ids[pos] == ids
+            out[hit] += self.bias[pos[hit]]
+        if self.history:
+            p = self.params
+            counts = Counter(self.history)
+            for j, tok in enumerate(ids.tolist()):
+                c = counts.get(tok)
+                if not c:
+                    continue
+                v = out[j]
+                v = v * p.repeat_penalty if v <= 0 else v / p.repeat_penalty
+                out[j] = v - c * p.frequency_penalty - p.presence_penalty
+        return out
+
+
+def _top_candidates(rows: np.ndarray, k: np.ndarray) -> list[np.ndarray]:
+    """Per row, indices of a superset of its ``k[i]`` largest values (row-major ``rows``)."""
+    n, v = rows.shape
+    sub = rows[:, ::STRIDE]
+    m = sub.shape[1]
+    kk = np.minimum(k, m)
+    part = np.partition(sub, m - kk.max(), axis=1) if n else sub
+    # the kk-th largest of each row's subsample (the partition puts the top kk.max() last)
+    top = np.sort(part[:, m - kk.max() :], axis=1)
+    thr = top[np.arange(n), top.shape[1] - kk]
+    short = kk < k  # vocabulary smaller than k * STRIDE: no cut for those rows
+    thr[short] = -np.inf
+    r, c = np.nonzero(rows >= thr[:, None])
+    bounds = np.searchsorted(r, np.arange(n + 1))
+    return [c[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def _full_row(values: np.ndarray, p: SamplingParams, u: float) -> int:
+    """The exact chain over a whole (modified) row: for rows without a top-k cut."""
+    order = np.argsort(-values, kind="stable")
+    return int(order[_pick(values[order][None, :], [p], np.array([u]))[0]])
+
+
+def _pick(vals: np.ndarray, params: Sequence[SamplingParams], u: np.ndarray) -> np.ndarray:
+    """Column drawn per row of ``vals`` (rows sorted descending, ``-inf`` padded): top-p,
+    min-p, temperature, inverse CDF with the uniforms ``u``."""
+    n, width = vals.shape
+    top_p = np.array([p.top_p for p in params], dtype=np.float64)[:, None]
+    min_p = np.array([p.min_p for p in params], dtype=np.float64)[:, None]
+    temp = np.array([p.temperature for p in params], dtype=np.float64)[:, None]
+    x = vals.astype(np.float64)
+    mx = x[:, :1]
+    w = np.exp(x - mx)
+    prob = w / w.sum(axis=1, keepdims=True)
+    # top-p: keep while the sum of the tokens before is still below p (the crossing one stays)
+    before = np.cumsum(prob, axis=1) - prob
+    keep = (before < top_p) | (top_p >= 1.0)
+    keep[:, 0] = True
+    # min-p on what top-p kept (its maximum is the first column)
+    with np.errstate(divide="ignore"):
+        keep &= (x >= mx + np.log(min_p)) | (min_p <= 0.0)
+    keep &= np.isfinite(x)
+    keep[:, 0] = True
+    z = np.where(keep, (x - mx) / temp, -np.inf)
+    w = np.exp(z)
+    cdf = np.cumsum(w, axis=1)
+    target = u[:, None] * cdf[:, -1:]
+    col = (cdf <= target).sum(axis=1)
+    return np.minimum(col, width - 1)
+
+
+def sample_rows(
+    logits: np.ndarray, rows: Sequence[int], samplers: Sequence[RowSampler]
+) -> list[int]:
+    """Draw one token for each ``rows[i]`` of ``logits`` under ``samplers[i]``.
+
+    Args:
+        logits: (outputs, vocabulary) float32 view of the step's logits; not modified.
+        rows: the row of each sequence to sample.
+        samplers: each sequence's :class:`RowSampler` (temperature > 0 or penalties; no grammar).
+
+    Returns:
+        The token ids, in the order of ``rows``. The caller passes each to ``accept``.
+    """
+    n = len(rows)
+    if n == 0:
+        return []
+    out = [0] * n
+    u = np.array([s.rng.random() for s in samplers])
+    cut = [i for i, s in enumerate(samplers) if s.params.top_k > 0 or s.params.temperature <= 0]
+    in_cut = set(cut)
+    full = [i for i in range(n) if i not in in_cut]
+    for i in full:
+        s = samplers[i]
+        row = logits[rows[i]]
+        ids = s.touched()
+        values = row.astype(np.float32, copy=True)
+        if len(ids):
+            values[ids] = s.modify(ids, row[ids])
+        out[i] = _full_row(values, s.params, float(u[i]))
+    if not cut:
+        return out
+    idx = np.asarray([rows[i] for i in cut], dtype=np.int64)
+    if len(idx) == logits.shape[0] and np.array_equal(idx, np.arange(len(idx))):
+        block = logits
+    else:
+        block = logits[idx]
+    touched = [samplers[i].touched() for i in cut]
+    # temperature <= 0 with penalties: greedy over the modified logits (top-1)
+    ks = np.array(
+        [
+            (1 if samplers[i].params.temperature <= 0 else samplers[i].params.top_k) + len(t)
+            for i, t in zip(cut, touched, strict=True)
+        ],
+        dtype=np.int64,
+    )
+    cands = _top_candidates(block, ks)
+    width = 0
+    ids_rows: list[np.ndarray] = []
+    val_rows: list[np.ndarray] = []
+    for j, i in enumerate(cut):
+        s = samplers[i]
+        t = touched[j]
+        ids = np.union1d(cands[j], t) if len(t) else cands[j]
+        vals = block[j, ids]
+        if len(t):
+            vals = s.modify(ids, vals)
+        k = 1 if s.params.temperature <= 0 else s.params.top_k
+        k = min(k, len(ids))
+        top = np.argpartition(-vals, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+        top = top[np.argsort(-vals[top], kind="stable")]
+        ids_rows.append(ids[top])
+        val_rows.append(vals[top])
+        width = max(width, k)
+    mat = np.full((len(cut), width), -np.inf, dtype=np.float32)
+    for j, v in enumerate(val_rows):
+        mat[j, : len(v)] = v
+    params = [samplers[i].params for i in cut]
+    # greedy rows (penalties only) take their first column whatever u is
+    cols = _pick(mat, [p if p.temperature > 0 else _GREEDY for p in params], u[cut])
+    for j, i in enumerate(cut):
+        out[i] = int(ids_rows[j][cols[j]])
+    return out

@@ -1,0 +1,174 @@
+"""The vectorised sampler against llama.cpp's own sampler chain.
+
+For the same logits and parameters, tokens drawn by :func:`sample_rows` must follow the
+distribution that llama.cpp's chain (``build_chain``: bias, penalties, top-k, top-p, min-p,
+temperature, dist) draws from: a two-sample chi-square test over many draws with fixed seeds.
+No model is needed: llama.cpp's samplers are applied to token arrays built from the logits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.batch_sampling import RowSampler, sample_rows
+from ggufworker.engine.sampling import build_chain, free_chain
+from ggufworker.engine.types import SamplingParams
+
+V = 3000
+DRAWS = 12000
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+def _logits(seed: int, rows: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # a realistic shape: a few strong candidates over a long tail
+    out = rng.normal(0.0, 2.0, size=(rows, V)).astype(np.float32)
+    out[:, rng.integers(0, V, size=12)] += 6.0
+    return out
+
+
+def _chain_draws(
+    row: np.ndarray, params: SamplingParams, n: int, history: list[int] = ()
+) -> Counter:
+    chain = build_chain(params, None, V)
+    try:
+        for tok in history:
+            llama_cpp.llama_sampler_accept(chain, tok)
+        buf = np.zeros(V, dtype=_TOKEN_DATA)
+        arr_t = llama_cpp.llama_token_data * V
+        data = arr_t()
+        counts: Counter = Counter()
+        for _ in range(n):
+            buf["id"] = np.arange(V)
+            buf["logit"] = row
+            buf["p"] = 0.0
+            ctypes.memmove(data, buf.ctypes.data, buf.nbytes)
+            cur = llama_cpp.llama_token_data_array(data, V, -1, False)
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(cur))
+            counts[int(data[cur.selected].id)] += 1
+        return counts
+    finally:
+        free_chain(chain)
+
+
+def _ours(
+    row: np.ndarray, params: SamplingParams, n: int, history: list[int] = (), width: int = 4
+) -> Counter:
+    """n draws, made ``width`` rows at a time (the same logits in every row of the batch)."""
+    logits = np.repeat(row[None, :], width, axis=0)
+    samplers = [
+        RowSampler(SamplingParams(**{**params.__dict__, "seed": 100 + i})) for i in range(width)
+    ]
+    for s in samplers:
+        for tok in history:
+            s.accept(tok)
+    counts: Counter = Counter()
+    for _ in range(n // width):
+        counts.update(sample_rows(logits, list(range(width)), samplers))
+    return counts
+
+
+def _chi2_pvalue(a: Counter, b: Counter) -> float:
+    """Two-sample chi-square test of equal distributions (Wilson-Hilferty p-value).
+
+    Tokens drawn fewer than 20 times in both samples together share one bin, so that every
+    cell is large enough for the chi-square approximation.
+    """
+    na, nb = sum(a.values()), sum(b.values())
+    cells: list[tuple[int, int]] = []
+    rare = [0, 0]
+    for c in set(a) | set(b):
+        x, y = a.get(c, 0), b.get(c, 0)
+        if x + y < 20:
+            rare[0] += x
+            rare[1] += y
+        else:
+            cells.append((x, y))
+    if sum(rare):
+        cells.append((rare[0], rare[1]))
+    stat = sum((x * math.sqrt(nb / na) - y * math.sqrt(na / nb)) ** 2 / (x + y) for x, y in cells)
+    k = len(cells) - 1
+    if k <= 0:
+        return 1.0
+    z = ((stat / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+CASES = {
+    "chat-defaults": SamplingParams(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05),
+    "top-k-only": SamplingParams(temperature=1.0, top_p=1.0, top_k=20, min_p=0.0),
+    "hot-top-p": SamplingParams(temperature=1.5, top_p=0.7, top_k=100, min_p=0.0),
+    "min-p-cold": SamplingParams(temperature=0.5, top_p=1.0, top_k=64, min_p=0.2),
+    "no-top-k": SamplingParams(temperature=0.9, top_p=0.9, top_k=0, min_p=0.0),
+    "bias": SamplingParams(
+        temperature=1.0, top_p=0.95, top_k=40, min_p=0.0, logit_bias={7: 9.0, 11: -100.0}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_distribution_matches_llama_cpp_chain(case):
+    params = CASES[case]
+    row = _logits(3)[0]
+    if params.logit_bias:
+        row[11] = row.max() + 1.0  # the banned token would otherwise win most draws
+    want = _chain_draws(row, params, DRAWS)
+    got = _ours(row, params, DRAWS)
+    p = _chi2_pvalue(got, want)
+    top = f"ours {got.most_common(4)}, llama.cpp {want.most_common(4)}"
+    assert p > 1e-3, f"{case}: distributions differ (p={p:.2e}); {top}"
+
+
+def test_penalties_match_llama_cpp_chain():
+    params = SamplingParams(
+        temperature=1.0, top_p=1.0, top_k=30, min_p=0.0,
+        repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.4,
+    )  # fmt: skip
+    row = _logits(5)[0]
+    strong = [int(t) for t in np.argsort(-row)[:12]]
+    # shift so that part of the top-k is negative: llama.cpp multiplies those by the penalty
+    row -= row[strong[1]] + 1.0
+    history = strong[:3] * 2 + [strong[4], strong[8], strong[10]]
+    want = _chain_draws(row, params, DRAWS, history)
+    got = _ours(row, params, DRAWS, history)
+    p = _chi2_pvalue(got, want)
+    assert p > 1e-3, f"penalties: distributions differ (p={p:.2e})"
+
+
+def test_top_k_one_is_argmax():
+    logits = _logits(9, rows=6)
+    samplers = [RowSampler(SamplingParams(temperature=1.3, top_k=1, seed=i)) for i in range(6)]
+    assert sample_rows(logits, list(range(6)), samplers) == logits.argmax(axis=1).tolist()
+
+
+def test_seeded_rows_do_not_depend_on_the_batch():
+    """A seeded request draws the same tokens alone and beside other requests."""
+    logits = _logits(11, rows=5)
+    params = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, seed=42)
+
+    def run(rows: list[int], steps: int = 30) -> list[int]:
+        samplers = [RowSampler(params if r == 2 else SamplingParams(seed=r)) for r in rows]
+        mine = []
+        for _ in range(steps):
+            toks = sample_rows(logits, rows, samplers)
+            mine.append(toks[rows.index(2)])
+        return mine
+
+    assert run([2]) == run([0, 1, 2, 3, 4]) == run([4, 2])
+
+
+def test_many_rows_at_vocabulary_scale():
+    """A 128k vocabulary, 16 rows: every draw is one of its row's top-k tokens."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(16, 128_256)).astype(np.float32)
+    samplers = [RowSampler(SamplingParams(top_k=40, seed=i)) for i in range(16)]
+    toks = sample_rows(logits, list(range(16)), samplers)
+    for r, t in enumerate(toks):
+        top = set(np.argsort(-logits[r])[:40].tolist())
+        assert t in top
