@@ -50,8 +50,9 @@ def rope_parameters(cfg: dict[str, Any], layer_type: str = "full_attention") -> 
         params = params.get(layer_type) or params.get("full_attention") or {}
     merged: dict[str, Any] = dict(cfg.get("rope_scaling") or {})
     merged.update(params)
-    if "rope_theta" not in merged and "rope_theta" in cfg:
-        merged["rope_theta"] = cfg["rope_theta"]
+    for key in ("rope_theta", "partial_rotary_factor"):  # top level in pre-5 configs
+        if key not in merged and cfg.get(key) is not None:
+            merged[key] = cfg[key]
     if "rope_type" not in merged and "type" in merged:
         merged["rope_type"] = merged["type"]
     return merged
@@ -69,12 +70,20 @@ class ArchConverter:
     #: llama.cpp requires ``output.weight`` even when the checkpoint ties it to the embedding;
     #: a tied checkpoint then gets a copy of ``token_embd.weight``.
     output_required: ClassVar[bool] = False
+    #: Other spellings of config keys (GPT-2's ``n_layer``...): name used here -> config name,
+    #: copied when the config lacks the name used here.
+    config_aliases: ClassVar[dict[str, str]] = {}
+    #: Config keys of a LayerNorm epsilon, first present wins; empty: the family uses RMSNorm.
+    layer_norm_eps_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         cfg = dict(ckpt.config)
         if isinstance(cfg.get("text_config"), dict):
             cfg = {**cfg, **cfg["text_config"]}
+        for key, alias in self.config_aliases.items():
+            if cfg.get(key) is None and cfg.get(alias) is not None:
+                cfg[key] = cfg[alias]
         self.cfg = cfg
         self.n_layers = int(self.require("num_hidden_layers"))
         self.n_head = int(self.require("num_attention_heads"))
@@ -96,6 +105,20 @@ class ArchConverter:
             raise ConversionError(f"config.json lacks {key!r}, which this architecture needs")
         return self.cfg[key]
 
+    def check_activation(self, key: str, default: str, allowed: Iterable[str]) -> None:
+        """Raise unless config ``key`` (``default`` when absent) names an activation in ``allowed``.
+
+        Raises:
+            ConversionError: the family's llama.cpp graph computes another activation.
+        """
+        act = str(self.cfg.get(key) or default)
+        allowed = tuple(allowed)
+        if act not in allowed:
+            raise ConversionError(
+                f"config.json {key}={act!r} is not supported for {self.arch_name} "
+                f"(llama.cpp computes {'/'.join(allowed)})"
+            )
+
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         """Write the architecture's hyperparameters (``{arch}.*`` keys)."""
         cfg = self.cfg
@@ -106,7 +129,11 @@ class ArchConverter:
         w.add_feed_forward_length(int(self.require("intermediate_size")))
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.n_head_kv)
-        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        if self.layer_norm_eps_keys:
+            eps = next((cfg[k] for k in self.layer_norm_eps_keys if cfg.get(k) is not None), 1e-5)
+            w.add_layer_norm_eps(float(eps))
+        else:
+            w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
         if cfg.get("head_dim"):
             w.add_key_length(self.head_dim)
             w.add_value_length(self.head_dim)
@@ -170,6 +197,12 @@ class ArchConverter:
 
         return TensorPlan(name, ref.shape, ref.dtype, load, self.keeps_f32(name, ref.shape))
 
+    def transposed(self, hf_name: str, ref: TensorRef) -> TensorPlan:
+        """A 2-D tensor stored (in, out), as GPT-2's ``Conv1D`` stores it, written (out, in)."""
+        name = self.gguf_name(hf_name)
+        rows, cols = ref.shape
+        return TensorPlan(name, (cols, rows), ref.dtype, lambda: ref.load().T, False)
+
     def shifted(self, hf_name: str, ref: TensorRef, shift: float) -> TensorPlan:
         """A tensor that needs arithmetic (``w + shift``): computed in float32, kept float32."""
         name = self.gguf_name(hf_name)
@@ -214,6 +247,27 @@ def _order_key(plan: TensorPlan) -> tuple[int, str]:
     if plan.name.startswith(("token_embd", "rope")):
         return (0, plan.name)
     return (1 << 30, plan.name)
+
+
+#: Activation names llama.cpp's ``LLM_FFN_GELU`` stands for (it computes the tanh form, so the
+#: exact ``gelu`` differs by far less than the rounding of its lookup table).
+GELU_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def regroup_qkv(data: np.ndarray, n_head: int, n_head_kv: int, head_dim: int) -> np.ndarray:
+    """Reorder a fused QKV projection stored per KV group into ``[all q | all k | all v]``.
+
+    Falcon and GPTBigCode (without multi-query) store, for each of the ``n_head_kv`` groups, its
+    ``n_head // n_head_kv`` query heads followed by one key and one value head; llama.cpp reads
+    a fused QKV tensor as all query heads, then all key heads, then all value heads. Rows are
+    moved, columns (and a bias's single axis) are kept.
+    """
+    per_group = n_head // n_head_kv
+    grouped = data.reshape(n_head_kv, per_group + 2, head_dim, *data.shape[1:])
+    q = grouped[:, :per_group].reshape(n_head * head_dim, *data.shape[1:])
+    k = grouped[:, per_group].reshape(n_head_kv * head_dim, *data.shape[1:])
+    v = grouped[:, per_group + 1].reshape(n_head_kv * head_dim, *data.shape[1:])
+    return np.concatenate([q, k, v])
 
 
 def f32_plan(name: str, values: Sequence[float] | np.ndarray) -> TensorPlan:
