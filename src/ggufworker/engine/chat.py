@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 import jinja2
+import jinja2.ext
+import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ggufworker.errors import InvalidRequestError
@@ -41,15 +43,36 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+def _json_default(value: Any) -> Any:
+    # Jinja2 filters such as map() return generators; templates pass them to tojson.
+    if isinstance(value, (list, tuple, set)) or hasattr(value, "__iter__"):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_: Any) -> str:
     # HF's tojson does not escape HTML and keeps non-ASCII; Jinja2's default does both.
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, default=_json_default)
+
+
+class _GenerationBlock(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: transformers marks the assistant's own
+    tokens with it (for training masks); rendering just keeps the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
 
 
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.loopcontrols", _GenerationBlock],
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -92,5 +115,8 @@ def render_chat(
             eos_token=eos_token or "",
             **extra,
         )
-    except jinja2.TemplateError as exc:
+    except TemplateError:
+        raise
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        # templates are untrusted code: their runtime errors are the request's problem
         raise TemplateError(f"chat template failed: {exc}") from exc

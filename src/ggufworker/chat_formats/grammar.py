@@ -1,0 +1,136 @@
+"""Grammars that force tool calls: ``required`` / a named tool (the output is a call) and
+``auto`` (a lazy grammar that switches on at the format's trigger)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ggufworker.chat_formats.base import ChatFormat, GrammarShape, tool_schemas
+from ggufworker.chat_formats.reasoning import ReasoningSpec
+from ggufworker.engine.types import ToolGrammar
+
+_PLACEHOLDER = re.compile(r"\{(args|value|ws)\}")
+_WS = "[ \\t\\n]*"
+
+
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal."""
+    out = text.replace("\\", "\\\\").replace('"', '\\"')
+    out = out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{out}"'
+
+
+def _seq(template: str, values: dict[str, str]) -> str:
+    """A GBNF sequence for a shape template: literals between placeholders, placeholders
+    replaced by the rule expressions in ``values``."""
+    parts: list[str] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(template):
+        if m.start() > pos:
+            parts.append(gbnf_literal(template[pos : m.start()]))
+        parts.append(_WS if m.group(1) == "ws" else values[m.group(1)])
+        pos = m.end()
+    if pos < len(template):
+        parts.append(gbnf_literal(template[pos:]))
+    return " ".join(parts) if parts else '""'
+
+
+def _rule_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index}"
+
+
+def build_tool_grammar(
+    fmt: ChatFormat,
+    tools: list[dict[str, Any]],
+    *,
+    mode: str,
+    name: str | None = None,
+    parallel: bool = True,
+    reasoning: ReasoningSpec | None = None,
+    forced_open: bool = False,
+) -> ToolGrammar | None:
+    """The grammar that enforces ``tool_choice``.
+
+    Args:
+        fmt: the tool-call format.
+        tools: OpenAI tool definitions.
+        mode: ``"required"`` (the output is one or more calls), ``"named"`` (a call of
+            ``name``) or ``"auto"`` (free text; a lazy grammar makes a started call valid).
+        name: the tool for ``"named"``.
+        parallel: allow several calls in one turn.
+        reasoning: thinking markers; a thinking block may precede forced calls.
+        forced_open: the prompt opened the thinking block, so the output starts inside it.
+
+    Returns:
+        The grammar, or None when the format cannot be forced (``auto`` without triggers).
+    """
+    shape = fmt.grammar_shape()
+    if shape is None:
+        return None
+    if mode == "auto" and not shape.triggers:
+        return None
+    schemas = tool_schemas(tools)
+    names = [name] if mode == "named" and name else list(schemas)
+    rules: list[str] = []
+    schema_rules: list[tuple[str, str]] = []
+    alts: list[str] = []
+    for i, tool_name in enumerate(names):
+        schema = schemas[tool_name]
+        if shape.params is not None:
+            args = _params_rule(shape, schema, i, rules, schema_rules)
+        else:
+            args = _rule_name("tool-args", i)
+            schema_rules.append((args, json.dumps(schema)))
+        call = _rule_name("tool-call", i)
+        text = shape.call.replace("{name}", tool_name)
+        rules.append(f"{call} ::= {_seq(text, {'args': args})}")
+        alts.append(call)
+    rules.append("tool-call ::= " + " | ".join(alts))
+    sep = f"{_WS} {_seq(shape.sep, {})} {_WS}" if shape.sep else _WS
+    calls = f"tool-call ({sep} tool-call)*" if parallel else "tool-call"
+    body = f"{_seq(shape.prefix, {})} {calls} {_seq(shape.suffix, {})}"
+    if mode != "auto" and reasoning is not None:
+        think = 'think-text ::= ([^<] | "<" [^/])*'
+        rules.append(think)
+        block = f"think-text {gbnf_literal(reasoning.end)} {_WS}"
+        if forced_open:
+            body = f"{block} {body}"
+        else:
+            body = f"({gbnf_literal(reasoning.start)} {block})? {body}"
+    rules.insert(0, f"root ::= {body}")
+    gbnf = "\n".join(rules)
+    return ToolGrammar(
+        gbnf=gbnf,
+        schemas=tuple(schema_rules),
+        lazy=mode == "auto",
+        triggers=shape.triggers if mode == "auto" else (),
+    )
+
+
+def _params_rule(
+    shape: GrammarShape,
+    schema: dict[str, Any],
+    index: int,
+    rules: list[str],
+    schema_rules: list[tuple[str, str]],
+) -> str:
+    """Rule for parameters written one element each (XML-style formats)."""
+    assert shape.params is not None
+    template, text_rule = shape.params
+    props: dict[str, Any] = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    parts: list[str] = []
+    for j, (key, prop) in enumerate(props.items()):
+        if prop.get("type") == "string":
+            value = f"tool-text-{index}"
+            rules.append(f"{value} ::= {text_rule}")
+        else:
+            value = f"tool-param-{index}-{j}"
+            schema_rules.append((value, json.dumps(prop)))
+        item = _seq(template.replace("{key}", key), {"value": value})
+        parts.append(f"({item})" if key in required else f"({item})?")
+    rule = f"tool-params-{index}"
+    rules.append(f"{rule} ::= " + (" ".join(parts) if parts else '""'))
+    return rule

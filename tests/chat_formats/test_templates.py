@@ -1,0 +1,61 @@
+"""Every vendored llama.cpp template: render call history through it, parse it back with
+the format the detector picks, get the same calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ggufworker import chat_formats as cf
+from ggufworker.engine.chat import TemplateError
+
+from .helpers import CALLS, TOOLS, rendered_turn
+
+# Templates that cannot render an assistant turn with calls, with why; the detector's pick
+# for each is asserted below so the list stays honest.
+NOT_RENDERING = {
+    "CohereForAI-c4ai-command-r-plus-tool_use": "generic",
+    "fireworks-ai-llama-3-firefunction-v2": "generic",
+    "llama-cpp-deepseek-r1": "deepseek_r1",
+    "Kimi-K2-Instruct": "kimi_k2",
+    "Kimi-K2-Thinking": "kimi_k2",
+}
+
+
+def _templates(models_dir: Path) -> dict[str, str]:
+    return {p.stem: p.read_text() for p in sorted((models_dir / "templates").glob("*.jinja"))}
+
+
+@pytest.fixture(scope="module")
+def templates(llama_cpp_models_dir: Path) -> dict[str, str]:
+    found = _templates(llama_cpp_models_dir)
+    assert len(found) >= 70
+    return found
+
+
+def test_round_trip_every_template(templates: dict[str, str]) -> None:
+    failures: dict[str, str] = {}
+    rendered = 0
+    for stem, source in templates.items():
+        fmt = cf.detect_format(source)
+        parser = cf.OutputParser(fmt, None, tools=TOOLS, split_thinking=False)
+        for n in (1, 2):
+            try:
+                text = rendered_turn(source, fmt, n)
+            except TemplateError as exc:
+                failures[stem] = f"render: {exc}"
+                break
+            got = [(c.name, json.loads(c.arguments)) for c in parser.parse(text).tool_calls]
+            if got != [(name, args) for name, args in CALLS[:n]]:
+                failures[stem] = f"{fmt.name} parsed {got} from {text!r}"
+                break
+        else:
+            rendered += 1
+    unexpected = {k: v for k, v in failures.items() if k not in NOT_RENDERING}
+    assert not unexpected, "\n".join(f"{k}: {v}" for k, v in unexpected.items())
+    for stem, fmt_name in NOT_RENDERING.items():
+        assert stem in failures, f"{stem} renders now: take it off NOT_RENDERING"
+        assert cf.detect_format_name(templates[stem]) == fmt_name
+    assert rendered == len(templates) - len(NOT_RENDERING)
