@@ -108,9 +108,10 @@ def _top_candidates(rows: np.ndarray, k: np.ndarray) -> list[np.ndarray]:
     thr = top[np.arange(n), top.shape[1] - kk]
     short = kk < k  # vocabulary smaller than k * STRIDE: no cut for those rows
     thr[short] = -np.inf
-    r, c = np.nonzero(rows >= thr[:, None])
-    bounds = np.searchsorted(r, np.arange(n + 1))
-    return [c[bounds[i] : bounds[i + 1]] for i in range(n)]
+    # one flat scan (a 2-D nonzero is several times slower than the flat one)
+    flat = np.flatnonzero(rows >= thr[:, None])
+    bounds = np.searchsorted(flat, np.arange(n + 1) * v)
+    return [flat[bounds[i] : bounds[i + 1]] - i * v for i in range(n)]
 
 
 def _full_row(values: np.ndarray, p: SamplingParams, u: float) -> int:
