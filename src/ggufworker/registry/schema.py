@@ -23,6 +23,9 @@ from ggufworker.paths import DEFAULT_MODEL, ENV_REGISTRY
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# Ollama-style ``name:tag`` (``smollm2:135m``); a bare name means ``name:latest``
+ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$"
+LATEST_TAG = ":latest"
 
 
 class _Strict(BaseModel):
@@ -99,6 +102,10 @@ class ModelEntry(_Strict):
     """One GGUF file the registry knows by name."""
 
     name: str = Field(pattern=NAME_PATTERN)
+    aliases: list[Annotated[str, Field(pattern=ALIAS_PATTERN)]] = Field(
+        default_factory=list,
+        description="other names clients may use, Ollama-style name:tag (e.g. smollm2:135m)",
+    )
     architecture: str
     quantization: str
     filename: str = Field(pattern=r"^[^/\\]+\.gguf$", description="file name in the cache")
@@ -146,11 +153,17 @@ class Registry(_Strict):
         return [m.name for m in self.models]
 
     def get(self, name: str) -> ModelEntry | None:
-        """The model called ``name`` (case-insensitive), or None."""
+        """The model called ``name`` or one of its aliases (case-insensitive; an Ollama-style
+        ``:latest`` tag is accepted on either), or None."""
         wanted = name.strip().lower()
+        bare = wanted.removesuffix(LATEST_TAG)
         for model in self.models:
-            if model.name == wanted:
+            if model.name in (wanted, bare):
                 return model
+        for model in self.models:
+            for alias in model.aliases:
+                if alias in (wanted, bare) or alias.removesuffix(LATEST_TAG) == bare:
+                    return model
         return None
 
     def closest(self, name: str, n: int = 3) -> list[str]:
@@ -186,6 +199,10 @@ def cross_reference_errors(registry: Registry) -> list[tuple[tuple[Any, ...], st
         if model.name in seen:
             problems.append((("models", i, "name"), f"duplicate model name {model.name!r}"))
         seen.add(model.name)
+        for j, alias in enumerate(model.aliases):
+            if alias.removesuffix(LATEST_TAG) in seen:
+                problems.append((("models", i, "aliases", j), f"duplicate model name {alias!r}"))
+            seen.add(alias.removesuffix(LATEST_TAG))
         if model.architecture not in registry.architectures:
             known = ", ".join(sorted(registry.architectures))
             problems.append(

@@ -23,6 +23,7 @@ from ggufworker.server.models import (
     load_engine,
     resolve_source,
 )
+from ggufworker.server.ollama_router import router as ollama_router
 from ggufworker.server.serving_chat import ChatServing
 from ggufworker.server.serving_completion import CompletionServing
 from ggufworker.server.worker import ReadinessCallback
@@ -78,7 +79,10 @@ def create_app(
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(router)
-    endpoints = {getattr(r, "path", "") for r in [*public.routes, *router.routes]}
+    app.include_router(ollama_router)  # Ollama's /api/* and /, same keys, limits, metrics
+    endpoints = {
+        getattr(r, "path", "") for r in [*public.routes, *router.routes, *ollama_router.routes]
+    }
     # add_middleware wraps: the last added runs first. Order of a request: metrics, CORS,
     # API key, body limit, then the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

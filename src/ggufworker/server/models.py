@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ggufworker.config import ServerSettings
 from ggufworker.errors import GGUFWorkerError, ModelLoadError, ModelNotFoundError
+from ggufworker.registry.schema import LATEST_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +56,26 @@ def resolve_source(source: str, settings: ServerSettings) -> Path:
 
 
 def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
-    """Load a GGUF into a batched engine with the server's engine settings."""
+    """Load a GGUF into a batched engine with the server's engine settings (several
+    engines behind one :class:`~ggufworker.server.replicas.ReplicaSet` with ``--replicas``)."""
     from ggufworker.engine import Engine
+    from ggufworker.server.replicas import ReplicaSet, plan_placements
 
-    return Engine.load(
-        path,
+    placements = plan_placements(settings, embedding=spec.embedding)
+    options: dict[str, Any] = dict(
         name=spec.name,
         n_ctx=settings.ctx_size,
         n_parallel=1 if spec.embedding else settings.parallel,
-        n_threads=settings.threads,
         n_batch=settings.batch_size,
         n_gpu_layers=settings.gpu_layers,
         flash_attn=settings.flash_attn,
         embedding=spec.embedding,
         max_queue=settings.max_queue,
+    )
+    if len(placements) > 1:
+        return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
+    return Engine.load(
+        path, n_threads=settings.threads, **options, **placements[0].engine_options()
     )
 
 
@@ -81,6 +88,13 @@ class ServedModel:
     active: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # a request's keep_alive (Ollama API) overrides the server's: seconds, negative forever
+    keep_alive: float | None = None
+    path: Path | None = None  # the GGUF file, once resolved
+
+    def idle_timeout(self, default: float) -> float:
+        """Seconds this model may stay loaded while idle (negative: forever)."""
+        return default if self.keep_alive is None else self.keep_alive
 
 
 class Lease:
@@ -126,6 +140,8 @@ class ModelManager:
             self._embedding[name] = ServedModel(
                 ModelSpec(name, source, embedding=True, pinned=name in pinned or source in pinned)
             )
+        self._aliases: dict[str, str] = {}  # name -> served name (Ollama's /api/copy)
+        self._registry: Any = None
         self.startup_done = asyncio.Event()
         self.startup_error: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -148,12 +164,71 @@ class ModelManager:
                 kind = "embedding" if embedding else "generation"
                 raise ModelNotFoundError(f"no {kind} model is served")
             return next(iter(table.values()))
-        model = table.get(name) or table.get(served_name(name))
+        model = next((table[n] for n in self.name_candidates(name) if n in table), None)
         if model is None:
             kind = "an embedding model" if embedding else "a generation model"
             served = ", ".join(table) or "none"
             raise ModelNotFoundError(f"model {name!r} is not served as {kind} (served: {served})")
         return model
+
+    def name_candidates(self, name: str) -> list[str]:
+        """The served names a client's model name may mean, best first: the name itself, its
+        file stem, an alias made by :meth:`add_alias`, the registry model it names (registry
+        aliases such as ``smollm2:135m``, and ``:latest`` tags, resolve here for every API)."""
+        out = [name, served_name(name), name.removesuffix(LATEST_TAG)]
+        out += [self._aliases[n] for n in list(out) if n in self._aliases]
+        entry = self.registry_entry(name)
+        if entry is not None:
+            out.append(entry.name)
+        return list(dict.fromkeys(out))
+
+    def registry_entry(self, name: str) -> Any:
+        """The registry model a name means (name, alias or name:latest), or None."""
+        if "/" in name or name.endswith(".gguf"):
+            return None
+        if self._registry is None:
+            from ggufworker.registry import load_registry
+
+            try:
+                self._registry = load_registry()  # read once: it does not change while serving
+            except GGUFWorkerError as exc:  # a broken models.yaml must not break lookups
+                logger.warning("registry unavailable for name lookup: %s", exc)
+                return None
+        return self._registry.get(name)
+
+    def add_alias(self, alias: str, name: str) -> ServedModel:
+        """Serve the model ``name`` also as ``alias`` (until the server stops).
+
+        Raises:
+            ModelNotFoundError: ``name`` is not served.
+        """
+        model = self.lookup(name)
+        self._aliases[alias] = model.spec.name
+        return model
+
+    def add(self, source: str) -> ServedModel:
+        """Serve one more generation model (e.g. one just pulled); a served one is returned."""
+        name = served_name(source)
+        if name not in self._generation:
+            self._generation[name] = ServedModel(ModelSpec(name, source))
+        return self._generation[name]
+
+    async def remove(self, model: ServedModel) -> None:
+        """Stop serving ``model``: unload it and forget its name and aliases."""
+        await self.unload(model)
+        for table in (self._generation, self._embedding):
+            if table.get(model.spec.name) is model:
+                del table[model.spec.name]
+        self._aliases = {a: n for a, n in self._aliases.items() if n != model.spec.name}
+
+    def expires_at(self, model: ServedModel) -> float | None:
+        """When an idle loaded model will be unloaded (``time.time()`` scale); None: never."""
+        keep = model.idle_timeout(self.settings.keep_alive)
+        if model.spec.pinned or keep < 0:
+            return None
+        if model.active:
+            return time.time() + keep
+        return time.time() + max(0.0, keep - (time.monotonic() - model.last_used))
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -165,8 +240,8 @@ class ModelManager:
             if head not in first:
                 first.insert(0, head)
         self._tasks.append(asyncio.create_task(self._startup(first)))
-        if self.settings.keep_alive >= 0:
-            self._tasks.append(asyncio.create_task(self._idle_loop()))
+        # always watched: a request's keep_alive may set a timeout on a forever-server
+        self._tasks.append(asyncio.create_task(self._idle_loop()))
 
     async def _startup(self, models: list[ServedModel]) -> None:
         for model in models:
@@ -204,6 +279,7 @@ class ModelManager:
             started = time.monotonic()
             try:
                 path = await asyncio.to_thread(self._resolver, model.spec.source, self.settings)
+                model.path = Path(path)
                 model.engine = await asyncio.to_thread(
                     self._factory, Path(path), model.spec, self.settings
                 )
@@ -232,16 +308,19 @@ class ModelManager:
             logger.info("unloaded %s", model.spec.name)
 
     async def _idle_loop(self) -> None:
-        keep = self.settings.keep_alive
-        tick = max(0.05, min(5.0, keep / 4 if keep > 0 else 0.05))
+        default = self.settings.keep_alive
         while True:
-            await asyncio.sleep(tick)
+            keeps = [m.idle_timeout(default) for m in self.all_models()]
+            shortest = min((k for k in keeps if k > 0), default=20.0)
+            await asyncio.sleep(max(0.05, min(5.0, shortest / 4)))
             now = time.monotonic()
             for model in self.all_models():
+                keep = model.idle_timeout(default)
                 if (
                     model.state == "ready"
                     and not model.spec.pinned
                     and model.active == 0
+                    and keep >= 0
                     and now - model.last_used >= keep
                 ):
                     await self.unload(model)

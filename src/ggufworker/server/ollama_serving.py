@@ -1,0 +1,461 @@
+"""Serving logic of Ollama's generation endpoints: /api/chat, /api/generate, /api/embed and
+/api/embeddings, over the same engines as /v1.
+
+Responses stream as NDJSON by default; the last chunk carries ``done``, ``done_reason`` and the
+measured durations in nanoseconds. A request's ``keep_alive`` sets how long its model stays
+loaded once idle (``0``: unloaded before the final chunk is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
+from ggufworker.errors import ContextLengthExceededError, InvalidRequestError, error_spec
+from ggufworker.server.metrics import Metrics
+from ggufworker.server.models import Lease, ModelManager, ServedModel
+from ggufworker.server.ollama_models import fim_ids, now_iso, template_features
+from ggufworker.server.ollama_protocol import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    GenerationFields,
+)
+from ggufworker.server.ollama_tools import ToolMode, tool_mode
+from ggufworker.server.serving import Generation, start_generation
+
+logger = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+NS = 1_000_000_000
+
+
+def ollama_error_line(exc: BaseException) -> dict[str, Any]:
+    """Ollama's error object for an exception (internal errors keep their details in the log)."""
+    known = error_spec(exc).code != "internal_error"
+    return {"error": str(exc) if known else "internal server error"}
+
+
+async def _guarded(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """NDJSON lines; a failure mid-stream becomes an ``{"error": ...}`` line."""
+    try:
+        async for chunk in chunks:
+            yield json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    except Exception as exc:
+        if error_spec(exc).code == "internal_error":
+            logger.exception("stream failed")
+        else:
+            logger.warning("stream failed: %s", exc)
+        yield json.dumps(ollama_error_line(exc)).encode() + b"\n"
+
+
+def ndjson_response(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """A streaming NDJSON response with Ollama's mid-stream error lines."""
+    return StreamingResponse(
+        _guarded(chunks), media_type=NDJSON, headers={"X-Accel-Buffering": "no"}
+    )
+
+
+@dataclass
+class Timings:
+    """Measured phases of one request, reported in nanoseconds as Ollama does."""
+
+    started: float = field(default_factory=time.perf_counter)
+    load: float = 0.0
+    submitted: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    prompt_tokens: int = 0
+    tokens: int = 0
+
+    def see(self, event: TokenEvent) -> None:
+        now = time.perf_counter()
+        if event.token_id is not None:
+            if self.first_token is None:
+                self.first_token = now
+            self.last_token = now
+        if event.usage is not None:
+            self.prompt_tokens = event.usage.prompt_tokens
+            self.tokens = event.usage.completion_tokens
+
+    def report(self) -> dict[str, Any]:
+        end = time.perf_counter()
+        submitted = self.submitted if self.submitted is not None else end
+        first = self.first_token if self.first_token is not None else end
+        last = self.last_token if self.last_token is not None else first
+        return {
+            "total_duration": int((end - self.started) * NS),
+            "load_duration": int(self.load * NS),
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": int(max(0.0, first - submitted) * NS),
+            "eval_count": self.tokens,
+            "eval_duration": int(max(0.0, last - first) * NS),
+        }
+
+
+def _fit_context(tokens: list[int], params: SamplingParams, limit: int | None) -> SamplingParams:
+    """Cap generation so prompt plus output stay within ``num_ctx`` (when the client set it)."""
+    if limit is None:
+        return params
+    room = limit - len(tokens)
+    if room < 1:
+        raise ContextLengthExceededError(
+            f"the prompt is {len(tokens)} tokens; options.num_ctx is {limit}", param="options"
+        )
+    if params.max_tokens is None or params.max_tokens > room:
+        return replace(params, max_tokens=room)
+    return params
+
+
+class OllamaServing:
+    """The Ollama API's generation endpoints over the served models."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+        self.manager = manager
+        self.metrics = metrics
+
+    # --- shared ----------------------------------------------------------------------------
+
+    def _prepare(self, body: GenerationFields, images: bool) -> tuple[ServedModel, float | None]:
+        """Look the model up (404 first), check what the request asks of it, apply keep_alive."""
+        model = self.manager.lookup(body.model)
+        keep = body.keep_alive_s()
+        if images:
+            raise InvalidRequestError(
+                f"model {body.model!r} does not support images (text-only model)", param="images"
+            )
+        model.keep_alive = keep  # a request without keep_alive returns to the server's
+        return model, keep
+
+    async def _load_only(
+        self, body: GenerationFields, model: ServedModel, keep: float | None, key: str
+    ) -> Response:
+        """An empty chat or prompt: load the model (or, with keep_alive 0, unload it)."""
+        timings = Timings()
+        if keep == 0:
+            await self.manager.unload(model)
+            reason = "unload"
+        else:
+            lease = await self.manager.acquire(body.model)
+            lease.release()
+            timings.load = time.perf_counter() - timings.started
+            reason = "load"
+        empty: Any = {"role": "assistant", "content": ""} if key == "message" else ""
+        chunk = {
+            "model": body.model,
+            "created_at": now_iso(),
+            key: empty,
+            "done": True,
+            "done_reason": reason,
+        }
+        return JSONResponse(chunk)
+
+    async def _start(
+        self, body: GenerationFields, build: Any, timings: Timings
+    ) -> tuple[Generation, list[int]]:
+        prompt_ids: list[int] = []
+
+        def make_reqs(lease: Lease) -> list[GenerationRequest]:
+            tokens, params = build(lease)
+            prompt_ids.extend(tokens)
+            timings.load = time.perf_counter() - timings.started
+            timings.submitted = time.perf_counter()
+            return [GenerationRequest(prompt=tokens, params=params)]
+
+        generation = await start_generation(self.manager, self.metrics, body.model, make_reqs)
+        return generation, prompt_ids
+
+    async def _finish(self, generation: Generation, model: ServedModel, keep: float | None) -> None:
+        generation.close()
+        if keep == 0:
+            await self.manager.unload(model)
+
+    # --- /api/chat -------------------------------------------------------------------------
+
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
+        model, keep = self._prepare(body, any(m.images for m in body.messages))
+        if not body.messages:
+            return await self._load_only(body, model, keep, "message")
+        messages = [m.to_template() for m in body.messages]
+        base = body.to_sampling_params()
+        mode = tool_mode(body.tools, body.effective_tool_choice())
+        if mode.schema is not None:
+            if base.json_schema is not None:
+                raise InvalidRequestError(
+                    "give either format or a forced tool call", param="format"
+                )
+            base = replace(base, json_schema=mode.schema)
+        num_ctx = body.num_ctx()
+        think = body.think
+
+        def build(lease: Lease) -> tuple[list[int], SamplingParams]:
+            engine = lease.engine
+            _check_think(think, body.model, engine)
+            text = engine.render_chat(messages, tools=mode.template_tools)
+            tokens = engine.tokenize(text, add_special=True, parse_special=True)
+            return tokens, _fit_context(tokens, base, num_ctx)
+
+        timings = Timings()
+        generation, _ = await self._start(body, build, timings)
+        if body.stream:
+            return ndjson_response(self._chat_stream(body, generation, model, keep, mode, timings))
+        try:
+            text, reason = await self._collect(generation, timings)
+        finally:
+            await self._finish(generation, model, keep)
+        return JSONResponse(
+            {
+                "model": body.model,
+                "created_at": now_iso(),
+                "message": mode.message(text, reason),
+                "done": True,
+                "done_reason": reason,
+                **timings.report(),
+            }
+        )
+
+    async def _collect(self, generation: Generation, timings: Timings) -> tuple[str, str]:
+        parts: list[str] = []
+        reason = "stop"
+        async for _, event in generation.events():
+            timings.see(event)
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                reason = event.finish_reason
+        return "".join(parts), reason
+
+    async def _chat_stream(
+        self,
+        body: ChatRequest,
+        generation: Generation,
+        model: ServedModel,
+        keep: float | None,
+        mode: ToolMode,
+        timings: Timings,
+    ) -> AsyncIterator[dict[str, Any]]:
+        parts: list[str] = []
+        reason = "stop"
+        try:
+            async for _, event in generation.events():
+                timings.see(event)
+                if event.finish_reason is not None:
+                    reason = event.finish_reason
+                if not event.text:
+                    continue
+                if mode.buffered:  # a forced call arrives whole, in one chunk
+                    parts.append(event.text)
+                    continue
+                yield {
+                    "model": body.model,
+                    "created_at": now_iso(),
+                    "message": {"role": "assistant", "content": event.text},
+                    "done": False,
+                }
+        finally:
+            await self._finish(generation, model, keep)
+        if mode.buffered:
+            yield {
+                "model": body.model,
+                "created_at": now_iso(),
+                "message": mode.message("".join(parts), reason),
+                "done": False,
+            }
+        yield {
+            "model": body.model,
+            "created_at": now_iso(),
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reason,
+            **timings.report(),
+        }
+
+    # --- /api/generate ---------------------------------------------------------------------
+
+    async def generate(self, body: GenerateRequest, request: Request) -> Response:
+        model, keep = self._prepare(body, bool(body.images))
+        if body.template:
+            raise InvalidRequestError(
+                "template overrides (Go templates) are not supported; the model's own chat "
+                "template is used, or send raw=true with a formatted prompt",
+                param="template",
+            )
+        if not body.prompt and not body.suffix and not body.context:
+            return await self._load_only(body, model, keep, "response")
+        base = body.to_sampling_params()
+        num_ctx = body.num_ctx()
+
+        def build(lease: Lease) -> tuple[list[int], SamplingParams]:
+            engine = lease.engine
+            _check_think(body.think, body.model, engine)
+            tokens = list(body.context or [])
+            if body.suffix:
+                tokens += _fim_prompt(engine, body.model, body.prompt, body.suffix, not tokens)
+            elif body.raw:
+                tokens += engine.tokenize(body.prompt, add_special=not tokens, parse_special=True)
+            else:
+                messages = [{"role": "user", "content": body.prompt}]
+                if body.system:
+                    messages.insert(0, {"role": "system", "content": body.system})
+                text = engine.render_chat(messages)
+                tokens += engine.tokenize(text, add_special=not tokens, parse_special=True)
+            return tokens, _fit_context(tokens, base, num_ctx)
+
+        timings = Timings()
+        generation, prompt_ids = await self._start(body, build, timings)
+        if body.stream:
+            return ndjson_response(
+                self._generate_stream(body, generation, model, keep, prompt_ids, timings)
+            )
+        out_ids: list[int] = []
+        parts: list[str] = []
+        reason = "stop"
+        try:
+            async for _, event in generation.events():
+                timings.see(event)
+                parts.append(event.text)
+                if event.token_id is not None:
+                    out_ids.append(event.token_id)
+                if event.finish_reason is not None:
+                    reason = event.finish_reason
+        finally:
+            await self._finish(generation, model, keep)
+        return JSONResponse(
+            {
+                "model": body.model,
+                "created_at": now_iso(),
+                "response": "".join(parts),
+                "done": True,
+                "done_reason": reason,
+                "context": prompt_ids + out_ids,
+                **timings.report(),
+            }
+        )
+
+    async def _generate_stream(
+        self,
+        body: GenerateRequest,
+        generation: Generation,
+        model: ServedModel,
+        keep: float | None,
+        prompt_ids: list[int],
+        timings: Timings,
+    ) -> AsyncIterator[dict[str, Any]]:
+        out_ids: list[int] = []
+        reason = "stop"
+        try:
+            async for _, event in generation.events():
+                timings.see(event)
+                if event.token_id is not None:
+                    out_ids.append(event.token_id)
+                if event.finish_reason is not None:
+                    reason = event.finish_reason
+                if event.text:
+                    yield {
+                        "model": body.model,
+                        "created_at": now_iso(),
+                        "response": event.text,
+                        "done": False,
+                    }
+        finally:
+            await self._finish(generation, model, keep)
+        yield {
+            "model": body.model,
+            "created_at": now_iso(),
+            "response": "",
+            "done": True,
+            "done_reason": reason,
+            "context": prompt_ids + out_ids,
+            **timings.report(),
+        }
+
+    # --- /api/embed, /api/embeddings -------------------------------------------------------
+
+    async def embed(self, body: EmbedRequest) -> dict[str, Any]:
+        texts = body.texts()
+        started = time.perf_counter()
+        vectors, prompt_tokens, load_s = await self._embed(body.model, body.keep_alive, texts)
+        if body.dimensions is not None:
+            vectors = [_normalized(v[: body.dimensions]) for v in vectors]
+        return {
+            "model": body.model,
+            "embeddings": vectors,
+            "total_duration": int((time.perf_counter() - started) * NS),
+            "load_duration": int(load_s * NS),
+            "prompt_eval_count": prompt_tokens,
+        }
+
+    async def embeddings(self, body: EmbeddingsRequest) -> dict[str, Any]:
+        if not body.prompt:
+            return {"embedding": []}
+        vectors, _, _ = await self._embed(body.model, body.keep_alive, [body.prompt])
+        return {"embedding": vectors[0]}
+
+    async def _embed(
+        self, name: str, keep_alive: Any, texts: list[str]
+    ) -> tuple[list[list[float]], int, float]:
+        from ggufworker.server.ollama_protocol import parse_keep_alive
+
+        model = self.manager.lookup(name, embedding=True)
+        model.keep_alive = parse_keep_alive(keep_alive)
+        started = time.perf_counter()
+        lease = await self.manager.acquire(name, embedding=True)
+        load_s = time.perf_counter() - started
+        engine = lease.engine
+
+        def run() -> tuple[list[list[float]], int]:
+            return engine.embed(texts), sum(len(engine.tokenize(t)) for t in texts)
+
+        try:
+            vectors, n = await asyncio.to_thread(run)
+        finally:
+            lease.release()
+        if model.keep_alive == 0:
+            await self.manager.unload(model)
+        return vectors, n, load_s
+
+
+def _check_think(think: Any, name: str, engine: Any) -> None:
+    if think and "thinking" not in template_features(engine.info.chat_template):
+        raise InvalidRequestError(f"{name!r} does not support thinking", param="think")
+
+
+def _normalized(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def _fim_prompt(engine: Any, name: str, prompt: str, suffix: str, add_bos: bool) -> list[int]:
+    """Prefix-suffix-middle token layout for a ``suffix`` request.
+
+    Raises:
+        InvalidRequestError: the model has no fill-in-the-middle tokens.
+    """
+    from ggufworker.server.ollama_models import typed
+
+    meta = {k: typed(v) for k, v in engine.info.metadata.items()}
+
+    def lookup(text: str) -> int | None:
+        ids = engine.tokenize(text, add_special=False, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    fim = fim_ids(meta, lookup)
+    if fim is None:
+        raise InvalidRequestError(
+            f"{name!r} does not support insert (no fill-in-the-middle tokens)", param="suffix"
+        )
+    pre, suf, mid = fim
+    head = engine.tokenize("", add_special=True) if add_bos else []
+    body = engine.tokenize(prompt, add_special=False)
+    tail = engine.tokenize(suffix, add_special=False)
+    return [*head, pre, *body, suf, *tail, mid]
