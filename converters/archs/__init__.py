@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from converters.archs.base import ArchConverter
 from converters.archs.cohere import CohereConverter
+from converters.archs.deepseek import DeepseekV2Converter, DeepseekV3Converter
 from converters.archs.ernie import Ernie45Converter
+from converters.archs.ernie_moe import Ernie45MoeConverter
 from converters.archs.exaone import Exaone4Converter
 from converters.archs.falcon import FalconConverter
 from converters.archs.gemma import (
@@ -19,16 +21,22 @@ from converters.archs.gemma import (
 )
 from converters.archs.glm import Glm4Converter, GlmConverter
 from converters.archs.gpt2 import GPT2Converter
+from converters.archs.gptoss import GptOssConverter
 from converters.archs.granite import GraniteConverter
+from converters.archs.granitemoe import GraniteMoeConverter
+from converters.archs.granitehybrid import BambaConverter, GraniteHybridConverter
 from converters.archs.helium import HeliumConverter
 from converters.archs.lfm2 import Lfm2Converter
 from converters.archs.llama import LlamaConverter
 from converters.archs.mamba import Mamba2Converter, MambaConverter
+from converters.archs.mixtral import MixtralConverter
 from converters.archs.mpt import MptConverter
 from converters.archs.olmo import Olmo2Converter, OlmoConverter
+from converters.archs.olmoe import OlmoeConverter
 from converters.archs.phi2 import PhiConverter
 from converters.archs.phi3 import Phi3Converter
 from converters.archs.qwen import Qwen2Converter, Qwen3Converter
+from converters.archs.qwen_moe import Qwen2MoeConverter, Qwen3MoeConverter
 from converters.archs.smollm3 import SmolLM3Converter
 from converters.archs.stablelm import StableLmConverter
 from converters.archs.starcoder import GPTBigCodeConverter
@@ -54,6 +62,8 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     MambaConverter,
     Mamba2Converter,
     Lfm2Converter,
+    GraniteHybridConverter,
+    BambaConverter,
     OlmoConverter,
     Olmo2Converter,
     GraniteConverter,
@@ -64,6 +74,16 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     SmolLM3Converter,
     Ernie45Converter,
     HeliumConverter,
+    # Mixture-of-Experts families
+    MixtralConverter,
+    Qwen2MoeConverter,
+    Qwen3MoeConverter,
+    OlmoeConverter,
+    GraniteMoeConverter,
+    DeepseekV2Converter,
+    DeepseekV3Converter,
+    GptOssConverter,
+    Ernie45MoeConverter,
 )
 
 CONVERTERS: dict[str, type[ArchConverter]] = {

@@ -1,0 +1,105 @@
+"""Recurrent and hybrid families: tiny random checkpoint -> f32 GGUF -> llama.cpp logits vs transformers.
+
+Each checkpoint comes from transformers' own class (its CPU reference path for the scans and
+convolutions), is converted to f32 and compared over 40 positions: long enough that the
+recurrent state, the short convolutions' history and RoPE all matter. llama.cpp computes the
+same functions for these families, so the bound is the f32 one (observed: below 1e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.st2gguf import convert
+from tests.support import record
+
+from . import builders
+from .reference import hf_logits, llama_logits, rel_err
+
+F32_TOLERANCE = 1e-5
+N_POSITIONS = 40
+
+
+def _configs() -> dict[str, tuple[str, object]]:
+    """case -> (models.yaml family, transformers config)."""
+    import transformers as tf
+
+    hybrid = dict(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2,
+        mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16,
+    )
+    granite = dict(
+        **hybrid, intermediate_size=64, shared_intermediate_size=96,
+        # the names transformers 4 wrote; transformers 5 saves linear/full_attention
+        layer_types=["mamba", "attention", "mamba", "attention"],
+        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2,
+        logits_scaling=3.0,
+    )
+    return {
+        "mamba": ("mamba", tf.MambaConfig(
+            hidden_size=64, intermediate_size=128, state_size=16, num_hidden_layers=2,
+            conv_kernel=4, time_step_rank=4,
+        )),
+        "mamba-untied": ("mamba", tf.MambaConfig(
+            hidden_size=64, intermediate_size=128, state_size=16, num_hidden_layers=2,
+            time_step_rank=4, tie_word_embeddings=False,
+        )),
+        "mamba2": ("mamba2", tf.Mamba2Config(
+            hidden_size=64, expand=2, num_heads=8, head_dim=16, n_groups=2, state_size=16,
+            num_hidden_layers=2, conv_kernel=4, chunk_size=16,
+        )),
+        "lfm2": ("lfm2", tf.Lfm2Config(
+            hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, block_multiple_of=16,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        )),
+        # Granite 4.0 H Micro layout: no routed experts, the shared MLP is the FFN; no RoPE
+        "granitehybrid-dense": ("granitehybrid", tf.GraniteMoeHybridConfig(
+            **granite, num_local_experts=0,
+        )),
+        # Granite 4.0 H Tiny layout: routed experts plus the shared expert
+        "granitehybrid-moe": ("granitehybrid", tf.GraniteMoeHybridConfig(
+            **granite, num_local_experts=4, num_experts_per_tok=2,
+        )),
+        "granitehybrid-rope": ("granitehybrid", tf.GraniteMoeHybridConfig(
+            **granite, num_local_experts=0, position_embedding_type="rope",
+        )),
+        # Bamba: RoPE on half of each head (partial_rotary_factor 0.5 is BambaConfig's own)
+        "bamba": ("bamba", tf.BambaConfig(
+            **hybrid, intermediate_size=96, attn_layer_indices=[1, 3],
+        )),
+    }  # fmt: skip
+
+
+CASES = list(_configs())
+
+
+@pytest.fixture(scope="module")
+def ids(tiny_tokenizer) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json"))
+    text = tok.encode("def convert(src, dst, *, outtype='auto', force=False):").ids
+    rng = np.random.default_rng(7)
+    return (text + rng.integers(3, tok.get_vocab_size(), size=N_POSITIONS).tolist())[
+        :N_POSITIONS
+    ]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logits_match_transformers_f32(case, ids, tiny_tokenizer, tmp_path):
+    family, config = _configs()[case]
+    try:
+        src = builders.build_tiny(case, tmp_path / "src", tiny_tokenizer, config=config)
+        out = convert(src, tmp_path / "out.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    except Exception:
+        record(family, "converter", passed=False, detail=case)
+        raise
+    record(family, "converter", passed=True, detail=case)
+    got, want = llama_logits(out, ids), hf_logits(src, ids)
+    err = rel_err(got, want)
+    record(family, "f32", passed=err < F32_TOLERANCE, value=err, detail=case)
+    assert got.shape == want.shape == (N_POSITIONS, want.shape[1])
+    assert err < F32_TOLERANCE, f"{case}: relative error {err:.2e}"
