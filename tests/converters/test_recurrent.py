@@ -1,4 +1,4 @@
-"""Recurrent and hybrid families: tiny random checkpoint -> f32 GGUF -> llama.cpp logits vs transformers.
+"""Recurrent and hybrid families: tiny random checkpoint -> f32 GGUF -> logits vs transformers.
 
 Each checkpoint comes from transformers' own class (its CPU reference path for the scans and
 convolutions), is converted to f32 and compared over 40 positions: long enough that the
@@ -26,15 +26,28 @@ def _configs() -> dict[str, tuple[str, object]]:
     import transformers as tf
 
     hybrid = dict(
-        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2,
-        mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        mamba_n_heads=8,
+        mamba_d_head=16,
+        mamba_n_groups=2,
+        mamba_d_state=16,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_chunk_size=16,
     )
     granite = dict(
-        **hybrid, intermediate_size=64, shared_intermediate_size=96,
+        **hybrid,
+        intermediate_size=64,
+        shared_intermediate_size=96,
         # the names transformers 4 wrote; transformers 5 saves linear/full_attention
         layer_types=["mamba", "attention", "mamba", "attention"],
-        embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.2,
+        embedding_multiplier=2.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.2,
         logits_scaling=3.0,
     )
     return {
@@ -83,9 +96,7 @@ def ids(tiny_tokenizer) -> list[int]:
     tok = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json"))
     text = tok.encode("def convert(src, dst, *, outtype='auto', force=False):").ids
     rng = np.random.default_rng(7)
-    return (text + rng.integers(3, tok.get_vocab_size(), size=N_POSITIONS).tolist())[
-        :N_POSITIONS
-    ]
+    return (text + rng.integers(3, tok.get_vocab_size(), size=N_POSITIONS).tolist())[:N_POSITIONS]
 
 
 @pytest.mark.parametrize("case", CASES)
