@@ -8,8 +8,12 @@ What huggingface_hub expects (file_download.py, get_hf_file_metadata / http_get)
   ``Content-Length`` and honours ``Range: bytes=N-`` with ``206`` and ``Content-Range``.
 - A missing file: ``404`` with ``X-Error-Code: EntryNotFound``.
 
+Plain files for ``url`` sources live at ``/files/{name}`` on the storage origin (ETag: the
+sha256 of their content; ``Range`` and ``If-Range`` honoured), and can be replaced in place.
+
 Knobs for failure tests: drop the connection after N bytes on the first transfer of a file,
-serve other bytes than advertised, and a request log to assert on.
+serve other bytes than advertised, a transfer rate limit, and a request log (with the body
+bytes each request was sent) to assert on.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import hashlib
 import random
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 STORE_RE = re.compile(r"^/lfs-store/(?P<sha>[0-9a-f]{64})$")
+FILES_RE = re.compile(r"^/files/(?P<name>[^/]+)$")
+SEND_CHUNK = 32 * 1024
 
 
 def gguf_bytes(size: int, seed: int = 0) -> bytes:
@@ -52,14 +59,17 @@ class Request:
     method: str
     path: str
     range: str | None
+    sent: int = 0  # body bytes written to the client
 
 
 @dataclass
 class FakeHub:
     files: dict[tuple[str, str], HubFile] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    plain: dict[str, HubFile] = field(default_factory=dict)  # /files/{name}
     url: str = ""
     store_url: str = ""  # another origin, like the hub's CDN: metadata stays on the redirect
+    rate: float | None = None  # body bytes per second, per request; None: as fast as possible
     _by_sha: dict[str, HubFile] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -69,9 +79,20 @@ class FakeHub:
         self._by_sha[f.sha256] = f
         return f
 
-    def log(self, method: str, path: str, rng: str | None) -> None:
+    def publish(self, name: str, content: bytes) -> str:
+        """Serve ``content`` at ``/files/{name}`` (replacing what was there); returns its URL."""
+        self.plain[name] = HubFile(content=content)
+        return f"{self.store_url}/files/{name}"
+
+    def log(self, method: str, path: str, rng: str | None) -> Request:
+        req = Request(method, path, rng)
         with self._lock:
-            self.requests.append(Request(method, path, rng))
+            self.requests.append(req)
+        return req
+
+    def sent(self, suffix: str = "") -> int:
+        """Body bytes sent by GETs whose path ends with ``suffix``."""
+        return sum(r.sent for r in self.gets(suffix))
 
     def gets(self, suffix: str = "") -> list[Request]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith(suffix)]
@@ -118,23 +139,39 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
-        def _store(self) -> None:
-            m = STORE_RE.match(self.path.split("?")[0])
+        def _write_body(self, body: bytes, req: Request) -> None:
+            for i in range(0, len(body), SEND_CHUNK):
+                piece = body[i : i + SEND_CHUNK]
+                self.wfile.write(piece)
+                req.sent += len(piece)
+                if hub.rate:
+                    time.sleep(len(piece) / hub.rate)
+
+        def _store(self, req: Request) -> None:
+            path = self.path.split("?")[0]
+            m = STORE_RE.match(path)
             f = hub._by_sha.get(m["sha"]) if m else None
+            if f is None and (fm := FILES_RE.match(path)):
+                f = hub.plain.get(fm["name"])
             if f is None:
                 self._send(404, {}, b"no such object")
                 return
             data = f.served if f.served is not None else f.content
+            etag = f'"{f.sha256}"'
             start = 0
             rng = self.headers.get("Range")
-            if rng:
+            if_range = self.headers.get("If-Range")
+            if rng and (if_range is None or if_range == etag):
                 rm = re.match(r"bytes=(\d+)-", rng)
                 start = int(rm.group(1)) if rm else 0
+            if start > len(data):
+                self._send(416, {"Content-Range": f"bytes */{len(data)}"})
+                return
             body = data[start:]
             headers = {
                 "Content-Length": str(len(body)),
                 "Accept-Ranges": "bytes",
-                "ETag": f'"{f.sha256}"',
+                "ETag": etag,
                 "Content-Type": "application/octet-stream",
             }
             status = 200
@@ -144,24 +181,27 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if self.command == "HEAD":
                 self._send(status, headers)
                 return
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
             cut = f.cut_after
-            if cut is not None and start == 0:
-                f.cut_after = None  # only the first transfer is cut
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body[:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            self._send(status, headers, body)
+            try:
+                if cut is not None and start == 0:
+                    f.cut_after = None  # only the first transfer is cut
+                    self._write_body(body[:cut], req)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._write_body(body, req)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away (killed mid-transfer)
 
         def _handle(self) -> None:
-            hub.log(self.command, self.path, self.headers.get("Range"))
-            if self.path.startswith("/lfs-store/"):
-                self._store()
+            req = hub.log(self.command, self.path, self.headers.get("Range"))
+            if self.path.startswith(("/lfs-store/", "/files/")):
+                self._store(req)
             else:
                 self._resolve()
 

@@ -5,7 +5,9 @@ Layout under the ggufworker home::
     models/<name>/<filename>                 a finished, verified GGUF (registry model)
     models/<name>/<filename>.verified.json   marker: sha256, size, mtime_ns of that file
     models/hf/<owner>/<repo>/<revision>/<filename>   a file pulled by ``hf://`` reference
-    staging/                                 work space of downloads in progress
+    staging/partial/<key>/                   a resumable HTTP download (registry.transfer)
+    staging/locks/                           inter-process locks of pulls in progress
+    staging/<kind>-<random>/                 scratch space of one pull (pip wheels)
 
 A file only ever reaches its final path by ``os.replace`` after its sha256 was checked, so a
 finished path never holds a partial or corrupt file. The marker lets a later ``pull`` trust the
@@ -277,18 +279,21 @@ class HashingWriter:
 
 
 STALE_AFTER_S = 6 * 3600
+# kept by sweep_stale: resumable partials (collected by `ggufworker gc`) and live locks
+KEPT_STAGING_DIRS = frozenset({"partial", "locks"})
 
 
 def sweep_stale(home: Path, target: Path, max_age_s: float = STALE_AFTER_S) -> None:
     """Remove work files of downloads that died with their process (kill -9, power loss).
 
     Live downloads touch their files continuously, so only entries untouched for
-    ``max_age_s`` go: staging folders and ``.<name>.<id>.tmp`` files beside ``target``.
+    ``max_age_s`` go: scratch folders in staging and ``.<name>.<id>.tmp`` files beside
+    ``target``. Resumable partials are left for the next pull (``ggufworker gc`` ages them out).
     """
     cutoff = time.time() - max_age_s
     candidates: list[Path] = []
     if staging_root(home).is_dir():
-        candidates += list(staging_root(home).iterdir())
+        candidates += [p for p in staging_root(home).iterdir() if p.name not in KEPT_STAGING_DIRS]
     if target.parent.is_dir():
         candidates += list(target.parent.glob(f".{target.name}.*.tmp"))
     for path in candidates:

@@ -1,26 +1,24 @@
-"""Files from the Hugging Face hub, through huggingface_hub.
+"""Files from the Hugging Face hub.
 
-huggingface_hub does the transfer: ``HF_ENDPOINT``, tokens, redirects, progress bar and resume
-of a transfer cut mid-way (``http_get`` retries with a ``Range`` request from the last byte it
-got). We add what the registry promises: the file's sha256 is checked (the pinned one, else the
-hub's LFS sha256 from the ``X-Linked-Etag`` header) before the file is moved into the cache.
+huggingface_hub answers what the file is (``HF_ENDPOINT``, tokens, the LFS sha256 from the
+``X-Linked-Etag`` header, its size); the bytes come through :mod:`ggufworker.registry.transfer`,
+whose partial files survive the process. huggingface_hub's own download cannot resume across
+processes: since 2.x it writes each transfer to a process-unique temporary file and deletes it
+on failure (huggingface_hub PR #4228), and a killed process leaks it. The file's sha256 (the
+pinned one, else the hub's) is checked before the file is moved into the cache.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tqdm.auto import tqdm
-
-from ggufworker.errors import ChecksumMismatchError, DiskFullError, DownloadError
-from ggufworker.registry.cache import ensure_free_space, place_verified, sha256_file
+from ggufworker.errors import ChecksumMismatchError, DownloadError
 from ggufworker.registry.schema import SHA256_PATTERN, HfSource
+from ggufworker.registry.transfer import Remote, download
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +29,14 @@ METADATA_TIMEOUT_S = 10.0
 HF_REF_PREFIX = "hf://"
 
 
-class _QuietTqdm(tqdm):  # type: ignore[misc]
-    """A progress bar that never draws (huggingface_hub takes a tqdm class, not a flag)."""
+@dataclass(frozen=True)
+class HubFileInfo:
+    """What the hub says about a file: where to get it and what it is."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+    url: str
+    etag: str | None
+    sha256: str | None  # the LFS sha256, None for a file kept in git
+    size: int | None
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -81,8 +81,8 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def hub_file_info(source: HfSource) -> tuple[str | None, int | None]:
-    """(LFS sha256 or None, size) of a hub file, from one HEAD request.
+def hub_file_info(source: HfSource) -> HubFileInfo:
+    """Where a hub file is and its LFS sha256 and size, from one HEAD request.
 
     Raises:
         DownloadError: the hub is unreachable, or the repo/revision/file does not exist.
@@ -102,8 +102,9 @@ def hub_file_info(source: HfSource) -> tuple[str | None, int | None]:
             f"{source.describe()}: {endpoint or 'the hub'} did not answer like a Hugging Face hub"
             " (no X-Repo-Commit header)"
         )
-    etag = (meta.etag or "").lower()
-    return (etag if SHA256_RE.match(etag) else None), meta.size
+    etag = (meta.etag or "").lower() or None
+    sha = etag if etag and SHA256_RE.match(etag) else None
+    return HubFileInfo(url=url, etag=etag, sha256=sha, size=meta.size)
 
 
 def fetch_hf(
@@ -117,13 +118,15 @@ def fetch_hf(
 ) -> Path:
     """Download a hub file, verify it and move it to ``target``.
 
+    The transfer resumes a partial left by an earlier process for the same file and sha256.
+
     Args:
         source: repo, filename and revision on the hub (``HF_ENDPOINT`` is honoured).
         target: final cache path; written only once the sha256 matched.
         sha256: pinned checksum, or None to use the hub's LFS sha256.
         size: expected size when known.
-        staging: scratch directory on the same file system as ``target``.
-        progress: show huggingface_hub's progress bar.
+        staging: staging root on the same file system as ``target``.
+        progress: show a progress bar.
 
     Returns:
         ``target``.
@@ -131,52 +134,34 @@ def fetch_hf(
     Raises:
         DownloadError: hub unreachable, 404, transfer failed after retries, no checksum known.
         ChecksumMismatchError: the file's sha256 is not the expected one (nothing kept).
-        DiskFullError: the disk filled up (partial files removed).
+        DiskFullError: the disk filled up (the partial is kept for a later resume).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import build_hf_headers
 
     desc = source.describe()
-    hub_sha, hub_size = hub_file_info(source)
-    expected = sha256 or hub_sha
+    info = hub_file_info(source)
+    expected = sha256 or info.sha256
     if expected is None:
         raise DownloadError(
             f"{desc}: the hub gives no LFS sha256 for this file and models.yaml pins none"
         )
-    if sha256 and hub_sha and sha256 != hub_sha:
+    if sha256 and info.sha256 and sha256 != info.sha256:
         # Known before a byte is transferred: the hub holds another file than the one pinned.
         raise ChecksumMismatchError(
-            f"{desc}: hub file has sha256 {hub_sha}, registry pins {sha256}"
+            f"{desc}: hub file has sha256 {info.sha256}, registry pins {sha256}"
         )
-    if size and hub_size and size != hub_size:
+    if size and info.size and size != info.size:
         raise ChecksumMismatchError(
-            f"{desc}: hub file has {hub_size:,} bytes, registry says {size:,}"
+            f"{desc}: hub file has {info.size:,} bytes, registry says {size:,}"
         )
-    staging.mkdir(parents=True, exist_ok=True)
-    ensure_free_space(target.parent, hub_size or size)
-    with tempfile.TemporaryDirectory(prefix="hf-", dir=staging) as work:
-        try:
-            local = Path(
-                hf_hub_download(
-                    source.repo,
-                    source.filename,
-                    revision=source.revision,
-                    local_dir=work,
-                    endpoint=hub_endpoint(),
-                    etag_timeout=METADATA_TIMEOUT_S,
-                    tqdm_class=None if progress else _QuietTqdm,
-                )
-            )
-        except _transport_errors() as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"disk full while downloading {desc}: {exc}") from exc
-            raise DownloadError(f"{desc}: download failed: {_first_line(exc)}") from exc
-        actual = sha256_file(local)
-        if actual != expected:
-            raise ChecksumMismatchError(
-                f"sha256 mismatch for {desc}: expected {expected}, got {actual}"
-            )
-        logger.debug("verified %s (%s)", desc, actual)
-        return place_verified(local, target, actual, source=desc)
+    remote = Remote(
+        url=info.url,
+        source=desc,
+        headers=build_hf_headers(),
+        validator=info.etag,
+        size=info.size or size,
+    )
+    return download(remote, target, sha256=expected, staging=staging, progress=progress)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,6 +11,20 @@ from ggufworker.registry.cache import Marker, hf_root, marker_matches, model_pat
 from ggufworker.registry.schema import HfSource, Registry, load_registry
 
 
+class PartialStatus(BaseModel):
+    """A resumable partial download (``ggufworker list --all``)."""
+
+    path: str
+    source: str
+    sha256: str
+    have: int
+    size: int | None = None
+    age_s: float
+    stale: bool
+    orphaned: bool
+    in_use: bool
+
+
 class ModelStatus(BaseModel):
     """One row of ``ggufworker list``."""
 
@@ -26,6 +40,7 @@ class ModelStatus(BaseModel):
     path: str | None = None
     cached_size: int | None = None
     sources: list[str] = []
+    partial: PartialStatus | None = None  # with ``--all``
 
 
 def _cache_state(path: Path, pinned: str | None) -> tuple[bool, bool, int | None, Marker | None]:
@@ -39,7 +54,13 @@ def _cache_state(path: Path, pinned: str | None) -> tuple[bool, bool, int | None
     return True, verified, st.st_size, marker
 
 
-def list_models(home: Path | None = None, registry: Registry | None = None) -> list[ModelStatus]:
+def list_models(
+    home: Path | None = None,
+    registry: Registry | None = None,
+    *,
+    partials: bool = False,
+    max_age_s: float | None = None,
+) -> list[ModelStatus]:
     """Registry models with their cache state, then cached files pulled by ``hf://`` reference.
 
     Nothing is hashed: "verified" reports the marker written when the file was checked, trusted
@@ -48,6 +69,9 @@ def list_models(home: Path | None = None, registry: Registry | None = None) -> l
     Args:
         home: cache root; default ``ggufworker.paths.home_dir()``.
         registry: default ``load_registry()``.
+        partials: also report partial downloads: on their model's row, or as rows of their
+            own when no registry model asks for them (``ggufworker list --all``).
+        max_age_s: partials untouched for longer are reported stale (default: gc's limit).
 
     Raises:
         RegistryError: models.yaml is broken.
@@ -96,7 +120,37 @@ def list_models(home: Path | None = None, registry: Registry | None = None) -> l
                     sources=[name],
                 )
             )
+    if partials:
+        _add_partials(rows, home, registry, max_age_s)
     return rows
+
+
+def _add_partials(
+    rows: list[ModelStatus], home: Path, registry: Registry, max_age_s: float | None
+) -> None:
+    from ggufworker.registry.gc import DEFAULT_MAX_AGE_S, list_partials
+
+    by_name = {r.name: r for r in rows}
+    age = DEFAULT_MAX_AGE_S if max_age_s is None else max_age_s
+    for info in list_partials(home, registry, max_age_s=age):
+        status = PartialStatus(
+            path=str(info.path),
+            source=info.source,
+            sha256=info.sha256,
+            have=info.have,
+            size=info.size,
+            age_s=round(info.age_s, 1),
+            stale=info.stale,
+            orphaned=info.orphaned,
+            in_use=info.in_use,
+        )
+        row = by_name.get(info.model or "") or by_name.get(info.source)
+        if row is not None and row.partial is None:
+            row.partial = status
+        else:
+            rows.append(
+                ModelStatus(name=info.source, size=info.size, sources=[info.source], partial=status)
+            )
 
 
 def format_size(n: int | None) -> str:
@@ -111,15 +165,27 @@ def format_size(n: int | None) -> str:
     return f"{value:.1f} GB"
 
 
+def _partial_state(p: PartialStatus) -> str:
+    done = f"{p.have / p.size:.0%}" if p.size else format_size(p.have)
+    flags = [
+        f for f, on in (("in use", p.in_use), ("orphaned", p.orphaned), ("stale", p.stale)) if on
+    ]
+    return f"partial {done}" + (f" ({', '.join(flags)})" if flags else "")
+
+
 def format_table(rows: list[ModelStatus]) -> str:
     """The rows as an aligned text table."""
     header = ("NAME", "ARCH", "QUANT", "SIZE", "CACHED", "PATH")
     lines = [header]
     for r in rows:
+        path = r.path or ""
         if r.verified:
             state = "verified"
         elif r.cached:
             state = "unverified"
+        elif r.partial is not None:
+            state = _partial_state(r.partial)
+            path = r.partial.path
         else:
             state = "-"
         name = r.name + (" (default)" if r.default else "")
@@ -130,7 +196,7 @@ def format_table(rows: list[ModelStatus]) -> str:
                 r.quantization or "-",
                 format_size(r.cached_size if r.cached else r.size),
                 state,
-                r.path or "",
+                path,
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]

@@ -28,6 +28,7 @@ from ggufworker.registry.cache import (
     write_marker,
 )
 from ggufworker.registry.hub import HF_REF_PREFIX, fetch_hf, parse_hf_ref
+from ggufworker.registry.locks import file_lock, lock_path
 from ggufworker.registry.pypi import fetch_pypi
 from ggufworker.registry.schema import (
     FileSource,
@@ -39,6 +40,7 @@ from ggufworker.registry.schema import (
     UrlSource,
     load_registry,
 )
+from ggufworker.registry.transfer import discard_partials, locks_root
 from ggufworker.registry.urls import fetch_url
 
 logger = logging.getLogger(__name__)
@@ -179,7 +181,12 @@ def fetch_source(source: Source, target: Target, home: Path, *, progress: bool) 
         )
     if isinstance(source, UrlSource):
         return fetch_url(
-            source, target.path, sha256=target.sha256, size=target.size, progress=progress
+            source,
+            target.path,
+            sha256=target.sha256,
+            size=target.size,
+            staging=staging,
+            progress=progress,
         )
     return _fetch_file(source, target)
 
@@ -209,8 +216,12 @@ def pull(
         OfflineError: offline and not cached.
         ChecksumMismatchError: every source delivered a file with the wrong sha256.
         DownloadError: every source failed.
-        DiskFullError: the disk filled up.
+        DiskFullError: the disk filled up (a partial HTTP transfer is kept for resume).
         RegistryError: models.yaml is broken.
+
+    An interrupted HTTP transfer (``hf`` and ``url`` sources) is resumed by the next pull, in
+    this or another process. Two pulls of the same model never write at once: the second
+    waits for the first and returns its file.
     """
     home = Path(home).expanduser() if home is not None else paths.home_dir()
     offline = is_offline(offline)
@@ -228,7 +239,20 @@ def pull(
         if not sources:
             state = "cannot be verified" if target.path.exists() else "is not in the cache"
             raise OfflineError(f"{target.name} {state} ({target.path}) and offline mode is on")
-    sweep_stale(home, target.path)
+    # One pull per target at a time: a second process waits, then finds the file in place.
+    with file_lock(lock_path(locks_root(staging_root(home)), str(target.path)), what=target.name):
+        found = cached(target)
+        if found is not None:
+            logger.info("%s: another pull finished it: %s", target.name, found)
+            return found
+        sweep_stale(home, target.path)
+        return _fetch_first(target, sources, home, progress=progress)
+
+
+def _fetch_first(
+    target: Target, sources: tuple[Source, ...], home: Path, *, progress: bool
+) -> Path:
+    """Try ``sources`` in order; the first verified file wins."""
     failures: list[str] = []
     mismatches = 0
     for source in sources:
@@ -245,6 +269,9 @@ def pull(
             logger.info("%s: %s", target.name, exc)
             continue
         logger.info("%s: verified and cached at %s", target.name, path)
+        marker = trusted_marker(path)
+        if marker is not None:  # partials of other sources for this file are no longer needed
+            discard_partials(staging_root(home), sha256=marker.sha256)
         return path
     detail = "; ".join(failures)
     if mismatches == len(failures):
