@@ -17,9 +17,9 @@ import os
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from ggufworker.paths import DEFAULT_MODEL, ENV_PREFIX
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 ENV_CONFIG = f"{ENV_PREFIX}CONFIG"
 
 StrList = Annotated[list[str], NoDecode]
+FloatList = Annotated[list[float], NoDecode]
 
 
 def default_parallel() -> int:
@@ -106,6 +107,34 @@ class ServerSettings(BaseSettings):
     flash_attn: bool | None = Field(default=None, description="flash attention (default: auto)")
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a slot before 429")
 
+    # --- several GPUs (docs/BACKENDS.md) ---------------------------------------------------
+    split_mode: Literal["none", "layer", "row"] | None = Field(
+        default=None,
+        description="spread one model over the GPUs: none (one GPU), layer (whole layers per "
+        "GPU) or row (matrices split by rows); default llama.cpp's (layer)",
+        json_schema_extra=_cli(metavar="none|layer|row"),
+    )
+    tensor_split: FloatList = Field(
+        default_factory=list,
+        description="share of the model per GPU from GPU 0, e.g. 3,1 (default: by free memory)",
+        json_schema_extra=_cli(metavar="3,1"),
+    )
+    main_gpu: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPU of split mode none, and of the small tensors otherwise (default 0)",
+        json_schema_extra=_cli(metavar="N"),
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="engines per generation model, each with its own slots: one per GPU "
+        "(from --main-gpu on), or CPU engines sharing the cores; requests go to the replica "
+        "holding their prefix, else the one with the most free slots",
+        json_schema_extra=_cli(metavar="N"),
+    )
+
     # --- security and limits ---------------------------------------------------------------
     api_keys: StrList = Field(
         default_factory=list,
@@ -132,6 +161,33 @@ class ServerSettings(BaseSettings):
     callback_attempts: int = Field(
         default=8, ge=1, description="readiness callback tries before giving up"
     )
+
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _split_floats(cls, value: Any) -> Any:
+        """Accept "3,1", ["3,1"] (a repeated flag), [3, 1] or a JSON list."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            parts: list[Any] = []
+            for item in value:
+                if isinstance(item, str):
+                    text = item.strip()
+                    if text.startswith("["):
+                        parts.extend(json.loads(text))
+                    else:
+                        parts.extend(p.strip() for p in text.split(",") if p.strip())
+                else:
+                    parts.append(item)
+            return parts
+        return value
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _check_shares(cls, value: list[float]) -> list[float]:
+        if value and (any(x < 0 for x in value) or not any(x > 0 for x in value)):
+            raise ValueError("shares must be >= 0 and at least one above 0, e.g. 3,1")
+        return value
 
     @field_validator("models", "embedding_models", "pin", "api_keys", "cors_origins", mode="before")
     @classmethod
@@ -216,7 +272,26 @@ def resolve_settings(
     file_values = read_config_file(path) if path else {}
     given = {k: v for k, v in (cli_values or {}).items() if v is not None}
     merged = {**file_values, **env_values, **given}
-    return ServerSettings(**merged)
+    try:
+        return ServerSettings(**merged)
+    except ValidationError as exc:
+        from ggufworker.errors import InvalidRequestError
+
+        raise InvalidRequestError(_settings_error(exc)) from exc
+
+
+def _settings_error(exc: ValidationError) -> str:
+    """One line naming each bad setting by its flag and env var."""
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        info = ServerSettings.model_fields.get(name)
+        flag = (_cli_meta(info).get("flag") if info else None) or "--" + name.replace("_", "-")
+        got = err.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{flag} / {ENV_PREFIX}{name.upper()}: {msg}{shown}")
+    return "invalid setting " + "; ".join(dict.fromkeys(parts))
 
 
 # --- CLI flags derived from the fields ---------------------------------------------------------
@@ -250,6 +325,13 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
+def _literal_choices(annotation: Any) -> list[Any]:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for a in get_args(annotation) for v in _literal_choices(a)]
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per settings field. Defaults are None, so "not given" is visible to
     :func:`resolve_settings` and env vars / the config file still apply."""
@@ -270,6 +352,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is list:
             kwargs.update(action="append", metavar=cli.get("metavar") or name.upper())
+        elif kind is Literal:
+            kwargs.update(choices=_literal_choices(info.annotation), metavar=cli.get("metavar"))
         else:
             kwargs.update(type=kind, metavar=cli.get("metavar") or name.upper())
         parser.add_argument(*flags, **kwargs)

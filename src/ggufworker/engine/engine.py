@@ -19,6 +19,7 @@ import numpy as np
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.chat import render_chat
+from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
@@ -86,6 +87,9 @@ class Engine:
         kv_unified: bool = True,
         swa_full: bool = True,
         pipeline: bool | None = None,
+        split_mode: SplitMode | None = None,
+        main_gpu: int | None = None,
+        tensor_split: Sequence[float] | None = None,
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -104,13 +108,23 @@ class Engine:
             kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md).
             pipeline: make each step's token events while the next decode runs on the GPU
                 (see :mod:`ggufworker.engine.scheduler`); None: on when layers are offloaded.
+            split_mode, main_gpu, tensor_split: how the weights are spread over several GPUs
+                (see :mod:`ggufworker.engine.devices`); None keeps llama.cpp's defaults.
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
+            InvalidRequestError: a GPU option names GPUs that are not there.
         """
         if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
-        model = Model(path, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap)
+        model = Model(
+            path,
+            n_gpu_layers=n_gpu_layers,
+            use_mmap=use_mmap,
+            split_mode=split_mode,
+            main_gpu=main_gpu,
+            tensor_split=tensor_split,
+        )
         opts = ContextOptions(
             n_ctx=n_ctx,
             n_parallel=n_parallel,
@@ -329,6 +343,18 @@ class Engine:
         self._sched.post("call", fn, fut)
         return fut.result()
 
+    def cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` an idle slot already holds in its KV cache (what
+        admission would reuse now). Read without stopping the scheduler, so it is a hint for
+        routing that may be one step stale."""
+        wanted = list(tokens)
+        best = 0
+        for slot in self._sched.slots:
+            if slot.req is None and slot.cache:
+                # list() copies in one step under the GIL while the scheduler may append
+                best = max(best, _prefix_length(list(slot.cache), wanted))
+        return best
+
     def clear_cache(self) -> None:
         """Forget every idle slot's cached prefix (the next requests start cold)."""
         self._call(self._sched.clear_idle_caches)
@@ -380,6 +406,18 @@ class Engine:
                 self.close()
         except Exception:
             pass
+
+
+def _prefix_length(a: list[int], b: list[int], chunk: int = 256) -> int:
+    """Length of the common prefix of two token lists: whole chunks compared as slices
+    (C speed), then token by token inside the first chunk that differs."""
+    n = min(len(a), len(b))
+    i = 0
+    while i + chunk <= n and a[i : i + chunk] == b[i : i + chunk]:
+        i += chunk
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 __all__ = ["Engine"]

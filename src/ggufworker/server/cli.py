@@ -38,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ggufworker.server.app import create_app
+    from ggufworker.server.replicas import plan_placements
 
     settings = settings_from_args(args)
+    # GPU flags are checked against the devices before serving: a bad one is a start-up error
+    # (one line, non-zero exit), not a model that fails to load later.
+    plan_placements(settings)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         logger.warning(
             "listening on %s without API keys: anyone who can reach it can use it", settings.host

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ggufworker.server.replicas import replica_stats
 
 if TYPE_CHECKING:
     from ggufworker.server.models import ModelManager
@@ -47,6 +49,23 @@ class _EngineCollector(Collector):
         loaded = GaugeMetricFamily(
             f"{PREFIX}_model_loaded", "1 when a model is loaded", labels=["model"]
         )
+        labels = ["model", "replica", "device"]
+        r_slots = GaugeMetricFamily(
+            f"{PREFIX}_replica_slots", "sequence slots of one replica", labels=labels
+        )
+        r_busy = GaugeMetricFamily(
+            f"{PREFIX}_replica_busy_slots", "slots of one replica decoding", labels=labels
+        )
+        r_queue = GaugeMetricFamily(
+            f"{PREFIX}_replica_queue_depth", "requests waiting for one replica", labels=labels
+        )
+        r_requests = CounterMetricFamily(
+            f"{PREFIX}_replica_requests", "requests one replica has finished", labels=labels
+        )
+        r_cached = CounterMetricFamily(
+            f"{PREFIX}_replica_cached_tokens", "prompt tokens reused from one replica's KV cache",
+            labels=labels,
+        )  # fmt: skip
         count = 0
         for model in manager.all_models() if manager else ():
             name = model.spec.name
@@ -64,9 +83,22 @@ class _EngineCollector(Collector):
             queue.add_metric([name], stats.queue_depth)
             busy.add_metric([name], stats.busy_slots)
             slots.add_metric([name], stats.n_parallel)
+            if model.spec.embedding:  # one engine, and the same name may serve chat too
+                continue
+            try:
+                for rep in replica_stats(engine):
+                    values = [name, str(rep.index), rep.device]
+                    r_slots.add_metric(values, rep.slots)
+                    r_busy.add_metric(values, rep.busy_slots)
+                    r_queue.add_metric(values, rep.queue_depth)
+                    r_requests.add_metric(values, rep.requests)
+                    r_cached.add_metric(values, rep.cached_tokens)
+            except Exception:
+                logger.debug("replica stats of %s unavailable", name, exc_info=True)
         total = GaugeMetricFamily(f"{PREFIX}_models_loaded", "number of loaded models")
         total.add_metric([], count)
         yield from (queue, busy, slots, loaded, total)
+        yield from (r_slots, r_busy, r_queue, r_requests, r_cached)
 
 
 class Metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from dataclasses import asdict
 from typing import Any
 
 from ggufworker.server.models import ModelManager
@@ -15,6 +16,7 @@ from ggufworker.server.protocol import (
     ModelList,
     TokenizeRequest,
 )
+from ggufworker.server.replicas import replica_stats
 
 
 def list_models(manager: ModelManager) -> ModelList:
@@ -38,6 +40,8 @@ def list_models(manager: ModelManager) -> ModelList:
                 "backend": info.backend,
                 "memory": info.memory,
             }
+            if not model.spec.embedding:  # per-replica (per-GPU) slots, see server/replicas.py
+                card.meta["replicas"] = [asdict(r) for r in replica_stats(model.engine)]
     return ModelList(data=list(cards.values()))
 
 
