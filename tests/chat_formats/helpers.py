@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from ggufworker import chat_formats as cf
@@ -58,9 +59,10 @@ def openai_calls(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def rendered_turn(template: str, fmt: cf.ChatFormat, n_calls: int) -> str:
-    """The text of an assistant turn with ``n_calls`` calls as the template writes it: the
-    rendering of the conversation with that turn, after the generation prompt."""
+def rendered_turn(template: str, fmt: cf.ChatFormat, n_calls: int) -> tuple[str, str]:
+    """(prompt, turn): the generation prompt for USER, and the text of an assistant turn
+    with ``n_calls`` calls as the template writes it (the rendering of the conversation with
+    that turn, after the generation prompt)."""
     kwargs = {"bos_token": "<s>", "eos_token": "</s>", "tools": TOOLS}
     base = cf.prepare_messages(USER, fmt, template)
     turn = cf.prepare_messages(
@@ -71,8 +73,9 @@ def rendered_turn(template: str, fmt: cf.ChatFormat, n_calls: int) -> str:
     prompt = render_chat(template, base, add_generation_prompt=True, **kwargs)
     history = render_chat(template, base, add_generation_prompt=False, **kwargs)
     full = render_chat(template, turn, add_generation_prompt=False, **kwargs)
-    gen = prompt[len(history) :] if prompt.startswith(history) else ""
-    start = len(history) if full.startswith(history) else 0
+    base_len = len(os.path.commonprefix([prompt, history]))
+    gen = prompt[base_len:]
+    start = len(os.path.commonprefix([full, prompt[:base_len]]))
     if gen and full.startswith(gen, start):
         start += len(gen)
-    return full[start:]
+    return prompt, full[start:]

@@ -16,11 +16,25 @@ from .helpers import CALLS, TOOLS, rendered_turn
 # Templates that cannot render an assistant turn with calls, with why; the detector's pick
 # for each is asserted below so the list stays honest.
 NOT_RENDERING = {
-    "CohereForAI-c4ai-command-r-plus-tool_use": "generic",
-    "fireworks-ai-llama-3-firefunction-v2": "generic",
-    "llama-cpp-deepseek-r1": "deepseek_r1",
+    "fireworks-ai-llama-3-firefunction-v2": "generic",  # needs a `functions` variable
     "Kimi-K2-Instruct": "kimi_k2",
     "Kimi-K2-Thinking": "kimi_k2",
+    # renders no calls for an assistant message with empty content
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": "deepseek_r1",
+    # call syntaxes with no parser yet (<|open|>call tool=...; ]<]minimax[>[ separators)
+    "Kimi-K3": "generic",
+    "CohereForAI-c4ai-command-r-plus-tool_use": "generic",  # Action:\n```json [...]```
+    "MiniMax-M3": "hermes",
+}
+
+
+# Templates that write only the first of several calls (GigaChat, GPT-OSS), or each further
+# call as a new message that ends the turn (Muse): the first call must parse.
+ONE_CALL_PER_TURN = {
+    "GigaChat3-10B-A1.8B",
+    "GigaChat3.1-10B-A1.8B",
+    "openai-gpt-oss-120b",
+    "muse-glimmer",
 }
 
 
@@ -37,18 +51,27 @@ def templates(llama_cpp_models_dir: Path) -> dict[str, str]:
 
 def test_round_trip_every_template(templates: dict[str, str]) -> None:
     failures: dict[str, str] = {}
+    single: set[str] = set()
     rendered = 0
     for stem, source in templates.items():
         fmt = cf.detect_format(source)
-        parser = cf.OutputParser(fmt, None, tools=TOOLS, split_thinking=False)
         for n in (1, 2):
             try:
-                text = rendered_turn(source, fmt, n)
+                prompt, text = rendered_turn(source, fmt, n)
             except TemplateError as exc:
+                if n == 2 and "single tool-call" in str(exc):
+                    single.add(stem)  # the template itself refuses parallel calls
+                    continue
                 failures[stem] = f"render: {exc}"
                 break
+            parser = cf.OutputParser(
+                fmt, None, tools=TOOLS, split_thinking=False, lead=fmt.output_lead(prompt)
+            )
             got = [(c.name, json.loads(c.arguments)) for c in parser.parse(text).tool_calls]
-            if got != [(name, args) for name, args in CALLS[:n]]:
+            want = [(name, args) for name, args in CALLS[:n]]
+            if n == 2 and stem in ONE_CALL_PER_TURN:
+                want = want[:1]
+            if got != want:
                 failures[stem] = f"{fmt.name} parsed {got} from {text!r}"
                 break
         else:

@@ -98,6 +98,8 @@ class ChatFormat:
     description: ClassVar[str] = ""
     #: template substrings that identify the format (all must occur); see detect.py
     markers: ClassVar[tuple[str, ...]] = ()
+    #: further marker sets, any one of which also identifies the format
+    alt_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
     #: detection order: higher wins when several formats match
     priority: ClassVar[int] = 0
     #: output text that starts the call region; content is held back while the output
@@ -124,6 +126,11 @@ class ChatFormat:
             tools: the request's OpenAI tool definitions (for argument types).
         """
         raise NotImplementedError
+
+    def output_lead(self, prompt: str) -> str:
+        """Text the prompt already wrote of the model's answer (e.g. Functionary v3.2's
+        generation prompt ends with ``>>>``); the parser reads the output after it."""
+        return ""
 
     def grammar_shape(self) -> GrammarShape | None:
         """How calls look for grammar enforcement; None when the format cannot be forced."""

@@ -20,7 +20,8 @@ def detect_format_name(template: str | None) -> str:
         return "generic"
     best: tuple[int, str] | None = None
     for name, cls in registered().items():
-        if cls.markers and all(m in template for m in cls.markers):
+        sets = ((cls.markers,) if cls.markers else ()) + cls.alt_markers
+        if any(all(m in template for m in ms) for ms in sets):
             if best is None or cls.priority > best[0]:
                 best = (cls.priority, name)
     return best[1] if best else "generic"

@@ -21,6 +21,7 @@ class OutputParser:
             is ``none``).
         split_thinking: separate reasoning (false for ``reasoning_format: none``).
         tools: the request's tool definitions (argument types for XML-style formats).
+        lead: what the prompt already wrote of the answer (``fmt.output_lead(prompt)``).
     """
 
     fmt: ChatFormat
@@ -29,10 +30,12 @@ class OutputParser:
     parse_tools: bool = True
     split_thinking: bool = True
     tools: list[dict[str, Any]] = field(default_factory=list)
+    lead: str = ""
 
     def view(self, text: str, *, partial: bool) -> tuple[str, str, list[PartialCall], str]:
         """(reasoning, content, calls, rest) of ``text``; with ``partial`` the texts are the
         parts safe to show now (each a prefix of what the final parse gives)."""
+        text = self.lead + text
         if self.fmt.owns_reasoning:
             split = self.fmt.split_calls(text, partial=partial, tools=self.tools)
             reasoning = split.reasoning if self.split_thinking else ""

@@ -2,6 +2,7 @@
 
 from ggufworker.chat_formats.formats import (  # noqa: F401
     deepseek,
+    gemma4,
     generic,
     harmony,
     json_tags,

@@ -15,7 +15,7 @@ from typing import Any
 from ggufworker.chat_formats.base import ChatFormat, GrammarShape, PartialCall, Split, register
 from ggufworker.chat_formats.textscan import find_first, held_suffix, json_end, load_json
 
-_HEAD_START = ("<|start|>", "<|channel|>", " to=")
+_HEAD_START = ("<|start|>", "<|channel|>", "to=")
 _BODY_END = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
 _RECIPIENT = re.compile(r"to=(?:functions\.)?(?P<name>[^\s<]+)")
 _CHANNEL = re.compile(r"<\|channel\|>(?P<channel>\w+)")
@@ -27,14 +27,14 @@ class Harmony(ChatFormat):
     description = "GPT-OSS harmony: channels analysis / commentary to=functions.f / final"
     markers = ("<|channel|>", "<|message|>")
     priority = 60
-    start_markers = _HEAD_START + ("<|message|>",)
+    start_markers = ("<|start|>", "<|channel|>", " to=", "<|message|>")
     owns_reasoning = True
 
     def split_calls(self, text: str, *, partial: bool, tools: list[dict[str, Any]]) -> Split:
         reasoning: list[str] = []
         content: list[str] = []
         calls: list[PartialCall] = []
-        pos = 0
+        pos = len(text) - len(text.lstrip())
         if not text.lstrip().startswith(_HEAD_START) and not (
             partial and any(m.startswith(text.lstrip()) for m in _HEAD_START)
         ):

@@ -61,6 +61,16 @@ class FunctionaryV32(NamedArgsFormat):
     opener_literal = ">>>"
     string_arguments = True
 
+    def output_lead(self, prompt: str) -> str:
+        return ">>>" if prompt.endswith(">>>") else ""
+
+    def split_calls(self, text, *, partial, tools):  # type: ignore[no-untyped-def]
+        if text.startswith(">>>all\n"):
+            text = text[len(">>>all\n") :]
+        elif partial and ">>>all\n".startswith(text):
+            text = ""
+        return super().split_calls(text, partial=partial, tools=tools)
+
     def grammar_shape(self) -> GrammarShape:
         return GrammarShape(call=">>>{name}\n{args}", triggers=(r"(>>>)",))
 

@@ -7,7 +7,7 @@ import ast
 import json
 from typing import Any
 
-from ggufworker.chat_formats.base import GrammarShape, PartialCall, register
+from ggufworker.chat_formats.base import GrammarShape, PartialCall, ToolCall, register
 from ggufworker.chat_formats.pattern import CallParse, RegionFormat
 
 _OPEN, _CLOSE = "<|tool_call_start|>", "<|tool_call_end|>"
@@ -45,6 +45,7 @@ class Lfm2(RegionFormat):
     name = "lfm2"
     description = "LFM2: <|tool_call_start|>[f(a=1)]<|tool_call_end|> (Python syntax)"
     markers = ("<|tool_list_start|>",)
+    alt_markers = ((_OPEN,),)
     priority = 40
     start_markers = (_OPEN,)
 
@@ -61,6 +62,14 @@ class Lfm2(RegionFormat):
             [PartialCall(n, json.dumps(a, ensure_ascii=False), None, True) for n, a in calls],
             end + len(_CLOSE),
         )
+
+    def render_calls(self, calls: list[ToolCall]) -> str:
+        items = []
+        for call in calls:
+            args = json.loads(call.arguments or "{}")
+            kw = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+            items.append(f"{call.name}({kw})")
+        return f"{_OPEN}[{', '.join(items)}]{_CLOSE}"
 
     def grammar_shape(self) -> GrammarShape:
         return GrammarShape(

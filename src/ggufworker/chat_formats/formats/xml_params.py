@@ -79,7 +79,7 @@ class Glm(TaggedParamsFormat):
 class Hy3(TaggedParamsFormat):
     name = "hunyuan"
     description = "Hunyuan 3: <tool_call:opensource>f<tool_sep:opensource><arg_key:opensource>..."
-    markers = ("<arg_key:opensource>",)
+    markers = (":opensource", "arg_key")
     priority = 55
     start_markers = ("<tool_calls:opensource>",)
     section_open = "<tool_calls:opensource>"
@@ -108,14 +108,24 @@ class Hy3(TaggedParamsFormat):
 
 
 def _invoke_format(
-    cls_name: str, fmt_name: str, desc: str, ns: str, section: str, param_tag: str, priority: int
+    cls_name: str,
+    fmt_name: str,
+    desc: str,
+    section_ns: str,
+    section: str,
+    ns: str,
+    priority: int,
+    markers: tuple[str, ...] = (),
 ) -> type[TaggedParamsFormat]:
-    """An ``<{ns}{section}><{ns}invoke name="f"><{ns}parameter name="k">v</...>`` format."""
-    open_section, close_section = f"<{ns}{section}>", f"</{ns}{section}>"
+    """A ``<{section_ns}{section}><{ns}invoke name="f"><{ns}parameter name="k">v</...>``
+    format."""
+    param_tag = "parameter"
+    open_section = f"<{section_ns}{section}>"
+    close_section = f"</{section_ns}{section}>"
     attrs = {
         "name": fmt_name,
         "description": desc,
-        "markers": (open_section,),
+        "markers": markers or (open_section,),
         "priority": priority,
         "start_markers": (open_section,),
         "section_open": open_section,
@@ -145,19 +155,19 @@ def _invoke_format(
 
 MiniMaxM2 = _invoke_format(
     "MiniMaxM2", "minimax_m2", "MiniMax-M2: <minimax:tool_call><invoke name=...>",
-    "minimax:", "tool_call", "parameter", 50,
+    "minimax:", "tool_call", "", 50,
 )  # fmt: skip
 DeepSeekDsml = _invoke_format(
-    "DeepSeekDsml", "deepseek_dsml", "DeepSeek V3.2 / V4: <｜DSML｜function_calls><｜DSML｜invoke>",
-    "｜DSML｜", "function_calls", "parameter", 50,
+    "DeepSeekDsml", "deepseek_dsml", "DeepSeek V3.2: <｜DSML｜function_calls><｜DSML｜invoke>",
+    "｜DSML｜", "function_calls", "｜DSML｜", 52, ("｜DSML｜", "function_calls"),
 )  # fmt: skip
 DeepSeekDsmlV4 = _invoke_format(
     "DeepSeekDsmlV4", "deepseek_v4", "DeepSeek V4: <｜DSML｜tool_calls><｜DSML｜invoke>",
-    "｜DSML｜", "tool_calls", "parameter", 51,
+    "｜DSML｜", "tool_calls", "｜DSML｜", 51, ("｜DSML｜",),
 )  # fmt: skip
 Atem = _invoke_format(
     "Atem", "atem", "Muse: <atem:function_calls><atem:invoke name=...>",
-    "atem:", "function_calls", "parameter", 50,
+    "atem:", "function_calls", "atem:", 50,
 )  # fmt: skip
 
 
