@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="engine steps pipelined with the GPU (auto: when layers are offloaded)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from ggufworker.bench import soak
+
+    soak.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -54,6 +57,12 @@ def _http_module() -> Any:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.soak:
+        from ggufworker.bench import soak
+
+        result = soak.run(args)
+        print(json.dumps(result, indent=2) if args.json else soak.format_report(result))
+        return 0 if result["failed_total"] == 0 and result["healthy_after"] else 1
     if args.http:
         http = _http_module()
         if http is None:

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--targets",
         default="raw,engine,ggufworker,llama-cpp-python",
-        help="comma-separated subset of raw, engine, ggufworker, llama-cpp-python",
+        help="comma-separated subset of raw, engine, ggufworker, llama-cpp-python, "
+        "ggufworker-ollama (our server through the Ollama API, /api/generate)",
     )
     g.add_argument("--home", type=Path, default=None, help="model cache root")
     g.add_argument("--startup-timeout", type=float, default=180.0, help="seconds per server")
@@ -231,6 +232,7 @@ class HttpTarget:
         self.name = name
         self.url = f"{base}/v1/completions"
         self.eos = eos
+        self._stream = _http_stream
 
     def _body(self, i: int, max_tokens: int) -> dict:
         return {
@@ -249,11 +251,57 @@ class HttpTarget:
             async with httpx.AsyncClient(timeout=900, limits=limits) as client:
                 start = time.perf_counter()
                 streams = await asyncio.gather(
-                    *[_http_stream(client, self.url, self._body(i, max_tokens)) for i in range(n)]
+                    *[self._stream(client, self.url, self._body(i, max_tokens)) for i in range(n)]
                 )
                 return time.perf_counter() - start, list(streams)
 
         return asyncio.run(many())
+
+
+async def _ndjson_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
+    """One streamed Ollama request; the token count comes from the final chunk's eval_count."""
+    sent = time.perf_counter()
+    times: list[float] = []
+    done = False
+    n_tokens: int | None = None
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.strip():
+                continue
+            chunk = json.loads(line)
+            if chunk.get("error"):
+                break
+            if chunk.get("response"):
+                times.append(time.perf_counter())
+            if chunk.get("done"):
+                done = True
+                n_tokens = chunk.get("eval_count")
+    return Stream(sent, times, done, n_tokens)
+
+
+class OllamaTarget(HttpTarget):
+    """Our server through the Ollama API: streaming raw /api/generate requests, greedy, with
+    end-of-sequence ignored (our ``ignore_eos`` option) so each makes ``max_tokens`` tokens."""
+
+    def __init__(self, name: str, base: str, model: str) -> None:
+        super().__init__(name, base, [])
+        self.url = f"{base}/api/generate"
+        self.model = model
+        self._stream = _ndjson_stream
+
+    def _body(self, i: int, max_tokens: int) -> dict:
+        return {
+            "model": self.model,
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "raw": True,
+            "options": {
+                "num_predict": max_tokens,
+                "temperature": 0,
+                "repeat_penalty": 1.0,
+                "ignore_eos": True,
+            },
+        }
 
 
 # --- server processes --------------------------------------------------------------------------
@@ -278,8 +326,15 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def _server(cmd: list[str], port: int, timeout: float, ready_path: str) -> Iterator[str]:
-    """Run a server subprocess until the block ends; yield its base URL once it answers."""
+def _server(
+    cmd: list[str],
+    port: int,
+    timeout: float,
+    ready_path: str,
+    procs: list[subprocess.Popen] | None = None,  # type: ignore[type-arg]
+) -> Iterator[str]:
+    """Run a server subprocess until the block ends; yield its base URL once it answers.
+    The process is appended to ``procs`` when given (for callers that watch its memory)."""
     import ggufworker
 
     env = dict(os.environ)
@@ -289,6 +344,8 @@ def _server(cmd: list[str], port: int, timeout: float, ready_path: str) -> Itera
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
     )
+    if procs is not None:
+        procs.append(proc)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -356,7 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
     }
     servers: list[tuple[str, list[str], int, str]] = []
-    if "ggufworker" in wanted:
+    if "ggufworker" in wanted or "ggufworker-ollama" in wanted:
         port = _free_port()
         cmd = [
             sys.executable, "-m", "ggufworker", "serve",
@@ -396,7 +453,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(raw.close)
             targets.append(raw)
         targets += [engine] if "engine" in wanted else []
-        targets += [HttpTarget(name, base, engine.eos) for name, base in bases.items()]
+        targets += [
+            HttpTarget(name, base, engine.eos)
+            for name, base in bases.items()
+            if name != "ggufworker" or "ggufworker" in wanted
+        ]
+        if "ggufworker-ollama" in wanted:
+            targets.append(OllamaTarget("ggufworker_ollama", bases["ggufworker"], path.stem))
         single: dict[str, list[Stream]] = {t.name: [] for t in targets}
         batches: dict[str, list[tuple[float, list[Stream]]]] = {t.name: [] for t in targets}
         for t in targets:
@@ -415,6 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("engine", ("single_decode", "aggregate")),
         ("raw", ("single_decode", "aggregate")),
         ("llama_cpp_python", ("aggregate",)),
+        ("ggufworker_ollama", ("aggregate",)),
     )
     for peer, kinds in peers:
         if ours and peer in out:
@@ -432,7 +496,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"  runs {result['runs']}  threads {result['threads']}",
         f"{'target':<18}{'1-stream tok/s':>15}{'N-client tok/s':>16}{'TTFT s':>9}{'complete':>10}",
     ]
-    for key in ("raw", "engine", "ggufworker", "llama_cpp_python"):
+    for key in ("raw", "engine", "ggufworker", "ggufworker_ollama", "llama_cpp_python"):
         r = result.get(key)
         if r:
             rows.append(
@@ -445,6 +509,7 @@ def format_report(result: dict[str, Any]) -> str:
         "single_decode_ratio_vs_engine",
         "aggregate_ratio_vs_engine",
         "aggregate_ratio_vs_llama_cpp_python",
+        "aggregate_ratio_vs_ggufworker_ollama",
     ):
         if key in result:
             rows.append(f"{key}: {result[key]}")
