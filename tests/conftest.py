@@ -58,3 +58,42 @@ def llama_cpp_models_dir(model_cache: Path) -> Path:
     from .llama_cpp_data import llama_cpp_models
 
     return llama_cpp_models(model_cache)
+
+
+# --- skips fail the run ---------------------------------------------------------------------
+# A skipped test proves nothing, so a skip fails the session unless the test is marked
+# ``requires_hardware`` (a GPU test on a CPU machine). Expected failures (xfail) are not skips.
+
+
+class SkipGuard:
+    """Collects skips that no ``requires_hardware`` marker allows."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.skipped:  # a whole module skipped (importorskip, module-level skip)
+            self.skipped.append(f"{report.nodeid}: {report.longrepr}")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        if "requires_hardware" in report.keywords:
+            return
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        self.skipped.append(f"{report.nodeid}: {reason}")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.skipped:
+            terminalreporter.section("skipped without requires_hardware (fails the run)")
+            for line in self.skipped:
+                terminalreporter.write_line(line)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.skipped and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipGuard(), "ggufworker-skip-guard")
