@@ -57,8 +57,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--targets",
         default="raw,engine,ggufworker,llama-cpp-python",
         help="comma-separated subset of raw, engine, ggufworker, llama-cpp-python, "
-        "ggufworker-ollama (our server through the Ollama API, /api/generate)",
+        "ggufworker-ollama (our server through the Ollama API, /api/generate), "
+        "llama-server (llama.cpp's own server; see --llama-server)",
     )
+    g.add_argument(
+        "--llama-server",
+        default=os.environ.get("GGUFWORKER_LLAMA_SERVER"),
+        help="llama.cpp's llama-server binary for the llama-server target (build it from the "
+        "pinned sdist with: python3 scripts/build_llama_server.py)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature of every request (0: greedy); with > 0 the requests also "
+        "send --top-p, top_k 40 and min_p 0.05, the same to every target",
+    )
+    g.add_argument("--top-p", type=float, default=0.95, help="top_p when --temperature > 0")
     g.add_argument("--home", type=Path, default=None, help="model cache root")
     g.add_argument("--startup-timeout", type=float, default=180.0, help="seconds per server")
 
@@ -228,17 +243,20 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Strea
 class HttpTarget:
     """An OpenAI-compatible server, driven by streaming /v1/completions requests."""
 
-    def __init__(self, name: str, base: str, eos: list[int]) -> None:
+    def __init__(
+        self, name: str, base: str, eos: list[int], sampling: dict[str, float] | None = None
+    ) -> None:
         self.name = name
         self.url = f"{base}/v1/completions"
         self.eos = eos
+        self.sampling = sampling or {"temperature": 0}
         self._stream = _http_stream
 
     def _body(self, i: int, max_tokens: int) -> dict:
         return {
             "prompt": PROMPTS[i % len(PROMPTS)],
             "max_tokens": max_tokens,
-            "temperature": 0,
+            **self.sampling,
             "repeat_penalty": 1.0,
             "logit_bias": {str(t): -100 for t in self.eos},
             "stream": True,
@@ -441,6 +459,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--n_gpu_layers", "-1",
         ]  # fmt: skip
         servers.append(("llama_cpp_python", cmd, port, "/v1/models"))
+    if "llama-server" in wanted:
+        if not args.llama_server or not Path(args.llama_server).is_file():
+            raise SystemExit(
+                "ggufworker bench: the llama-server target needs --llama-server PATH "
+                "(build it with: python3 scripts/build_llama_server.py)"
+            )
+        port = _free_port()
+        parallel = args.parallel or clients
+        cmd = [
+            args.llama_server, "-m", str(path), "--port", str(port),
+            "-t", threads, "-tb", threads,
+            "-np", str(parallel), "-kvu", "-c", str(_ctx(args, clients)),
+            "-ngl", "999", "--no-webui", "--log-disable",
+        ]  # fmt: skip
+        servers.append(("llama_server", cmd, port, "/health"))
+    sampling: dict[str, float] = {"temperature": args.temperature}
+    if args.temperature > 0:
+        sampling.update(top_p=args.top_p, top_k=40, min_p=0.05)
+    out["sampling"] = sampling
     with contextlib.ExitStack() as stack:
         bases = {name: stack.enter_context(_server(cmd, port, args.startup_timeout, ready))
                  for name, cmd, port, ready in servers}  # fmt: skip
@@ -454,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets.append(raw)
         targets += [engine] if "engine" in wanted else []
         targets += [
-            HttpTarget(name, base, engine.eos)
+            HttpTarget(name, base, engine.eos, sampling)
             for name, base in bases.items()
             if name != "ggufworker" or "ggufworker" in wanted
         ]
@@ -478,6 +515,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("engine", ("single_decode", "aggregate")),
         ("raw", ("single_decode", "aggregate")),
         ("llama_cpp_python", ("aggregate",)),
+        ("llama_server", ("single_decode", "aggregate")),
         ("ggufworker_ollama", ("aggregate",)),
     )
     for peer, kinds in peers:
