@@ -150,6 +150,17 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_cli("--cors-origin", "ORIGIN"),
     )
 
+    # --- tool calls and reasoning -----------------------------------------------------------
+    tool_call_format: str | None = Field(
+        default=None,
+        description="tool-call format for every model, overriding detection from the chat "
+        "template (a name from docs/SERVER.md, e.g. hermes, llama3_json, generic)",
+    )
+    reasoning_format: Literal["none", "auto"] = Field(
+        default="auto",
+        description="auto: thinking goes to reasoning_content; none: it stays in content",
+    )
+
     # --- worker API ------------------------------------------------------------------------
     worker_id: str | None = Field(
         default=None, description="worker id sent in the readiness callback"

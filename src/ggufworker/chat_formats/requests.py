@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ggufworker.chat_formats.detect import detect_format_name
 from ggufworker.chat_formats.reasoning import detect_reasoning
 from ggufworker.errors import InvalidRequestError
 
@@ -103,13 +102,11 @@ def resolve_tool_choice(
 
 
 def capabilities(template: str | None) -> list[str]:
-    """What a chat template supports beyond chat: ``tools`` (it renders tools, or the
-    generic format stands in) and ``reasoning`` (it has thinking markers)."""
-    caps = []
-    if template and "tools" in template:
-        caps.append("tools")
-    elif detect_format_name(template) == "generic":
-        caps.append("tools")  # the generic JSON format works with any template
+    """What a chat template supports beyond chat: ``tools`` (always: templates without a
+    native call syntax use the generic JSON format) and ``reasoning`` (it has thinking
+    markers)."""
+    # every template gets tools: one without a native syntax uses the generic JSON format
+    caps = ["tools"]
     if detect_reasoning(template) is not None:
         caps.append("reasoning")
     return caps

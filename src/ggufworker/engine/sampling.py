@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.types import SamplingParams, TopLogprob
+from ggufworker.engine.types import SamplingParams, ToolGrammar, TopLogprob
 from ggufworker.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,37 @@ def validate(params: SamplingParams, n_vocab: int) -> None:
             raise bad("logit_bias", "bias must be a number")
     if params.grammar is not None and params.json_schema is not None:
         raise bad("grammar", "give either a grammar or a JSON schema, not both")
+    if params.tool_grammar is not None and (params.grammar or params.json_schema is not None):
+        raise bad("grammar", "a grammar or response_format cannot be combined with forced tools")
+
+
+def tool_gbnf(tool: ToolGrammar) -> str:
+    """The complete GBNF of a tool-call grammar: its own rules plus one rule per argument
+    schema, converted by llama-cpp-python's JSON-schema converter into one shared rule set.
+
+    Raises:
+        InvalidRequestError: a tool's parameters cannot be converted (``param="tools"``).
+    """
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        for rule, schema_text in tool.schemas:
+            schema = conv.resolve_refs(json.loads(schema_text), "tools")
+            made = conv.visit(schema, rule)
+            if made != rule:
+                conv._rules[rule] = made  # keep the name the tool rules reference
+    except Exception as exc:  # the converter raises plain Exceptions of several kinds
+        raise InvalidRequestError(
+            f"tool parameters cannot be converted to a grammar: {exc}", param="tools"
+        ) from exc
+    return tool.gbnf + "\n" + conv.format_grammar()
 
 
 def grammar_for(params: SamplingParams) -> str | None:
     """The GBNF grammar a request asks for (JSON schema converted by llama-cpp-python)."""
+    if params.tool_grammar is not None:
+        return tool_gbnf(params.tool_grammar)
     if params.grammar is not None:
         return params.grammar
     if params.json_schema is None:
@@ -85,6 +112,7 @@ def is_plain_greedy(params: SamplingParams) -> bool:
         and not _has_penalties(params)
         and params.grammar is None
         and params.json_schema is None
+        and params.tool_grammar is None
     )
 
 
@@ -157,7 +185,17 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
                 ),
             )
         gbnf = grammar_for(params)
-        if gbnf is not None:
+        tool = params.tool_grammar
+        if gbnf is not None and tool is not None and tool.lazy:
+            patterns = [p.encode("utf-8") for p in tool.triggers]
+            arr = (ctypes.c_char_p * len(patterns))(*patterns)
+            g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                vocab, gbnf.encode("utf-8"), b"root", arr, len(patterns), None, 0
+            )
+            if not g:
+                raise InvalidRequestError("tool-call grammar does not parse", param="tools")
+            add(chain, g)
+        elif gbnf is not None:
             g = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
             if not g:
                 raise InvalidRequestError("grammar does not parse (GBNF)", param="grammar")

@@ -415,7 +415,7 @@ class Scheduler:
         if (params.max_tokens is not None and s.n_gen >= params.max_tokens) or (
             len(s.cache) + 1 >= self.n_ctx
         ):
-            text = stream.push(self.model.piece(tok))
+            text = stream.push(self.model.piece(tok, special=params.render_special))
             if not stream.stopped:
                 text += stream.flush()
             self._finish(s, "stop" if stream.stopped else "length", text, tok, now, lp, top)
@@ -436,7 +436,7 @@ class Scheduler:
         req = s.req
         stream = s.stream
         assert req is not None and stream is not None
-        text = stream.push(self.model.piece(tok))
+        text = stream.push(self.model.piece(tok, special=req.params.render_special))
         if stream.stopped:
             self._finish(s, "stop", text, tok, now, lp, top)
             return

@@ -50,6 +50,8 @@ class SamplingParams:
     tool_grammar: ToolGrammar | None = None
     logprobs: int | None = None
     ignore_eos: bool = False
+    #: output text includes control tokens (tool-call and channel markers of some families)
+    render_special: bool = False
 
 
 @dataclass(frozen=True)

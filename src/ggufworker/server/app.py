@@ -24,6 +24,7 @@ from ggufworker.server.models import (
     resolve_source,
 )
 from ggufworker.server.ollama_router import router as ollama_router
+from ggufworker.server.openapi import install_openapi
 from ggufworker.server.serving_chat import ChatServing
 from ggufworker.server.serving_completion import CompletionServing
 from ggufworker.server.worker import ReadinessCallback
@@ -51,7 +52,7 @@ def create_app(
         manager = ModelManager(settings, engine_factory=engine_factory, resolver=resolver)
         metrics = app.state.metrics
         app.state.manager = manager
-        app.state.chat = ChatServing(manager, metrics)
+        app.state.chat = ChatServing(manager, metrics, settings)
         app.state.completion = CompletionServing(manager, metrics)
         callback = None
         if settings.callback_url:
@@ -77,6 +78,7 @@ def create_app(
     # it reads the model manager from app.state at scrape time
     app.state.metrics = Metrics(lambda: getattr(app.state, "manager", None))
     install_error_handlers(app)
+    install_openapi(app)  # every route's real statuses and content types (server/openapi.py)
     app.include_router(public)
     app.include_router(router)
     app.include_router(ollama_router)  # Ollama's /api/* and /, same keys, limits, metrics

@@ -185,10 +185,25 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(
         None, ge=1, description="deprecated alias of max_completion_tokens"
     )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="allow several calls in one answer (default: true)"
+    )
     response_format: ResponseFormat | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="none | auto | required | {type: function, function: {name}}"
+    )
     tools: list[dict[str, Any]] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    # --- extensions (reasoning, templates) -----------------------------------------------------
+    reasoning_format: Literal["none", "auto"] | None = Field(
+        default=None,
+        description="auto: thinking goes to reasoning_content; none: it stays in content "
+        "(default: the server's --reasoning-format)",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description='extra chat-template variables, e.g. {"enable_thinking": false}'
+    )
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.to_template() for m in self.messages]

@@ -8,6 +8,7 @@ import struct
 from dataclasses import asdict
 from typing import Any
 
+from ggufworker.chat_formats import capabilities as chat_capabilities
 from ggufworker.server.models import ModelManager
 from ggufworker.server.protocol import (
     DetokenizeRequest,
@@ -30,6 +31,10 @@ def list_models(manager: ModelManager) -> ModelList:
         if model.state == "ready" and model.engine is not None:
             card.loaded = True
             info = model.engine.info
+            if not model.spec.embedding:
+                card.capabilities.extend(
+                    c for c in chat_capabilities(info.chat_template) if c not in card.capabilities
+                )
             card.meta = card.meta or {
                 "architecture": info.architecture,
                 "n_ctx": info.n_ctx,
