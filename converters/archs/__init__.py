@@ -13,6 +13,7 @@ from converters.archs.ernie import Ernie45Converter
 from converters.archs.ernie_moe import Ernie45MoeConverter
 from converters.archs.exaone import Exaone4Converter
 from converters.archs.falcon import FalconConverter
+from converters.archs.falcon_h1 import FalconH1Converter
 from converters.archs.gemma import (
     Gemma2Converter,
     Gemma3Converter,
@@ -64,6 +65,7 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     Lfm2Converter,
     GraniteHybridConverter,
     BambaConverter,
+    FalconH1Converter,
     OlmoConverter,
     Olmo2Converter,
     GraniteConverter,

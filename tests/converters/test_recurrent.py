@@ -4,6 +4,9 @@ Each checkpoint comes from transformers' own class (its CPU reference path for t
 convolutions), is converted to f32 and compared over 40 positions: long enough that the
 recurrent state, the short convolutions' history and RoPE all matter. llama.cpp computes the
 same functions for these families, so the bound is the f32 one (observed: below 1e-6).
+
+Not covered because llama.cpp computes another function: Falcon-H1 with ``mamba_rms_norm`` and
+``mamba_norm_before_gate`` (the converter refuses it; see :mod:`converters.archs.falcon_h1`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,22 @@ def _configs() -> dict[str, tuple[str, object]]:
         attention_multiplier=0.2,
         logits_scaling=3.0,
     )
+    falcon = dict(
+        hybrid,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        head_dim=16,
+        mamba_d_ssm=128,
+        lm_head_multiplier=0.7,
+        embedding_multiplier=1.5,
+        mlp_multipliers=[0.8, 1.2],
+        key_multiplier=0.6,
+        attention_out_multiplier=0.9,
+        attention_in_multiplier=1.1,
+        ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 0.9],
+        ssm_in_multiplier=1.2,
+        ssm_out_multiplier=0.8,
+    )
     return {
         "mamba": ("mamba", tf.MambaConfig(
             hidden_size=64, intermediate_size=128, state_size=16, num_hidden_layers=2,
@@ -83,6 +102,12 @@ def _configs() -> dict[str, tuple[str, object]]:
         "bamba": ("bamba", tf.BambaConfig(
             **hybrid, intermediate_size=96, attn_layer_indices=[1, 3],
         )),
+        # every µP multiplier set to a distinct value, so each folded factor is checked
+        "falcon_h1": ("falcon_h1", tf.FalconH1Config(**falcon)),
+        "falcon_h1-gated-norm": ("falcon_h1", tf.FalconH1Config(
+            **falcon, mamba_rms_norm=True, mamba_norm_before_gate=False,
+        )),
+        "falcon_h1-tied": ("falcon_h1", tf.FalconH1Config(**falcon, tie_word_embeddings=True)),
     }  # fmt: skip
 
 
@@ -114,3 +139,21 @@ def test_logits_match_transformers_f32(case, ids, tiny_tokenizer, tmp_path):
     record(family, "f32", passed=err < F32_TOLERANCE, value=err, detail=case)
     assert got.shape == want.shape == (N_POSITIONS, want.shape[1])
     assert err < F32_TOLERANCE, f"{case}: relative error {err:.2e}"
+
+
+def test_falcon_h1_norm_before_gate_is_refused(tiny_tokenizer, tmp_path):
+    """transformers norms before gating here, llama.cpp after (measured: relative error ~1)."""
+    import transformers as tf
+
+    from ggufworker.errors import ConversionError
+
+    config = tf.FalconH1Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16,
+        mamba_n_groups=2, mamba_d_state=16, mamba_rms_norm=True, mamba_norm_before_gate=True,
+    )  # fmt: skip
+    src = builders.build_tiny("falcon_h1", tmp_path / "src", tiny_tokenizer, config=config)
+    target = tmp_path / "out.gguf"
+    with pytest.raises(ConversionError, match="norm_before_gate"):
+        convert(src, target, outtype="f32", pre_tokenizer="gpt-2")
+    assert not target.exists()
