@@ -1,0 +1,94 @@
+"""Thread policy: CPUs from affinity and cgroup quotas; the tuner follows a machine's load."""
+
+from __future__ import annotations
+
+import os
+
+from ggufworker.engine.threads import (
+    ThreadTuner,
+    available_cpus,
+    candidate_counts,
+    cgroup_cpu_limit,
+)
+
+
+def test_cgroup_v2_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_available_cpus_follows_affinity():
+    assert available_cpus() <= len(os.sched_getaffinity(0))
+    assert available_cpus() >= 1
+
+
+def test_candidate_counts():
+    assert candidate_counts(1) == [1]
+    assert candidate_counts(2) == [2, 1]
+    assert candidate_counts(16) == [16, 15, 8, 4, 2, 1]
+
+
+def _drive(tuner: ThreadTuner, cost, steps: int, batch: int = 8) -> list[int]:
+    """Run ``steps`` decode steps whose time is ``cost(threads)``; return the counts used."""
+    used = []
+    n = tuner.current
+    for _ in range(steps):
+        used.append(n)
+        n = tuner.observe(cost(n), batch, True)
+    return used
+
+
+def test_tuner_leaves_a_quiet_machine_alone():
+    tuner = ThreadTuner(2)
+    quiet = {2: 0.010, 1: 0.018}.__getitem__
+    used = _drive(tuner, quiet, 2000)
+    assert tuner.current == 2
+    # trials at 1 thread get rarer after each loss: under 2% of the steps overall
+    assert used.count(1) / len(used) < 0.02
+
+
+def test_tuner_drops_a_thread_when_a_core_is_taken_and_returns_after():
+    tuner = ThreadTuner(2)
+    quiet = {2: 0.010, 1: 0.018}.__getitem__
+    busy = {2: 0.140, 1: 0.020}.__getitem__
+    _drive(tuner, quiet, 300)
+    assert tuner.current == 2
+    used = _drive(tuner, busy, 400)
+    assert tuner.current == 1
+    # the switch came early: most busy steps ran on one thread
+    assert used.count(1) / len(used) > 0.8
+    _drive(tuner, quiet, 3000)
+    assert tuner.current == 2
+
+
+def test_prompt_steps_and_batch_changes_do_not_count():
+    tuner = ThreadTuner(2)
+    # prompt chunks are slow at every thread count: never a reason to switch
+    for _ in range(500):
+        tuner.observe(0.5, 8, False)
+    assert tuner.current == 2
+    # alternating batch sizes never give a like-for-like trial
+    for i in range(500):
+        n = tuner.observe(0.010 if i % 2 else 0.030, 1 + i % 2, True)
+        assert n in (1, 2)
+    assert tuner.current == 2
+
+
+def test_a_machine_slower_for_every_count_does_not_thrash():
+    """When both counts slow down alike, one trial settles it; no trial every few steps."""
+    tuner = ThreadTuner(2)
+    _drive(tuner, {2: 0.010, 1: 0.018}.__getitem__, 300)
+    used = _drive(tuner, {2: 0.030, 1: 0.054}.__getitem__, 1000)
+    assert tuner.current == 2
+    assert used.count(1) / len(used) < 0.03
