@@ -24,9 +24,10 @@ from converters.archs.glm import Glm4Converter, GlmConverter
 from converters.archs.gpt2 import GPT2Converter
 from converters.archs.gptoss import GptOssConverter
 from converters.archs.granite import GraniteConverter
-from converters.archs.granitemoe import GraniteMoeConverter
 from converters.archs.granitehybrid import BambaConverter, GraniteHybridConverter
+from converters.archs.granitemoe import GraniteMoeConverter
 from converters.archs.helium import HeliumConverter
+from converters.archs.jamba import JambaConverter
 from converters.archs.lfm2 import Lfm2Converter
 from converters.archs.llama import LlamaConverter
 from converters.archs.mamba import Mamba2Converter, MambaConverter
@@ -66,6 +67,7 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     GraniteHybridConverter,
     BambaConverter,
     FalconH1Converter,
+    JambaConverter,
     OlmoConverter,
     Olmo2Converter,
     GraniteConverter,

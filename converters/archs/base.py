@@ -9,8 +9,9 @@ per-tensor transforms). Tensor names are mapped with gguf-py's own tables
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import gguf
 import numpy as np
 
-from converters.checkpoint import Checkpoint, TensorRef, to_f32
+from converters.checkpoint import Checkpoint, TensorRef, release_pages, to_f32
 from ggufworker.errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,11 @@ class ArchConverter:
         return rope_parameters(self.cfg)
 
     def require(self, key: str) -> Any:
+        """The config value ``key`` (or its alias); raises ConversionError naming it if absent."""
         if self.cfg.get(key) is None:
-            raise ConversionError(f"config.json lacks {key!r}, which this architecture needs")
+            alias = self.config_aliases.get(key)
+            names = f"{alias!r} (or {key!r})" if alias else repr(key)
+            raise ConversionError(f"config.json lacks {names}, which this architecture needs")
         return self.cfg[key]
 
     def check_activation(self, key: str, default: str, allowed: Iterable[str]) -> None:
@@ -223,10 +227,15 @@ class ArchConverter:
         """Tensors that llama.cpp needs but the checkpoint does not hold (e.g. RoPE factors)."""
         return ()
 
+    def source_tensors(self) -> Mapping[str, TensorRef | StackedRef]:
+        """The checkpoint's tensors as :meth:`tensor` sees them: per-expert MoE weights
+        (``...experts.{e}.<name>``) arrive stacked, as one ``...experts.<name>`` tensor."""
+        return stack_experts(self.ckpt.tensors)
+
     def plan(self) -> list[TensorPlan]:
         """Every output tensor, token embedding first, then block by block, then the head."""
         plans = list(self.extra_tensors())
-        for hf_name, ref in self.ckpt.tensors.items():
+        for hf_name, ref in self.source_tensors().items():
             if self.skip(hf_name):
                 logger.debug("skipping %s", hf_name)
                 continue
@@ -239,6 +248,85 @@ class ArchConverter:
         if dupes:
             raise ConversionError(f"several checkpoint tensors map to {sorted(dupes)}")
         return sorted(plans, key=_order_key)
+
+
+class StackedRef:
+    """Same-shaped checkpoint tensors read as one ``(len(parts), *shape)`` tensor (MoE experts).
+
+    Duck-types :class:`TensorRef` (``name``, ``shape``, ``dtype``, ``load()``). Nothing is read
+    until ``load()``, which fills one output-sized array part by part and drops each part's
+    mapped pages once copied: memory holds the stacked tensor, never the checkpoint.
+    """
+
+    def __init__(self, name: str, parts: Sequence[TensorRef]) -> None:
+        first = parts[0]
+        for part in parts:
+            if part.shape != first.shape or part.dtype != first.dtype:
+                raise ConversionError(
+                    f"cannot stack {part.name} {part.dtype}{list(part.shape)} with "
+                    f"{first.name} {first.dtype}{list(first.shape)}"
+                )
+        self.name = name
+        self.parts = tuple(parts)
+        self.shape: tuple[int, ...] = (len(parts), *first.shape)
+        self.dtype = first.dtype
+
+    def load(self) -> np.ndarray:
+        out: np.ndarray | None = None
+        for i, part in enumerate(self.parts):
+            data = part.load()
+            if out is None:
+                out = np.empty(self.shape, dtype=data.dtype)
+            out[i] = data
+            release_pages(data)
+        assert out is not None
+        return out
+
+
+def derived_plan(
+    name: str,
+    shape: tuple[int, ...],
+    source: TensorRef | StackedRef,
+    fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    keep_f32: bool = False,
+) -> TensorPlan:
+    """One output tensor cut from ``source`` by ``fn`` (a slice, a transpose): one of several
+    outputs of a fused tensor. Lazy; loading it holds one output tensor, not the source."""
+
+    def load() -> np.ndarray:
+        data = source.load()
+        out = np.ascontiguousarray(fn(data))
+        release_pages(data)
+        return out
+
+    return TensorPlan(name, shape, source.dtype, load, keep_f32)
+
+
+#: ``<head>.experts.<index>.<tail>``: one expert's tensor in a per-expert checkpoint layout.
+_PER_EXPERT = re.compile(r"^(?P<head>.*\.experts)\.(?P<index>\d+)\.(?P<tail>.+)$")
+
+
+def stack_experts(tensors: Mapping[str, TensorRef]) -> dict[str, TensorRef | StackedRef]:
+    """Replace every group ``X.experts.{0..E-1}.T`` by one lazy :class:`StackedRef` ``X.experts.T``.
+
+    Raises:
+        ConversionError: a group misses an expert index or mixes shapes/types.
+    """
+    out: dict[str, TensorRef | StackedRef] = {}
+    groups: dict[str, dict[int, TensorRef]] = {}
+    for name, ref in tensors.items():
+        m = _PER_EXPERT.match(name)
+        if m is None:
+            out[name] = ref
+        else:
+            groups.setdefault(f"{m['head']}.{m['tail']}", {})[int(m["index"])] = ref
+    for merged, parts in groups.items():
+        missing = sorted(set(range(max(parts) + 1)) - set(parts))
+        if missing:
+            raise ConversionError(f"{merged}: experts {missing} are missing from the checkpoint")
+        out[merged] = StackedRef(merged, [parts[i] for i in range(len(parts))])
+    return out
 
 
 def _order_key(plan: TensorPlan) -> tuple[int, str]:

@@ -1,0 +1,85 @@
+"""GPT-OSS (``GptOssForCausalLM`` -> ``gpt-oss``).
+
+Experts are stored fused and transposed: ``experts.gate_up_proj`` ``(E, H, 2F)`` interleaves
+gate and up columns (gate at even, up at odd positions), ``experts.down_proj`` is ``(E, F, H)``;
+both carry biases. They are de-interleaved and transposed into llama.cpp's ``(E, F, H)`` /
+``(E, H, F)`` expert tensors. Attention has per-head sinks (``self_attn.sinks``) and alternates
+sliding-window and full layers as ``layer_types`` says. Routing: top-k of the biased router
+logits, then a softmax over those k (llama.cpp's SOFTMAX_WEIGHT). llama.cpp's clamped SwiGLU
+has alpha 1.702 and limit 7 built in, so configs with other values are refused.
+
+Checkpoints in OpenAI's MXFP4 form (``*_blocks``/``*_scales`` tensors) are not repacked: the
+converter asks for the dequantized (bf16) weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import gguf
+
+from converters.archs.base import TensorPlan, derived_plan
+from converters.archs.moe import MT, MoEConverter, Ref, block_name
+from converters.checkpoint import Checkpoint, TensorRef
+from ggufworker.errors import ConversionError
+
+
+class GptOssConverter(MoEConverter):
+    hf_architectures = ("GptOssForCausalLM",)
+    gguf_arch = gguf.MODEL_ARCH.GPT_OSS
+    output_required = True
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        super().__init__(ckpt)
+        why = "llama.cpp's gpt-oss SwiGLU has alpha 1.702 and limit 7.0 built in"
+        self.refuse_unless("swiglu_alpha", 1.702, 1.702, why)
+        self.refuse_unless("swiglu_limit", 7.0, 7.0, why)
+        packed = [n for n in ckpt.tensors if n.endswith(("_blocks", "_scales"))]
+        if packed:
+            raise ConversionError(
+                f"MXFP4-packed experts ({packed[0]}, ...) are not repacked by this converter; "
+                "convert the dequantized bf16 checkpoint"
+            )
+
+    def add_metadata(self, w: gguf.GGUFWriter) -> None:
+        super().add_metadata(w)
+        if self.cfg.get("sliding_window"):
+            w.add_sliding_window(int(self.cfg["sliding_window"]))
+        layer_types = self.cfg.get("layer_types")
+        if layer_types and len(layer_types) == self.n_layers:
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+
+    def add_routing_metadata(self, w: gguf.GGUFWriter) -> None:
+        w.add_expert_feed_forward_length(int(self.require("intermediate_size")))
+
+    def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
+        if hf_name.endswith("self_attn.sinks"):
+            yield TensorPlan(self.gguf_name(hf_name) + ".weight", ref.shape, ref.dtype,
+                             ref.load, True)  # fmt: skip
+        else:
+            yield from super().tensor(hf_name, ref)
+
+    def expert_tensor(self, bid: int, proj: str, kind: str, ref: Ref) -> Iterable[TensorPlan]:
+        gate, up, down = (block_name(t, bid) for t in (MT.FFN_GATE_EXP, MT.FFN_UP_EXP,
+                                                         MT.FFN_DOWN_EXP))  # fmt: skip
+        if proj == "gate_up_proj":  # (E, H, 2F) -> 2 x (E, F, H)
+            n_expert, hidden, both = ref.shape
+            shape = (n_expert, both // 2, hidden)
+            yield derived_plan(gate, shape, ref, lambda a: a[..., 0::2].transpose(0, 2, 1))
+            yield derived_plan(up, shape, ref, lambda a: a[..., 1::2].transpose(0, 2, 1))
+        elif proj == "gate_up_proj_bias":  # (E, 2F) -> 2 x (E, F)
+            n_expert, both = ref.shape
+            shape = (n_expert, both // 2)
+            yield derived_plan(_bias(gate), shape, ref, lambda a: a[:, 0::2], keep_f32=True)
+            yield derived_plan(_bias(up), shape, ref, lambda a: a[:, 1::2], keep_f32=True)
+        elif proj == "down_proj":  # (E, F, H) -> (E, H, F)
+            n_expert, ff, hidden = ref.shape
+            yield derived_plan(down, (n_expert, hidden, ff), ref, lambda a: a.transpose(0, 2, 1))
+        elif proj == "down_proj_bias":
+            yield TensorPlan(_bias(down), ref.shape, ref.dtype, ref.load, True)
+        else:
+            raise ConversionError(f"block {bid}: unknown GPT-OSS expert tensor {proj!r}")
+
+
+def _bias(weight_name: str) -> str:
+    return weight_name.removesuffix(".weight") + ".bias"

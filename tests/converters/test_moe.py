@@ -1,0 +1,459 @@
+"""Mixture-of-Experts families: tiny transformers checkpoint -> GGUF -> llama.cpp logits.
+
+Each family is built with transformers' own class (4 experts, top-2, a shared expert where the
+family has one, every weight perturbed), saved as transformers saves it (per-expert tensors, or
+fused for GPT-OSS and Granite), converted to f32, q8_0 and q4_k_m, and compared with
+transformers' logits over 48 positions.
+
+Random routers produce near-ties, and a near-tie flips an expert choice under any rounding.
+The comparison is made honest about that instead of being loosened: transformers' router inputs
+are captured, every position's margin between the k-th and (k+1)-th selection score is computed
+(groups included, for DeepSeek-V3), and the asserted positions are the longest prefix whose
+margins are all clear (a flip at one position reaches every later one through attention). That
+prefix must hold at least 32 positions and match to 1e-3 (f32); all positions' errors are
+recorded too. Router weights stay float32 in every output type.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from converters.st2gguf import convert
+from ggufworker.errors import ConversionError
+from tests.support import record
+
+from . import builders
+from .reference import llama_logits, rel_err
+
+PROMPT_LEN = 48
+MIN_CLEAR = 32
+# f32: relative error bound (error / largest reference logit magnitude) over the clear prefix,
+# with "clear" meaning a router margin above 1e-4 (f32 router logits differ by ~1e-6).
+F32_TOLERANCE = 1e-4
+F32_MARGIN = 1e-4
+# Quantized files move router inputs by ~1e-2, so ties within 5e-2 (in logit units; sigmoid
+# scores are 4x flatter) may flip: the prefix before the first such margin is held to the
+# type's bound, and all positions to a mean cosine similarity with transformers' logits.
+QUANT_TOLERANCE = {"q8_0": 8e-2}
+QUANT_MARGIN = 5e-2
+MEAN_COSINE = {"q8_0": 0.95, "q4_k_m": 0.8}
+OUTTYPES = ("f32", "q8_0", "q4_k_m")
+
+# 256-wide rows so that llama.cpp's K-quants (256-value blocks) apply to the experts themselves.
+_DIMS = dict(
+    hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    num_experts_per_tok=2,
+)  # fmt: skip
+
+
+def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        import transformers
+
+        return getattr(transformers, name)(**{**_DIMS, **kwargs})
+
+    return make
+
+
+# variant -> (models.yaml family, config factory)
+FAMILIES: dict[str, tuple[str, Callable[[], Any]]] = {
+    "mixtral": ("mixtral", _cfg("MixtralConfig", intermediate_size=256, num_local_experts=4,
+                                tie_word_embeddings=False)),
+    "qwen2moe": ("qwen2moe", _cfg("Qwen2MoeConfig", intermediate_size=256,
+                                  moe_intermediate_size=256, shared_expert_intermediate_size=512,
+                                  num_experts=4, norm_topk_prob=False)),
+    "qwen3moe": ("qwen3moe", _cfg("Qwen3MoeConfig", intermediate_size=256,
+                                  moe_intermediate_size=256, num_experts=4, head_dim=64,
+                                  norm_topk_prob=True)),
+    "olmoe": ("olmoe", _cfg("OlmoeConfig", intermediate_size=256, num_experts=4,
+                            num_key_value_heads=4)),
+    "granitemoe": ("granitemoe", _cfg("GraniteMoeConfig", intermediate_size=256,
+                                      num_local_experts=4, embedding_multiplier=6.0,
+                                      residual_multiplier=0.5, attention_multiplier=0.0625,
+                                      logits_scaling=4.0)),
+    "granitemoeshared": ("granitemoe", _cfg("GraniteMoeSharedConfig", intermediate_size=256,
+                                            num_local_experts=4, shared_intermediate_size=512,
+                                            embedding_multiplier=6.0, residual_multiplier=0.5,
+                                            attention_multiplier=0.0625, logits_scaling=4.0)),
+    # no q LoRA, one leading dense block, one shared expert, scaled softmax routing
+    "deepseek-v2": ("deepseek2", _cfg("DeepseekV2Config", intermediate_size=512,
+                                      num_key_value_heads=4, moe_intermediate_size=256,
+                                      n_routed_experts=4,
+                                      n_shared_experts=1, first_k_dense_replace=1,
+                                      kv_lora_rank=64, q_lora_rank=None, qk_nope_head_dim=32,
+                                      qk_rope_head_dim=32, v_head_dim=32,
+                                      routed_scaling_factor=1.5)),
+    # q LoRA, sigmoid routing with the correction bias, 2 groups of which 1 is used
+    "deepseek-v3": ("deepseek2", _cfg("DeepseekV3Config", num_hidden_layers=3,
+                                      num_key_value_heads=4, intermediate_size=512,
+                                      moe_intermediate_size=256,
+                                      n_routed_experts=4, n_shared_experts=1,
+                                      first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=96,
+                                      qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32,
+                                      n_group=2, topk_group=1, routed_scaling_factor=2.5)),
+    # default RoPE (the HF default is YaRN x32); window of 8 on the even layers
+    "gpt-oss": ("gpt-oss", _cfg("GptOssConfig", intermediate_size=256, num_local_experts=4,
+                                head_dim=64, sliding_window=8,
+                                rope_parameters={"rope_type": "default",
+                                                 "rope_theta": 10000.0})),
+    "ernie4_5-moe": ("ernie4_5-moe", _cfg("Ernie4_5_MoeConfig", intermediate_size=512,
+                                          moe_intermediate_size=256, moe_num_experts=4, moe_k=2,
+                                          moe_num_shared_experts=1, moe_layer_start_index=1,
+                                          num_hidden_layers=3, moe_layer_end_index=2)),
+}  # fmt: skip
+
+
+def _randomize(src: Path, suffix: str, scale: float) -> None:
+    """Give tensors named ``*suffix`` random values (buffers that ``build_tiny`` leaves at 0)."""
+    from safetensors.numpy import load_file, save_file
+
+    path = src / "model.safetensors"
+    tensors = load_file(path)
+    rng = np.random.default_rng(3)
+    for name, value in tensors.items():
+        if name.endswith(suffix):
+            tensors[name] = (rng.standard_normal(value.shape) * scale).astype(value.dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+EDITS: dict[str, Callable[[Path], None]] = {
+    # sigmoid scores are in (0, 1): a bias of this size changes choices
+    "deepseek-v3": lambda src: _randomize(src, "e_score_correction_bias", 0.05),
+}
+
+
+# --- transformers reference with router margins ----------------------------------------------
+
+
+def _routers(model) -> list[tuple[str, Any]]:
+    """(name, module) of every router: a ``.gate``/``.router`` projection onto the experts."""
+    n_expert = next(
+        int(getattr(model.config, k))
+        for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+        if getattr(model.config, k, None)
+    )
+    found = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if name.endswith((".gate", ".router", ".router.layer")) and weight is not None:
+            if weight.ndim == 2 and weight.shape[0] == n_expert:
+                found.append((name, module))
+    assert found, "no router found"
+    return found
+
+
+def _margins(scores: np.ndarray, k: int, cfg: Any) -> np.ndarray:
+    """Per token: how far the chosen experts are from a tie, in selection-score units."""
+    n_group = int(getattr(cfg, "n_group", None) or 1)
+    topk_group = int(getattr(cfg, "topk_group", None) or n_group)
+    margins = np.full(scores.shape[0], np.inf)
+    if n_group > 1 and topk_group < n_group:  # DeepSeek-V3: groups by their two best scores
+        grouped = scores.reshape(scores.shape[0], n_group, -1)
+        group_scores = np.sort(grouped, axis=-1)[..., -2:].sum(-1)
+        ranked = np.sort(group_scores, axis=-1)[:, ::-1]
+        margins = ranked[:, topk_group - 1] - ranked[:, topk_group]
+        keep = np.argsort(-group_scores, axis=-1)[:, :topk_group]
+        mask = np.zeros_like(group_scores, dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=-1)
+        scores = np.where(mask[..., None], grouped, -np.inf).reshape(scores.shape)
+    ranked = np.sort(scores, axis=-1)[:, ::-1]
+    return np.minimum(margins, ranked[:, k - 1] - ranked[:, k])
+
+
+def _selection_scores(logits: np.ndarray, variant: str, module: Any) -> np.ndarray:
+    """The scores experts are chosen by; softmax families rank by the logits themselves."""
+    if variant == "deepseek-v3":
+        bias = module.e_score_correction_bias.detach().float().numpy()
+        return 1.0 / (1.0 + np.exp(-logits)) + bias
+    if variant == "ernie4_5-moe":
+        bias = module.moe_statics.e_score_correction_bias.detach().float().numpy().reshape(-1)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True) + bias
+    return logits
+
+
+def hf_reference(src: Path, ids: list[int], variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' logits (f32, eager) and each position's smallest router margin."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    k = int(getattr(model.config, "num_experts_per_tok", None) or model.config.moe_k)
+    margins = np.full(len(ids), np.inf)
+
+    def hook(module, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        logits = x @ module.weight.detach().float().T
+        if getattr(module, "bias", None) is not None:
+            logits = logits + module.bias.detach().float()
+        scores = _selection_scores(logits.numpy(), variant, module)
+        np.minimum(margins, _margins(scores, k, model.config), out=margins)
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in _routers(model)]
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, margins
+
+
+#: selection scores squashed by a sigmoid (slope <= 1/4): margins there are 4x smaller
+SIGMOID_SCORED = {"deepseek-v3"}
+
+
+def clear_prefix(margins: np.ndarray, threshold: float) -> int:
+    """Length of the longest prefix whose router margins all exceed ``threshold``."""
+    unclear = np.flatnonzero(margins <= threshold)
+    return int(unclear[0]) if unclear.size else len(margins)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_tokenizer) -> list[int]:
+    from tokenizers import Tokenizer
+
+    n_vocab = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json")).get_vocab_size()
+    return np.random.default_rng(11).integers(3, n_vocab, size=PROMPT_LEN).tolist()
+
+
+@pytest.fixture(scope="module")
+def family_files(tmp_path_factory, tiny_tokenizer, prompt):
+    """``family_files(variant)`` -> (checkpoint, {outtype: GGUF}, reference logits, margins)."""
+
+    @functools.cache
+    def get(variant: str):
+        family, make_config = FAMILIES[variant]
+        root = tmp_path_factory.mktemp(f"moe{list(FAMILIES).index(variant)}")
+        src = builders.build_tiny(variant, root / "src", tiny_tokenizer, config=make_config())
+        if variant in EDITS:
+            EDITS[variant](src)
+        want, margins = hf_reference(src, prompt, variant)
+        outs: dict[str, Path] = {}
+        try:
+            for outtype in OUTTYPES:
+                outs[outtype] = convert(src, root / f"{outtype}.gguf", outtype=outtype)
+        except ConversionError as exc:
+            record(family, "converter", passed=False, detail=f"{variant}: {exc}")
+            raise
+        record(family, "converter", passed=True, detail=variant)
+        return src, outs, want, margins
+
+    return get
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def _cosine(got: np.ndarray, want: np.ndarray) -> float:
+    dots = (got * want).sum(-1)
+    return float(np.mean(dots / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)))
+
+
+@pytest.mark.parametrize("variant", list(FAMILIES))
+def test_logits_match_transformers(variant, family_files, prompt):
+    family = FAMILIES[variant][0]
+    _src, outs, want, margins = family_files(variant)
+    squash = 0.25 if variant in SIGMOID_SCORED else 1.0
+    failures = []
+    for outtype, path in outs.items():
+        got = llama_logits(path, prompt)
+        assert got.shape == want.shape
+        whole, cosine = rel_err(got, want), _cosine(got, want)
+        if outtype == "f32":
+            n = clear_prefix(margins, F32_MARGIN * squash)
+            err = rel_err(got[:n], want[:n]) if n else float("inf")
+            ok = n >= MIN_CLEAR and err < F32_TOLERANCE
+        else:
+            n = clear_prefix(margins, QUANT_MARGIN * squash)
+            err = rel_err(got[:n], want[:n]) if n else 0.0
+            ok = cosine >= MEAN_COSINE[outtype] and err < QUANT_TOLERANCE.get(outtype, np.inf)
+        detail = (f"{variant}: {err:.2e} over {n}/{len(prompt)} clear positions; "
+                  f"all positions {whole:.2e}, mean cosine {cosine:.4f}")  # fmt: skip
+        record(family, outtype, passed=ok, value=err if n else whole, detail=detail)
+        if not ok:
+            failures.append(f"{outtype}: {detail}")
+    assert not failures, "; ".join(failures)
+
+
+def test_k_quants_apply_to_experts(family_files):
+    """q4_k_m stores the 3-D expert tensors in K-quant types; routers stay float32."""
+    import gguf
+
+    _src, outs, _want, _margins = family_files("qwen3moe")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(outs["q4_k_m"]).tensors}
+    k_types = {gguf.GGMLQuantizationType[n] for n in ("Q4_K", "Q5_K", "Q6_K")}
+    experts = {n: t for n, t in types.items() if "_exps." in n}
+    assert len(experts) == 3 * 2
+    assert all(t in k_types for t in experts.values()), experts
+    assert all(t == gguf.GGMLQuantizationType.F32 for n, t in types.items() if "gate_inp" in n)
+    for outtype in ("f32", "q8_0"):
+        reader = gguf.GGUFReader(outs[outtype])
+        assert all(
+            t.tensor_type == gguf.GGMLQuantizationType.F32
+            for t in reader.tensors
+            if "gate_inp" in t.name
+        )
+
+
+# --- checkpoint layouts -----------------------------------------------------------------------
+
+_PER_EXPERT = re.compile(r"^(?P<head>.*\.experts)\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
+_GATE, _UP, _DOWN = ("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")
+
+
+def _fuse_experts(src: Path, dst: Path, renames: dict[str, str]) -> Path:
+    """Rewrite a per-expert checkpoint in transformers 5's in-memory fused layout:
+    ``experts.gate_up_proj`` (E, 2F, H) = [gate; up] per expert, ``experts.down_proj`` (E, H, F),
+    then apply ``renames`` (substring -> substring) to every tensor name."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(src / "model.safetensors")
+    groups: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        m = _PER_EXPERT.match(name)
+        if m is None:
+            out[name] = value
+        else:
+            groups.setdefault(m["head"], {}).setdefault(m["proj"], {})[int(m["e"])] = value
+    for head, projs in groups.items():
+
+        def stack(names: tuple[str, str], projs=projs) -> np.ndarray:
+            part = next(projs[n] for n in names if n in projs)
+            return np.stack([part[e] for e in range(len(part))])
+
+        out[f"{head}.gate_up_proj"] = np.concatenate([stack(_GATE), stack(_UP)], axis=1)
+        out[f"{head}.down_proj"] = stack(_DOWN)
+    for old, new in renames.items():
+        out = {name.replace(old, new): value for name, value in out.items()}
+    (dst / "model.safetensors").unlink()
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+# variant -> renames from the saved names to transformers 5's in-memory names
+LAYOUTS = {
+    "mixtral": {".block_sparse_moe.": ".mlp."},
+    "qwen2moe": {},
+    "granitemoe": {"block_sparse_moe.input_linear.weight": "block_sparse_moe.experts.gate_up_proj",
+                   "block_sparse_moe.output_linear.weight": "block_sparse_moe.experts.down_proj",
+                   "block_sparse_moe.router.layer.weight": "block_sparse_moe.router.weight"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(LAYOUTS))
+def test_fused_and_per_expert_layouts_convert_alike(variant, family_files, tmp_path):
+    """The same weights saved per expert and fused give byte-identical GGUF tensors."""
+    import gguf
+    from safetensors import safe_open
+
+    src, outs, _want, _margins = family_files(variant)
+    fused = _fuse_experts(src, tmp_path / "fused", LAYOUTS[variant])
+    with safe_open(fused / "model.safetensors", "np") as f:
+        names = list(f.keys())
+    assert not any(_PER_EXPERT.match(n) for n in names)
+    assert any(n.endswith("experts.gate_up_proj") for n in names)
+    out = convert(fused, tmp_path / "fused.gguf", outtype="f32")
+    want = {t.name: t for t in gguf.GGUFReader(outs["f32"]).tensors}
+    got = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    assert set(got) == set(want)
+    for name, tensor in got.items():
+        assert tensor.tensor_type == want[name].tensor_type, name
+        assert np.array_equal(np.asarray(tensor.data), np.asarray(want[name].data)), name
+
+
+# --- engine -----------------------------------------------------------------------------------
+
+
+def test_engine_batched_equals_alone(family_files, prompt):
+    """Two sequences decoded together by the engine equal each decoded alone (greedy, CPU)."""
+    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+
+    _src, outs, _want, _margins = family_files("qwen3moe")
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [prompt[:24], prompt[8:40]]
+    engine = Engine.load(outs["f32"], n_ctx=512, n_parallel=2, n_batch=64)
+    try:
+        handles = [engine.submit(GenerationRequest(p, greedy, add_bos=False)) for p in prompts]
+        together = [[ev.token_id for ev in h if ev.token_id is not None] for h in handles]
+        alone = []
+        for p in prompts:
+            engine.clear_cache()
+            alone.append(engine.generate(GenerationRequest(p, greedy, add_bos=False)).token_ids)
+    finally:
+        engine.close()
+    ok = together == alone and all(len(t) == greedy.max_tokens for t in together)
+    record("qwen3moe", "engine", passed=ok, detail="qwen3moe: 2 sequences batched vs alone")
+    assert together == alone
+    assert all(len(t) == greedy.max_tokens for t in together)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def _edited(src: Path, dst: Path, **changes: Any) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+REFUSED = {
+    # llama.cpp's qwen3moe graph always renormalises the top-k weights
+    "qwen3moe-unnormalised": ("qwen3moe", {"norm_topk_prob": False}, "renormalisation"),
+    # llama.cpp's qwen2moe graph makes every layer sparse
+    "qwen2moe-sparse-step": ("qwen2moe", {"decoder_sparse_step": 2}, "every layer"),
+    "gpt-oss-swiglu-limit": ("gpt-oss", {"swiglu_limit": 10.0}, "limit 7.0"),
+    "gpt-oss-mxfp4": ("gpt-oss", {"quantization_config": {"quant_method": "mxfp4"}}, "mxfp4"),
+    "ernie-interleaved": ("ernie4_5-moe", {"moe_layer_interval": 2}, "moe_layer_start_index"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_configs_llama_cpp_cannot_compute_are_refused(case, family_files, tmp_path):
+    variant, changes, reason = REFUSED[case]
+    src = _edited(family_files(variant)[0], tmp_path / "src", **changes)
+    with pytest.raises(ConversionError, match=reason):
+        convert(src, tmp_path / "out.gguf", outtype="f32")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_mxfp4_packed_experts_are_refused(family_files, tmp_path):
+    """OpenAI's MXFP4 tensors (``*_blocks``/``*_scales``) get a clear error, not a bad file."""
+    from safetensors.numpy import load_file, save_file
+
+    src = _edited(family_files("gpt-oss")[0], tmp_path / "src")
+    tensors = load_file(src / "model.safetensors")
+    packed = {}
+    for name, value in tensors.items():
+        if name.endswith("experts.down_proj"):
+            blocks = (*value.shape[:2], value.shape[2] // 32)
+            packed[name + "_blocks"] = np.zeros((*blocks, 16), np.uint8)
+            packed[name + "_scales"] = np.zeros(blocks, np.uint8)
+        else:
+            packed[name] = value
+    save_file(packed, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match="MXFP4"):
+        convert(src, tmp_path / "out.gguf", outtype="f32")
