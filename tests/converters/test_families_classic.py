@@ -202,3 +202,153 @@ def test_engine_batched_equals_alone(variant, family_files, prompt):
     record(family, "engine", passed=ok, detail=variant)
     assert together == alone
     assert all(len(t) == greedy.max_tokens for t in together)
+
+
+def _fields(path: Path) -> dict[str, Any]:
+    import gguf
+
+    return {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
+
+
+def test_written_metadata_follows_the_config(family_files):
+    """Where llama.cpp's converter drops, misreads or hard-codes a value, ours writes the model's.
+
+    Falcon-7B: the saved config says ``num_kv_heads`` = heads (transformers fills it in) while
+    the layout is multi-query; llama.cpp's converter takes the config value and cannot reshape
+    the QKV tensor. It also drops ``rope_theta`` and writes ``4 * hidden`` for the MLP. GPT-2:
+    transformers 5 configs have no ``n_ctx`` (llama.cpp's converter needs it) and ``n_inner``
+    sets the MLP width. GPTBigCode without multi-query has as many KV heads as query heads
+    (llama.cpp's converter: 1). MPT: transformers' MptForCausalLM is ``4 * d_model`` wide and
+    uses ALiBi bias 8 whatever the config says. Phi: GQA and the MLP width come from the config
+    (llama.cpp's converter: ``n_head`` and ``4 * hidden``). Tied StableLM: output.weight exists.
+    """
+    import gguf
+
+    src, outs, _ = family_files("falcon-7b")
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["multi_query"] and cfg["num_kv_heads"] == cfg["num_attention_heads"] == 4
+    falcon = _fields(outs["f32"])
+    assert falcon["falcon.attention.head_count_kv"] == 1
+    assert falcon["falcon.rope.freq_base"] == 500000.0
+    assert falcon["falcon.feed_forward_length"] == cfg["ffn_hidden_size"] == 160
+    assert _fields(family_files("falcon-40b")[1]["f32"])["falcon.attention.head_count_kv"] == 2
+
+    src, outs, _ = family_files("gpt2")
+    cfg = json.loads((src / "config.json").read_text())
+    assert "n_ctx" not in cfg
+    gpt2 = _fields(outs["f32"])
+    assert gpt2["gpt2.context_length"] == cfg["n_positions"]
+    assert gpt2["gpt2.feed_forward_length"] == cfg["n_inner"] != 4 * cfg["n_embd"]
+
+    mha = _fields(family_files("gpt-bigcode-mha")[1]["f32"])
+    assert mha["starcoder.attention.head_count_kv"] == mha["starcoder.attention.head_count"] == 4
+    assert _fields(family_files("gpt-bigcode")[1]["f32"])["starcoder.attention.head_count_kv"] == 1
+
+    src, outs, _ = family_files("mpt")
+    cfg = json.loads((src / "config.json").read_text())
+    mpt = _fields(outs["f32"])
+    assert mpt["mpt.feed_forward_length"] == 4 * cfg["d_model"] != cfg["expansion_ratio"] * 64
+    src, outs, _ = family_files("mpt-clip-6-heads")
+    cfg = json.loads((src / "config.json").read_text())
+    clipped = _fields(outs["f32"])
+    assert cfg["attn_config"]["alibi_bias_max"] == 4
+    assert clipped["mpt.attention.max_alibi_bias"] == 8.0
+    assert clipped["mpt.attention.clamp_kqv"] == pytest.approx(0.5)
+
+    phi = _fields(family_files("phi2")[1]["f32"])
+    assert phi["phi2.attention.head_count_kv"] == 2
+    assert phi["phi2.feed_forward_length"] == 160
+    assert phi["phi2.rope.dimension_count"] == 8
+
+    stablelm = gguf.GGUFReader(family_files("stablelm-12b-style")[1]["f32"])
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in stablelm.tensors}
+    assert "output.weight" in shapes
+    assert shapes["blk.0.attn_q_norm.weight"] == (16, 4)  # {head_dim, n_head}
+    assert shapes["blk.0.attn_k_norm.weight"] == (16, 2)
+    assert "blk.0.ffn_norm.weight" not in shapes  # parallel residual
+
+
+def test_mpt_clip_variant_clamps(family_files, prompt, tmp_path):
+    """The clip_qkv variant's activations do reach the clamp: without it, logits move."""
+    import shutil
+
+    src, _outs, want = family_files("mpt-clip-6-heads")
+    unclipped = tmp_path / "unclipped"
+    shutil.copytree(src, unclipped)
+    cfg = json.loads((unclipped / "config.json").read_text())
+    cfg["attn_config"]["clip_qkv"] = None
+    (unclipped / "config.json").write_text(json.dumps(cfg))
+    assert rel_err(hf_logits(unclipped, prompt), want) > 10 * TOLERANCE["f16"]
+
+
+def _copy_with_config(src: Path, dst: Path, **changes: Any) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    _edit_config(**changes)(dst)
+    return dst
+
+
+def _cli(src: Path, out: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "converters.st2gguf", str(src), "--outfile", str(out),
+         "--outtype", "f32", "--pre-tokenizer", "gpt-2"],
+        capture_output=True, text=True, cwd=builders.REPO,
+    )  # fmt: skip
+
+
+def test_missing_config_key_is_named(family_files, tmp_path):
+    """GPT-2 without ``n_positions``: one line naming the key, exit 1, nothing written."""
+    src = _copy_with_config(family_files("gpt2")[0], tmp_path / "src", n_positions=None)
+    with pytest.raises(ConversionError, match="n_positions"):
+        convert(src, tmp_path / "a.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    proc = _cli(src, tmp_path / "b.gguf")
+    assert proc.returncode == 1
+    assert "n_positions" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_unknown_tensor_is_named(family_files, tmp_path):
+    """A tensor the GPT-2 map does not know: the error names it, exit 1, nothing written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(family_files("gpt2")[0], src)
+    tensors = load_file(src / "model.safetensors")
+    tensors["transformer.h.0.attn.rogue_proj.weight"] = np.zeros((4, 4), np.float32)
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match="rogue_proj"):
+        convert(src, tmp_path / "a.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    proc = _cli(src, tmp_path / "b.gguf")
+    assert proc.returncode == 1
+    assert "transformer.h.0.attn.rogue_proj.weight" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+REFUSED = {
+    # Falcon-RW-1B's layout: ALiBi, biases, sequential attention/MLP (llama.cpp: none of them)
+    "falcon-alibi": ("falcon-7b", {"alibi": True}, "alibi"),
+    "falcon-bias": ("falcon-7b", {"bias": True}, "bias"),
+    "falcon-sequential": ("falcon-7b", {"parallel_attn": False}, "parallel_attn"),
+    "phi-qk-layernorm": ("phi2", {"qk_layernorm": True}, "qk_layernorm"),
+    "gpt2-layer-scaled-attention": ("gpt2", {"scale_attn_by_inverse_layer_idx": True},
+                                    "scale_attn_by_inverse_layer_idx"),
+    "gpt2-relu": ("gpt2", {"activation_function": "relu"}, "activation_function"),
+    "mpt-softmax-scale": ("mpt", {"attn_config": {"softmax_scale": 0.5}}, "softmax_scale"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_layouts_llama_cpp_cannot_compute_are_refused(case, family_files, tmp_path):
+    variant, changes, reason = REFUSED[case]
+    src = _copy_with_config(family_files(variant)[0], tmp_path / "src", **changes)
+    with pytest.raises(ConversionError, match=reason):
+        convert(src, tmp_path / "out.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    assert not (tmp_path / "out.gguf").exists()
