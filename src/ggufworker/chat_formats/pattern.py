@@ -299,6 +299,8 @@ class NamedArgsFormat(RegionFormat):
         self, text: str, pos: int, partial: bool, schemas: dict[str, dict[str, Any]]
     ) -> CallParse | str | None:
         m = self.call_open.match(text, pos)
+        if m is not None and partial and m.end() == len(text):
+            return _WAIT  # the name may still be growing
         if m is None:
             tail = text[pos:]
             lit = self.opener_literal
@@ -358,6 +360,8 @@ class TaggedParamsFormat(RegionFormat):
         self, text: str, pos: int, partial: bool, schemas: dict[str, dict[str, Any]]
     ) -> CallParse | str | None:
         m = self.call_open.match(text, pos)
+        if m is not None and partial and m.end() == len(text):
+            return _WAIT  # the name may still be growing
         if m is None:
             tail = text[pos:]
             lit = self.opener_literal

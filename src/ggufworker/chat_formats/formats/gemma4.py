@@ -50,6 +50,8 @@ class Gemma4(RegionFormat):
 
     def parse_call(self, text, pos, partial, schemas):  # type: ignore[no-untyped-def]
         m = _CALL.match(text, pos)
+        if m is not None and partial and m.end() == len(text):
+            return "wait"
         if m is None:
             tail = text[pos:]
             return (
