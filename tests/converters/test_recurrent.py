@@ -108,6 +108,14 @@ def _configs() -> dict[str, tuple[str, object]]:
             **falcon, mamba_rms_norm=True, mamba_norm_before_gate=False,
         )),
         "falcon_h1-tied": ("falcon_h1", tf.FalconH1Config(**falcon, tie_word_embeddings=True)),
+        # attention on layers 1 and 3, MoE (4 experts, top 2) on layers 1 and 3
+        "jamba": ("jamba", tf.JambaConfig(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, num_experts=4,
+            num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
+            attn_layer_period=2, attn_layer_offset=1, mamba_d_state=16, mamba_d_conv=4,
+            mamba_expand=2, mamba_dt_rank=4,
+        )),
     }  # fmt: skip
 
 
