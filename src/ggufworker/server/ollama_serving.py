@@ -127,6 +127,20 @@ class OllamaServing:
 
     # --- shared ----------------------------------------------------------------------------
 
+    def _engines(self, model: ServedModel) -> list[ServedModel]:
+        """Every engine of a model's name: to a client, the generation engine and the embedding
+        engine of one name are one model (as in Ollama)."""
+        return [m for m in self.manager.all_models() if m.spec.name == model.spec.name]
+
+    def _set_keep_alive(self, model: ServedModel, keep: float | None) -> None:
+        # a request without keep_alive returns the model to the server's setting, as in Ollama
+        for m in self._engines(model):
+            m.keep_alive = keep
+
+    async def _unload(self, model: ServedModel) -> None:
+        for m in self._engines(model):
+            await self.manager.unload(m)
+
     def _prepare(self, body: GenerationFields, images: bool) -> tuple[ServedModel, float | None]:
         """Look the model up (404 first), check what the request asks of it, apply keep_alive."""
         model = self.manager.lookup(body.model)
@@ -135,7 +149,7 @@ class OllamaServing:
             raise InvalidRequestError(
                 f"model {body.model!r} does not support images (text-only model)", param="images"
             )
-        model.keep_alive = keep  # a request without keep_alive returns to the server's
+        self._set_keep_alive(model, keep)
         return model, keep
 
     async def _load_only(
@@ -144,7 +158,7 @@ class OllamaServing:
         """An empty chat or prompt: load the model (or, with keep_alive 0, unload it)."""
         timings = Timings()
         if keep == 0:
-            await self.manager.unload(model)
+            await self._unload(model)
             reason = "unload"
         else:
             lease = await self.manager.acquire(body.model)
@@ -179,7 +193,7 @@ class OllamaServing:
     async def _finish(self, generation: Generation, model: ServedModel, keep: float | None) -> None:
         generation.close()
         if keep == 0:
-            await self.manager.unload(model)
+            await self._unload(model)
 
     # --- /api/chat -------------------------------------------------------------------------
 
@@ -407,7 +421,7 @@ class OllamaServing:
         from ggufworker.server.ollama_protocol import parse_keep_alive
 
         model = self.manager.lookup(name, embedding=True)
-        model.keep_alive = parse_keep_alive(keep_alive)
+        self._set_keep_alive(model, parse_keep_alive(keep_alive))
         started = time.perf_counter()
         lease = await self.manager.acquire(name, embedding=True)
         load_s = time.perf_counter() - started
@@ -421,7 +435,7 @@ class OllamaServing:
         finally:
             lease.release()
         if model.keep_alive == 0:
-            await self.manager.unload(model)
+            await self._unload(model)
         return vectors, n, load_s
 
 
