@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ggufworker.engine._native import ensure_backend, llama_cpp
 from ggufworker.errors import InvalidRequestError
@@ -56,7 +56,7 @@ class Placement:
     tensor_split: tuple[float, ...] | None = None
     device: str = "cpu"  # "CUDA1", "gpu" (all GPUs, split), "cpu"
 
-    def engine_options(self) -> dict[str, object]:
+    def engine_options(self) -> dict[str, Any]:
         """The placement as :meth:`Engine.load` keyword arguments."""
         return {
             "split_mode": self.split_mode,
@@ -127,7 +127,7 @@ def _describe(gpus: Sequence[Device]) -> str:
 
 def check_placement(
     *,
-    split_mode: str | None = None,
+    split_mode: SplitMode | None = None,
     main_gpu: int | None = None,
     tensor_split: Sequence[float] | None = None,
     gpus: Sequence[Device] | None = None,
@@ -183,7 +183,7 @@ def check_placement(
 def replica_placements(
     replicas: int,
     *,
-    split_mode: str | None = None,
+    split_mode: SplitMode | None = None,
     main_gpu: int | None = None,
     tensor_split: Sequence[float] | None = None,
     n_gpu_layers: int | None = None,
