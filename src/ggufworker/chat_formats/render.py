@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,7 @@ def render_with_tools(
     reasoning: ReasoningSpec | None = None,
     template_kwargs: dict[str, Any] | None = None,
     add_generation_prompt: bool = True,
+    render: Callable[..., str] | None = None,
 ) -> RenderedPrompt:
     """Render a conversation (with tools and call history) through the model's template.
 
@@ -141,6 +143,8 @@ def render_with_tools(
         template_kwargs: extra template variables (``chat_template_kwargs``, e.g.
             ``{"enable_thinking": False}``).
         add_generation_prompt: end with an assistant header.
+        render: the engine's ``render_chat(messages, tools=..., add_generation_prompt=...,
+            **template_kwargs)`` to render with (default: the template text directly).
 
     Returns:
         The prompt and whether it leaves a thinking block open.
@@ -153,13 +157,19 @@ def render_with_tools(
     msgs = prepare_messages(messages, fmt, template)
     if tools and not template_shows_tools(template):
         msgs = with_tool_instructions(msgs, fmt, tools)
-    prompt = render_chat(
-        template,
-        msgs,
-        bos_token=bos_token,
-        eos_token=eos_token,
-        tools=tools or None,
-        add_generation_prompt=add_generation_prompt,
-        **{k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED},
-    )
+    extra = {k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED}
+    if render is not None:
+        prompt = render(
+            msgs, tools=tools or None, add_generation_prompt=add_generation_prompt, **extra
+        )
+    else:
+        prompt = render_chat(
+            template,
+            msgs,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            tools=tools or None,
+            add_generation_prompt=add_generation_prompt,
+            **extra,
+        )
     return RenderedPrompt(prompt, add_generation_prompt and opens_in_prompt(prompt, reasoning))

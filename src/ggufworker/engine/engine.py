@@ -161,8 +161,10 @@ class Engine:
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        **template_kwargs: Any,
     ) -> str:
-        """Render messages with the model's chat template (ChatML if it has none).
+        """Render messages with the model's chat template (ChatML if it has none);
+        ``template_kwargs`` become extra template variables (``enable_thinking``...).
 
         Tokenize the result with ``parse_special=True``; user text inside it stays plain text
         only if callers never let users inject template tokens, which is the server's job.
@@ -174,6 +176,7 @@ class Engine:
             eos_token=self.info.eos_token,
             tools=tools,
             add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
         )
 
     # --- requests ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ chunks with ``tool_calls`` and ``reasoning_content`` split out of the text."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ def plan_chat(
     bos_token: str | None,
     eos_token: str | None,
     settings: ServerSettings | None,
+    render: Callable[..., str] | None = None,
 ) -> ChatPlan:
     """Render ``body`` for a model with ``template`` and decide grammar and parsing.
 
@@ -65,6 +66,7 @@ def plan_chat(
         eos_token=eos_token,
         reasoning=spec,
         template_kwargs=body.chat_template_kwargs,
+        render=render,
     )
     tools = body.tools or []
     use_tools = bool(tools) and choice.mode != "none"
@@ -131,6 +133,7 @@ class ChatServing:
                 bos_token=info.bos_token,
                 eos_token=info.eos_token,
                 settings=self.settings,
+                render=lease.engine.render_chat,
             )
             plans.append(plan)
             return [
