@@ -75,8 +75,9 @@ def test_liveness_version_list_show_ps(ollama_server: ServerProcess, smollm2_pat
         assert shown.modelinfo[key] == reader.fields[key].contents(), key
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.template == reader.fields["tokenizer.chat_template"].contents()
-    # a ChatML template without tools or reasoning; no FIM tokens in SmolLM2's vocabulary
-    assert shown.capabilities == ["completion", "embedding"]
+    # tools through the generic JSON call format (ChatML has no call syntax), no thinking
+    # markers in the template, no FIM tokens in SmolLM2's vocabulary
+    assert shown.capabilities == ["completion", "tools", "embedding"]
     assert "num_ctx 4096" in shown.parameters
 
     loaded = {m.model: m for m in c.ps().models}
@@ -196,10 +197,11 @@ def test_forced_tool_call(ollama_server: ServerProcess) -> None:
     opts = {**GREEDY, "num_predict": 60, "tool_choice": choice}
     r = c.chat(model=ALIAS, messages=user("What is the weather in Paris?"), tools=[WEATHER],
                options=opts)  # fmt: skip
-    (call,) = r.message.tool_calls
-    assert call.function.name == "get_weather"
-    assert isinstance(call.function.arguments, dict)  # an object, as Ollama sends it
-    jsonschema.validate(dict(call.function.arguments), WEATHER["function"]["parameters"])
+    assert r.message.tool_calls
+    for call in r.message.tool_calls:
+        assert call.function.name == "get_weather"
+        assert isinstance(call.function.arguments, dict)  # an object, as Ollama sends it
+        jsonschema.validate(dict(call.function.arguments), WEATHER["function"]["parameters"])
     chunks = list(c.chat(model=ALIAS, messages=user("What is the weather in Paris?"),
                          tools=[WEATHER], options=opts, stream=True))  # fmt: skip
     with_calls = [ch for ch in chunks if ch.message.tool_calls]

@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +40,6 @@ FIM_KEYS = tuple(
     tuple(f"tokenizer.ggml.{part}_token_id" for part in parts)
     for parts in (("fim_pre", "fim_suf", "fim_mid"), ("prefix", "suffix", "middle"))
 )
-_TOOLS_IN_TEMPLATE = re.compile(r"\btools\b")
-_THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content")
 FOREVER = dt.timedelta(days=365 * 292)  # Ollama's "never expires" is about 292 years out
 
 
@@ -227,6 +224,8 @@ def details(facts: ModelFacts) -> ModelDetails:
 
 def capabilities(manager: ModelManager, name: str, facts: ModelFacts) -> list[str]:
     """Ollama's capability words for a served name, from the model's template and tokens."""
+    from ggufworker.server.ollama_chat import template_features
+
     caps: list[str] = []
     served = {m.spec.embedding for m in manager.all_models() if m.spec.name == name}
     if False in served:
@@ -236,18 +235,6 @@ def capabilities(manager: ModelManager, name: str, facts: ModelFacts) -> list[st
             caps.append("insert")
     if True in served:
         caps.append("embedding")
-    return caps
-
-
-def template_features(template: str | None) -> list[str]:
-    """Ollama's "tools" and "thinking" capabilities a chat template can express."""
-    if not template:
-        return []
-    caps = []
-    if _TOOLS_IN_TEMPLATE.search(template):
-        caps.append("tools")
-    if any(marker in template for marker in _THINKING_MARKERS):
-        caps.append("thinking")
     return caps
 
 

@@ -102,7 +102,7 @@ router = APIRouter(route_class=OllamaRoute, tags=["ollama"], responses=_ERRORS)
 
 def _serving(request: Request) -> OllamaServing:
     state = request.app.state
-    return OllamaServing(state.manager, state.metrics)
+    return OllamaServing(state.manager, state.metrics, state.settings)
 
 
 @router.get("/", summary="Ollama's liveness answer")

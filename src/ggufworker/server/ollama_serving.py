@@ -20,11 +20,14 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ggufworker import chat_formats as cf
+from ggufworker.config import ServerSettings
 from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
 from ggufworker.errors import ContextLengthExceededError, InvalidRequestError, error_spec
 from ggufworker.server.metrics import Metrics
 from ggufworker.server.models import Lease, ModelManager, ServedModel
-from ggufworker.server.ollama_models import fim_ids, now_iso, template_features
+from ggufworker.server.ollama_chat import ChatPlan, plan_chat
+from ggufworker.server.ollama_models import fim_ids, now_iso
 from ggufworker.server.ollama_protocol import (
     ChatRequest,
     EmbeddingsRequest,
@@ -32,7 +35,6 @@ from ggufworker.server.ollama_protocol import (
     GenerateRequest,
     GenerationFields,
 )
-from ggufworker.server.ollama_tools import ToolMode, tool_mode
 from ggufworker.server.serving import Generation, start_generation
 
 logger = logging.getLogger(__name__)
@@ -121,9 +123,12 @@ def _fit_context(tokens: list[int], params: SamplingParams, limit: int | None) -
 class OllamaServing:
     """The Ollama API's generation endpoints over the served models."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(
+        self, manager: ModelManager, metrics: Metrics, settings: ServerSettings | None = None
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.settings = settings
 
     # --- shared ----------------------------------------------------------------------------
 
@@ -203,51 +208,94 @@ class OllamaServing:
             return await self._load_only(body, model, keep, "message")
         messages = [m.to_template() for m in body.messages]
         base = body.to_sampling_params()
-        mode = tool_mode(body.tools, body.effective_tool_choice())
-        if mode.schema is not None:
-            if base.json_schema is not None:
-                raise InvalidRequestError(
-                    "give either format or a forced tool call", param="format"
-                )
-            base = replace(base, json_schema=mode.schema)
         num_ctx = body.num_ctx()
-        think = body.think
+        plans: list[ChatPlan] = []
 
         def build(lease: Lease) -> tuple[list[int], SamplingParams]:
-            engine = lease.engine
-            _check_think(think, body.model, engine)
-            text = engine.render_chat(messages, tools=mode.template_tools)
-            tokens = engine.tokenize(text, add_special=True, parse_special=True)
-            return tokens, _fit_context(tokens, base, num_ctx)
+            plan = plan_chat(
+                messages,
+                base,
+                name=body.model,
+                info=lease.engine.info,
+                tools=body.tools,
+                tool_choice=body.effective_tool_choice(),
+                think=body.think,
+                tool_call_format=self._tool_call_format(),
+            )
+            plans.append(plan)
+            tokens = lease.engine.tokenize(plan.prompt, add_special=True, parse_special=True)
+            return tokens, _fit_context(tokens, plan.params, num_ctx)
 
         timings = Timings()
         generation, _ = await self._start(body, build, timings)
+        plan = plans[-1]
         if body.stream:
-            return ndjson_response(self._chat_stream(body, generation, model, keep, mode, timings))
+            return ndjson_response(self._chat_stream(body, generation, model, keep, plan, timings))
         try:
-            text, reason = await self._collect(generation, timings)
+            result, reason, _ = await self._collect(generation, plan, timings)
         finally:
             await self._finish(generation, model, keep)
         return JSONResponse(
             {
                 "model": body.model,
                 "created_at": now_iso(),
-                "message": mode.message(text, reason),
+                "message": plan.message(result),
                 "done": True,
                 "done_reason": reason,
                 **timings.report(),
             }
         )
 
-    async def _collect(self, generation: Generation, timings: Timings) -> tuple[str, str]:
+    def _tool_call_format(self) -> str | None:
+        return getattr(self.settings, "tool_call_format", None) if self.settings else None
+
+    async def _collect(
+        self, generation: Generation, plan: ChatPlan | None, timings: Timings
+    ) -> tuple[cf.ParseResult, str, list[int]]:
         parts: list[str] = []
+        ids: list[int] = []
         reason = "stop"
         async for _, event in generation.events():
             timings.see(event)
             parts.append(event.text)
+            if event.token_id is not None:
+                ids.append(event.token_id)
             if event.finish_reason is not None:
                 reason = event.finish_reason
-        return "".join(parts), reason
+        text = "".join(parts)
+        result = plan.parser.parse(text) if plan is not None else cf.ParseResult(text, "", [])
+        return result, reason, ids
+
+    async def _parsed(
+        self,
+        generation: Generation,
+        plan: ChatPlan | None,
+        timings: Timings,
+        ids: list[int],
+        outcome: dict[str, Any],
+    ) -> AsyncIterator[cf.StreamDelta]:
+        """Deltas of content and reasoning as they can be shown; the whole parse (with its
+        calls) and the done reason land in ``outcome`` at the end."""
+        stream = cf.StreamParser(plan.parser) if plan is not None else None
+        outcome["reason"] = "stop"
+        async for _, event in generation.events():
+            timings.see(event)
+            if event.token_id is not None:
+                ids.append(event.token_id)
+            if event.finish_reason is not None:
+                outcome["reason"] = event.finish_reason
+            if not event.text:
+                continue
+            if stream is None:
+                yield cf.StreamDelta(content=event.text)
+                continue
+            delta = stream.feed(event.text)
+            if delta.content or delta.reasoning:
+                yield delta
+        if stream is not None:
+            last, outcome["result"] = stream.finish()
+            if last.content or last.reasoning:
+                yield last
 
     async def _chat_stream(
         self,
@@ -255,44 +303,33 @@ class OllamaServing:
         generation: Generation,
         model: ServedModel,
         keep: float | None,
-        mode: ToolMode,
+        plan: ChatPlan,
         timings: Timings,
     ) -> AsyncIterator[dict[str, Any]]:
-        parts: list[str] = []
-        reason = "stop"
+        outcome: dict[str, Any] = {}
         try:
-            async for _, event in generation.events():
-                timings.see(event)
-                if event.finish_reason is not None:
-                    reason = event.finish_reason
-                if not event.text:
+            async for delta in self._parsed(generation, plan, timings, [], outcome):
+                message: dict[str, Any] = {"role": "assistant", "content": delta.content}
+                if delta.reasoning and plan.show_thinking:
+                    message["thinking"] = delta.reasoning
+                elif not delta.content:
                     continue
-                if mode.buffered:  # a forced call arrives whole, in one chunk
-                    parts.append(event.text)
-                    continue
-                yield {
-                    "model": body.model,
-                    "created_at": now_iso(),
-                    "message": {"role": "assistant", "content": event.text},
-                    "done": False,
-                }
+                yield self._chunk(body, "message", message)
         finally:
             await self._finish(generation, model, keep)
-        if mode.buffered:
-            yield {
-                "model": body.model,
-                "created_at": now_iso(),
-                "message": mode.message("".join(parts), reason),
-                "done": False,
-            }
+        calls = plan.message(cf.ParseResult("", "", outcome["result"].tool_calls))
+        if "tool_calls" in calls:  # a call arrives whole, in one chunk, as in Ollama
+            yield self._chunk(body, "message", calls)
         yield {
-            "model": body.model,
-            "created_at": now_iso(),
-            "message": {"role": "assistant", "content": ""},
+            **self._chunk(body, "message", {"role": "assistant", "content": ""}),
             "done": True,
-            "done_reason": reason,
+            "done_reason": outcome["reason"],
             **timings.report(),
         }
+
+    @staticmethod
+    def _chunk(body: GenerationFields, key: str, value: Any) -> dict[str, Any]:
+        return {"model": body.model, "created_at": now_iso(), key: value, "done": False}
 
     # --- /api/generate ---------------------------------------------------------------------
 
@@ -308,11 +345,12 @@ class OllamaServing:
             return await self._load_only(body, model, keep, "response")
         base = body.to_sampling_params()
         num_ctx = body.num_ctx()
+        plans: list[ChatPlan | None] = []
 
         def build(lease: Lease) -> tuple[list[int], SamplingParams]:
             engine = lease.engine
-            _check_think(body.think, body.model, engine)
             tokens = list(body.context or [])
+            params, plan = base, None
             if body.suffix:
                 tokens += _fim_prompt(engine, body.model, body.prompt, body.suffix, not tokens)
             elif body.raw:
@@ -321,34 +359,35 @@ class OllamaServing:
                 messages = [{"role": "user", "content": body.prompt}]
                 if body.system:
                     messages.insert(0, {"role": "system", "content": body.system})
-                text = engine.render_chat(messages)
-                tokens += engine.tokenize(text, add_special=not tokens, parse_special=True)
-            return tokens, _fit_context(tokens, base, num_ctx)
+                plan = plan_chat(
+                    messages, base, name=body.model, info=engine.info, think=body.think
+                )
+                params = plan.params
+                tokens += engine.tokenize(plan.prompt, add_special=not tokens, parse_special=True)
+            plans.append(plan)
+            return tokens, _fit_context(tokens, params, num_ctx)
 
         timings = Timings()
         generation, prompt_ids = await self._start(body, build, timings)
+        plan = plans[-1]
         if body.stream:
             return ndjson_response(
-                self._generate_stream(body, generation, model, keep, prompt_ids, timings)
+                self._generate_stream(body, generation, model, keep, plan, prompt_ids, timings)
             )
-        out_ids: list[int] = []
-        parts: list[str] = []
-        reason = "stop"
         try:
-            async for _, event in generation.events():
-                timings.see(event)
-                parts.append(event.text)
-                if event.token_id is not None:
-                    out_ids.append(event.token_id)
-                if event.finish_reason is not None:
-                    reason = event.finish_reason
+            result, reason, out_ids = await self._collect(generation, plan, timings)
         finally:
             await self._finish(generation, model, keep)
+        answer: dict[str, Any] = {
+            "model": body.model,
+            "created_at": now_iso(),
+            "response": result.content,
+        }
+        if plan is not None and plan.show_thinking and result.reasoning:
+            answer["thinking"] = result.reasoning
         return JSONResponse(
             {
-                "model": body.model,
-                "created_at": now_iso(),
-                "response": "".join(parts),
+                **answer,
                 "done": True,
                 "done_reason": reason,
                 "context": prompt_ids + out_ids,
@@ -362,33 +401,27 @@ class OllamaServing:
         generation: Generation,
         model: ServedModel,
         keep: float | None,
+        plan: ChatPlan | None,
         prompt_ids: list[int],
         timings: Timings,
     ) -> AsyncIterator[dict[str, Any]]:
         out_ids: list[int] = []
-        reason = "stop"
+        outcome: dict[str, Any] = {}
+        show = plan is not None and plan.show_thinking
         try:
-            async for _, event in generation.events():
-                timings.see(event)
-                if event.token_id is not None:
-                    out_ids.append(event.token_id)
-                if event.finish_reason is not None:
-                    reason = event.finish_reason
-                if event.text:
-                    yield {
-                        "model": body.model,
-                        "created_at": now_iso(),
-                        "response": event.text,
-                        "done": False,
-                    }
+            async for delta in self._parsed(generation, plan, timings, out_ids, outcome):
+                chunk = self._chunk(body, "response", delta.content)
+                if delta.reasoning and show:
+                    chunk["thinking"] = delta.reasoning
+                elif not delta.content:
+                    continue
+                yield chunk
         finally:
             await self._finish(generation, model, keep)
         yield {
-            "model": body.model,
-            "created_at": now_iso(),
-            "response": "",
+            **self._chunk(body, "response", ""),
             "done": True,
-            "done_reason": reason,
+            "done_reason": outcome["reason"],
             "context": prompt_ids + out_ids,
             **timings.report(),
         }
@@ -437,11 +470,6 @@ class OllamaServing:
         if model.keep_alive == 0:
             await self._unload(model)
         return vectors, n, load_s
-
-
-def _check_think(think: Any, name: str, engine: Any) -> None:
-    if think and "thinking" not in template_features(engine.info.chat_template):
-        raise InvalidRequestError(f"{name!r} does not support thinking", param="think")
 
 
 def _normalized(vector: list[float]) -> list[float]:
