@@ -99,7 +99,7 @@ def _configs() -> dict[str, tuple[str, object]]:
             **granite, num_local_experts=0, position_embedding_type="rope",
         )),
         # Bamba: RoPE on half of each head (partial_rotary_factor 0.5 is BambaConfig's own)
-        "bamba": ("bamba", tf.BambaConfig(
+        "bamba": ("granitehybrid", tf.BambaConfig(
             **hybrid, intermediate_size=96, attn_layer_indices=[1, 3],
         )),
         # every µP multiplier set to a distinct value, so each folded factor is checked
