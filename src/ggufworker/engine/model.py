@@ -222,7 +222,14 @@ class Model:
         return out
 
     def detokenize(self, ids: Sequence[int], *, special: bool = False) -> str:
-        """Token ids back to text (llama_detokenize: leading-space rules of the vocab)."""
+        """Token ids back to text (llama_detokenize: leading-space rules of the vocab).
+
+        Raises:
+            InvalidRequestError: an id outside the vocabulary (llama.cpp would abort the
+                process on it: an uncaught std::out_of_range).
+        """
+        if any(not 0 <= t < self.n_vocab for t in ids):
+            raise InvalidRequestError(f"token ids must be in 0..{self.n_vocab - 1}", param="tokens")
         n_ids = len(ids)
         arr = (llama_cpp.llama_token * max(n_ids, 1))(*ids)
         cap = max(64, n_ids * 8)
