@@ -250,6 +250,8 @@ def test_cli_names_missing_gpus_in_one_line() -> None:
 
 GREEDY = {"temperature": 0, "max_tokens": 24, "extra_body": {"ignore_eos": True}}
 CHAT = {"temperature": 0, "max_tokens": 24}
+# CPU replicas on any machine (on a GPU host two replicas would each need a GPU)
+CPU = ("--gpu-layers", "0")
 PROMPTS = [
     "The three primary colours are",
     "A haiku about the sea:",
@@ -264,7 +266,7 @@ def two_replicas(
 ) -> Iterator[ServerProcess]:
     server = cached_server(
         tmp_path_factory, "two-replicas", model_cache, "--model", SMOLLM2,
-        "--replicas", "2", "--parallel", "2",
+        "--replicas", "2", "--parallel", "2", *CPU,
     )  # fmt: skip
     with running(server):
         yield server
@@ -275,7 +277,7 @@ def one_replica(
     smollm2_path: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     server = cached_server(
-        tmp_path_factory, "one-replica", model_cache, "--model", SMOLLM2, "--parallel", "2"
+        tmp_path_factory, "one-replica", model_cache, "--model", SMOLLM2, "--parallel", "2", *CPU
     )
     with running(server):
         yield server
