@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gguf
 import numpy as np
@@ -239,7 +239,8 @@ class ArchConverter:
             if self.skip(hf_name):
                 logger.debug("skipping %s", hf_name)
                 continue
-            plans.extend(self.tensor(hf_name, ref))
+            # a StackedRef has TensorRef's interface (name, shape, dtype, load)
+            plans.extend(self.tensor(hf_name, cast(TensorRef, ref)))
         if self.output_required and not any(p.name == "output.weight" for p in plans):
             embd = next((p for p in plans if p.name == "token_embd.weight"), None)
             if embd is not None:

@@ -14,6 +14,7 @@ converter asks for the dequantized (bf16) weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import gguf
@@ -22,6 +23,8 @@ from converters.archs.base import TensorPlan, derived_plan
 from converters.archs.moe import MT, MoEConverter, Ref, block_name
 from converters.checkpoint import Checkpoint, TensorRef
 from ggufworker.errors import ConversionError
+
+logger = logging.getLogger(__name__)
 
 
 class GptOssConverter(MoEConverter):
@@ -43,6 +46,11 @@ class GptOssConverter(MoEConverter):
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         super().add_metadata(w)
+        if str(self.rope.get("rope_type")) == "yarn" and self.rope.get("truncate") is False:
+            logger.warning(
+                "YaRN with truncate=false: llama.cpp rounds the YaRN correction range to whole "
+                "dimensions, so RoPE frequencies differ slightly from transformers'"
+            )
         if self.cfg.get("sliding_window"):
             w.add_sliding_window(int(self.cfg["sliding_window"]))
         layer_types = self.cfg.get("layer_types")
@@ -69,9 +77,9 @@ class GptOssConverter(MoEConverter):
             yield derived_plan(up, shape, ref, lambda a: a[..., 1::2].transpose(0, 2, 1))
         elif proj == "gate_up_proj_bias":  # (E, 2F) -> 2 x (E, F)
             n_expert, both = ref.shape
-            shape = (n_expert, both // 2)
-            yield derived_plan(_bias(gate), shape, ref, lambda a: a[:, 0::2], keep_f32=True)
-            yield derived_plan(_bias(up), shape, ref, lambda a: a[:, 1::2], keep_f32=True)
+            halves = (n_expert, both // 2)
+            yield derived_plan(_bias(gate), halves, ref, lambda a: a[:, 0::2], keep_f32=True)
+            yield derived_plan(_bias(up), halves, ref, lambda a: a[:, 1::2], keep_f32=True)
         elif proj == "down_proj":  # (E, F, H) -> (E, H, F)
             n_expert, ff, hidden = ref.shape
             yield derived_plan(down, (n_expert, hidden, ff), ref, lambda a: a.transpose(0, 2, 1))

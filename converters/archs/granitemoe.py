@@ -11,6 +11,7 @@ adds an always-on MLP, ``shared_mlp.input_linear`` ``(2S, H)`` split the same wa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import gguf
 
@@ -21,7 +22,10 @@ from converters.checkpoint import TensorRef
 
 
 class GraniteMoeConverter(MoEConverter, GraniteConverter):
-    hf_architectures = ("GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM")
+    hf_architectures: ClassVar[tuple[str, ...]] = (
+        "GraniteMoeForCausalLM",
+        "GraniteMoeSharedForCausalLM",
+    )
     gguf_arch = gguf.MODEL_ARCH.GRANITE_MOE
 
     def add_routing_metadata(self, w: gguf.GGUFWriter) -> None:
@@ -40,8 +44,8 @@ class GraniteMoeConverter(MoEConverter, GraniteConverter):
         elif hf_name.endswith("shared_mlp.input_linear.weight"):
             rows, cols = ref.shape
             half = rows // 2
-            halves = ((MT.FFN_GATE_SHEXP, slice(0, half)), (MT.FFN_UP_SHEXP, slice(half, rows)))
-            for kind, part in halves:
-                yield derived_plan(block_name(kind, bid), (half, cols), ref, lambda a, p=part: a[p])
+            shape = (half, cols)
+            yield derived_plan(block_name(MT.FFN_GATE_SHEXP, bid), shape, ref, lambda a: a[:half])
+            yield derived_plan(block_name(MT.FFN_UP_SHEXP, bid), shape, ref, lambda a: a[half:])
         else:
             yield from super().tensor(hf_name, ref)

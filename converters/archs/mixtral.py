@@ -7,6 +7,8 @@ llama graph computes for any expert count; there is no routing key to write beyo
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gguf
 
 from converters.archs.llama import LlamaConverter
@@ -14,5 +16,5 @@ from converters.archs.moe import MoEConverter
 
 
 class MixtralConverter(MoEConverter, LlamaConverter):
-    hf_architectures = ("MixtralForCausalLM",)
+    hf_architectures: ClassVar[tuple[str, ...]] = ("MixtralForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.LLAMA

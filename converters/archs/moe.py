@@ -100,6 +100,12 @@ class MoEConverter(ArchConverter):
         w.add_expert_count(self.n_expert)
         w.add_expert_used_count(self.n_expert_used)
         self.add_routing_metadata(w)
+        if str(self.rope.get("rope_type", "")).lower() == "yarn":
+            # YaRN ramp bounds (GPT-OSS, DeepSeek); llama.cpp assumes 32 and 1 when absent
+            if self.rope.get("beta_fast") is not None:
+                w.add_rope_scaling_yarn_beta_fast(float(self.rope["beta_fast"]))
+            if self.rope.get("beta_slow") is not None:
+                w.add_rope_scaling_yarn_beta_slow(float(self.rope["beta_slow"]))
 
     def add_routing_metadata(self, w: gguf.GGUFWriter) -> None:
         """Family-specific routing keys (gating function, normalisation, scale, sizes)."""

@@ -529,3 +529,38 @@ def test_conversion_memory_is_bounded_by_one_stacked_tensor(tiny_tokenizer, tmp_
     before, peak = (int(v) * 1024 for v in run.stdout.split()[-2:])
     grown = peak - before
     assert grown < size / 4, f"RSS grew {grown >> 20} MiB for a {size >> 20} MiB checkpoint"
+
+
+# --- YaRN RoPE as the released models configure it -------------------------------------------
+
+YARN = {
+    # DeepSeek-V2-Lite's rope: YaRN x40 with mscale = mscale_all_dim (attention scale unchanged)
+    "deepseek-v2": ({"max_position_embeddings": 163840, "rope_parameters": {
+        "rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+        "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707,
+        "rope_theta": 10000.0}}, F32_TOLERANCE),
+    # gpt-oss' rope (GptOssConfig's default): YaRN x32, truncate=false. llama.cpp rounds the
+    # correction range to whole dimensions (transformers does not with truncate=false), which
+    # moves logits by ~3e-3 here: bounded, not hidden.
+    "gpt-oss": ({"max_position_embeddings": 131072, "rope_parameters": None}, 5e-3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(YARN))
+def test_yarn_rope_matches_transformers(variant, tiny_tokenizer, prompt, tmp_path):
+    family, make_config = FAMILIES[variant]
+    changes, tolerance = YARN[variant]
+    config = make_config()
+    for key, value in changes.items():
+        if value is None:  # back to the class default
+            value = getattr(type(config)(), key)
+        setattr(config, key, value)
+    src = builders.build_tiny(variant, tmp_path / "src", tiny_tokenizer, config=config)
+    want, margins = hf_reference(src, prompt, variant)
+    got = llama_logits(convert(src, tmp_path / "f32.gguf", outtype="f32"), prompt)
+    n = clear_prefix(margins, F32_MARGIN)
+    err = rel_err(got[:n], want[:n])
+    record(family, "f32", passed=n >= MIN_CLEAR and err < tolerance, value=err,
+           detail=f"{variant} YaRN: {err:.2e} over {n}/{len(prompt)} clear positions")  # fmt: skip
+    assert n >= MIN_CLEAR
+    assert err < tolerance, f"{variant} YaRN: relative error {err:.2e}"
