@@ -352,3 +352,34 @@ def test_follow_up_turn_goes_to_the_replica_holding_its_prefix(two_replicas: Ser
     assert cached >= first.usage.prompt_tokens, (cached, first.usage.prompt_tokens)
     cached_after = _replica_counts(two_replicas, "cached_tokens_total")
     assert cached_after[served[0]] - cached_before[served[0]] == cached
+
+
+@pytest.mark.requires_hardware("two GPUs")
+def test_one_replica_per_gpu(
+    smollm2_path: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from ggufworker.engine.devices import gpu_devices
+
+    gpus = gpu_devices()
+    if len(gpus) < 2:
+        pytest.skip(f"needs two GPUs, this machine has {len(gpus)}")
+    server = cached_server(
+        tmp_path_factory, "gpu-replicas", model_cache, "--model", SMOLLM2,
+        "--replicas", "2", "--parallel", "2",
+    )  # fmt: skip
+    with running(server):
+
+        async def together() -> list[int]:
+            client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+            replies = await asyncio.gather(
+                *[client.completions.create(model=SMOLLM2, prompt=p, **GREEDY) for p in PROMPTS]
+            )
+            await client.close()
+            return [r.usage.completion_tokens for r in replies]
+
+        assert asyncio.run(together()) == [24] * len(PROMPTS)
+        counts = _replica_counts(server)
+        assert sorted(counts) == [0, 1] and min(counts.values()) >= 1, counts
+        card = next(m for m in httpx.get(f"{server.url}/v1/models").json()["data"]
+                    if m["id"] == SMOLLM2)  # fmt: skip
+        assert [r["device"] for r in card["meta"]["replicas"]] == [gpus[0].name, gpus[1].name]
