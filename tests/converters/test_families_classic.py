@@ -111,6 +111,14 @@ FAMILIES: dict[str, tuple[str, Callable[[], Any], Callable[[Path], None] | None]
     "mpt-clip-6-heads": ("mpt", _cfg("MptConfig", n_layers=2, d_model=96, n_heads=6,
                                      max_seq_len=128,
                                      attn_config={"clip_qkv": 0.5, "alibi_bias_max": 4}), None),
+    # attn_config.alibi=false: transformers' MptForCausalLM applies ALiBi anyway (llama.cpp's
+    # converter would write max_alibi_bias 0, i.e. no position information at all)
+    "mpt-alibi-flag-off": ("mpt", _cfg("MptConfig", n_layers=2, d_model=64, n_heads=4,
+                                       max_seq_len=128, attn_config={"alibi": False}), None),
+    # the MosaicML remote-code class name: attn_config is followed (alibi on, bias 8)
+    "mpt-remote-class": ("mpt", _cfg("MptConfig", n_layers=2, d_model=64, n_heads=4,
+                                     max_seq_len=128),
+                         _edit_config(architectures=["MPTForCausalLM"])),
     "stablelm": ("stablelm", _cfg("StableLmConfig", **_LN, hidden_size=64,
                                   intermediate_size=160, num_attention_heads=4,
                                   num_key_value_heads=2, use_qkv_bias=True), None),
@@ -256,6 +264,9 @@ def test_written_metadata_follows_the_config(family_files):
     assert cfg["attn_config"]["alibi_bias_max"] == 4
     assert clipped["mpt.attention.max_alibi_bias"] == 8.0
     assert clipped["mpt.attention.clamp_kqv"] == pytest.approx(0.5)
+    src, outs, _ = family_files("mpt-alibi-flag-off")
+    assert json.loads((src / "config.json").read_text())["attn_config"]["alibi"] is False
+    assert _fields(outs["f32"])["mpt.attention.max_alibi_bias"] == 8.0
 
     phi = _fields(family_files("phi2")[1]["f32"])
     assert phi["phi2.attention.head_count_kv"] == 2
