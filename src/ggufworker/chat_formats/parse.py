@@ -32,6 +32,14 @@ class OutputParser:
     tools: list[dict[str, Any]] = field(default_factory=list)
     lead: str = ""
 
+    @property
+    def active(self) -> bool:
+        """False when there is nothing to split out (no tools, no thinking markers): the
+        text is the content as generated."""
+        return self.parse_tools or (
+            self.split_thinking and (self.reasoning is not None or self.fmt.owns_reasoning)
+        )
+
     def view(self, text: str, *, partial: bool) -> tuple[str, str, list[PartialCall], str]:
         """(reasoning, content, calls, rest) of ``text``; with ``partial`` the texts are the
         parts safe to show now (each a prefix of what the final parse gives)."""

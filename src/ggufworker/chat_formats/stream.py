@@ -104,8 +104,6 @@ class StreamParser:
                 self._args.append("")
                 delta.tool_calls.append(ToolCallDelta(index, call_id, call.name))
             args = call.arguments
-            if args is None or (not call.complete and not final and index < len(calls) - 1):
-                pass
             if args is not None and args.startswith(self._args[index]):
                 fragment = args[len(self._args[index]) :]
                 if fragment:

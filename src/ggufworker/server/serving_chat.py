@@ -157,7 +157,11 @@ class ChatServing:
         await collect(request, generation, on_event)
         choices = []
         for c in generation.choices:
-            result = plan.parser.parse("".join(c.text))
+            text = "".join(c.text)
+            if not plan.parser.active:
+                result = cf.ParseResult(text, "", [])
+            else:
+                result = plan.parser.parse(text)
             result = cf.ParseResult(
                 result.content,
                 result.reasoning,
@@ -228,10 +232,15 @@ class ChatServing:
                 logprobs = None
                 if body.logprobs and event.token_id is not None:
                     logprobs = {"content": [chat_logprob(generation, event)]}
-                d = streams[index].feed(event.text) if event.text else cf.StreamDelta()
+                if not plan.parser.active:
+                    d = cf.StreamDelta(content=event.text)
+                else:
+                    d = streams[index].feed(event.text) if event.text else cf.StreamDelta()
                 if d or logprobs:
                     yield chunk(index, delta_of(d), logprobs)
-                if event.finish_reason is not None:
+                if event.finish_reason is not None and not plan.parser.active:
+                    yield chunk(index, {}, None, event.finish_reason)
+                elif event.finish_reason is not None:
                     last, result = streams[index].finish()
                     if last:
                         yield chunk(index, delta_of(last))
