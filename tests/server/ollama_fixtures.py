@@ -16,6 +16,7 @@ from tests.server.conftest import COMMON, ServerProcess, running
 
 PULL_NAME = "ollama-pull-test"
 PULL_ALIAS = "pulltest:tiny"
+BROKEN_NAME = "ollama-broken-pull"  # its only source is a file that does not exist
 
 
 def _registry(smollm2_path: Path, out: Path) -> Path:
@@ -31,7 +32,9 @@ def _registry(smollm2_path: Path, out: Path) -> Path:
                 "filename": "pull-test.gguf",
                 "sources": local,
             }
-    data["models"].append(pulled)
+    missing = [{"type": "file", "path": str(out / "missing.gguf")}]
+    broken = {**pulled, "name": BROKEN_NAME, "aliases": [], "sources": missing}
+    data["models"] += [pulled, broken]
     path = out / "models.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

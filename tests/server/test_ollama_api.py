@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import SMOLLM2
 from tests.server import ollama_fixtures
 from tests.server.conftest import ServerProcess
-from tests.server.ollama_fixtures import PULL_ALIAS, PULL_NAME
+from tests.server.ollama_fixtures import BROKEN_NAME, PULL_ALIAS, PULL_NAME
 
 ollama_server = ollama_fixtures.ollama_server  # session-scoped, shared with the LangChain tests
 
@@ -263,6 +263,18 @@ def test_pull_copy_delete(ollama_server: ServerProcess, smollm2_path: Path) -> N
     assert unknown.value.status_code == 404
 
 
+def test_failed_pull_ends_its_stream_with_an_error_line(ollama_server: ServerProcess) -> None:
+    with httpx.stream("POST", f"{ollama_server.url}/api/pull", json={"model": BROKEN_NAME}) as r:
+        assert r.status_code == 200  # the failure comes after the stream started
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[0] == {"status": "pulling manifest"}
+    assert set(lines[-1]) == {"error"} and "no such file" in lines[-1]["error"]
+    c = client(ollama_server)
+    with pytest.raises(ollama.ResponseError, match="no such file"):
+        list(c.pull(BROKEN_NAME, stream=True))
+    assert BROKEN_NAME not in [m.model for m in c.list().models]
+
+
 def test_bad_input_gets_ollama_errors(ollama_server: ServerProcess) -> None:
     c = client(ollama_server)
     with pytest.raises(ollama.ResponseError) as missing:
@@ -274,6 +286,12 @@ def test_bad_input_gets_ollama_errors(ollama_server: ServerProcess) -> None:
     r = httpx.post(f"{ollama_server.url}/api/chat", content=b"{not json",
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
+    # Ollama reads the body as JSON whatever its type (its docs use `curl -d`)
+    form = httpx.post(f"{ollama_server.url}/api/generate",
+                      content=json.dumps({"model": ALIAS, "prompt": "Hi", "stream": False,
+                                          "options": {"num_predict": 2}}),
+                      headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert form.status_code == 200 and form.json()["done"]
     r = httpx.post(f"{ollama_server.url}/api/generate", json={"prompt": "no model"})
     assert r.status_code == 400 and "model" in r.json()["error"]
     cases = [

@@ -264,10 +264,9 @@ class GenerationFields(OllamaBaseModel):
 
     def to_sampling_params(self) -> SamplingParams:
         """Map ``options`` and ``format`` to the engine's sampling settings."""
-        params = sampling_params(self.options, json_schema=format_schema(self.format))
         if self.logprobs:
-            params = replace(params, logprobs=self.top_logprobs or 0)
-        return params
+            logger.info("logprobs are not returned by the Ollama API here (use /v1)")
+        return sampling_params(self.options, json_schema=format_schema(self.format))
 
     def num_ctx(self) -> int | None:
         value = (self.options or {}).get("num_ctx")

@@ -72,6 +72,18 @@ def _validation_text(exc: RequestValidationError) -> str:
     return f"{where}: {msg}" if where else str(msg)
 
 
+def _as_json(request: Request) -> Request:
+    """The request with its body read as JSON whatever its content type: Ollama's server does
+    so, and its docs' ``curl -d '{...}'`` sends ``application/x-www-form-urlencoded``."""
+    if request.method not in ("POST", "DELETE"):
+        return request
+    if "json" in request.headers.get("content-type", ""):
+        return request
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+    scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    return Request(scope, request.receive)
+
+
 class OllamaRoute(APIRoute):
     """A route whose errors are ``{"error": "..."}`` (Ollama's shape), not OpenAI's envelope."""
 
@@ -80,7 +92,7 @@ class OllamaRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             try:
-                return await handler(request)
+                return await handler(_as_json(request))
             except RequestValidationError as exc:
                 return ollama_error(400, _validation_text(exc))
             except GGUFWorkerError as exc:
