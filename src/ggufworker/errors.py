@@ -127,6 +127,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
     (QueueFullError, ErrorSpec(429, "server_overloaded", "queue_full")),
     (ModelLoadingError, ErrorSpec(503, "server_error", "model_loading")),
     (EngineClosedError, ErrorSpec(503, "server_error", "engine_closed")),
+    (ModelLoadError, ErrorSpec(500, "server_error", "model_unavailable")),
     (GGUFWorkerError, ErrorSpec(500, "server_error", None)),
 )
 

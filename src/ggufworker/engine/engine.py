@@ -192,6 +192,8 @@ class Engine:
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
+        if not self._sched.thread.is_alive():  # crashed: nobody would ever answer
+            raise EngineClosedError("the engine's scheduler thread stopped (see the log)")
         tokens = self._prompt_tokens(request)
         n_ctx = self.info.n_ctx
         if len(tokens) >= n_ctx:
@@ -363,6 +365,11 @@ class Engine:
         self._call(self._sched.clear_idle_caches)
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine is closed or its scheduler thread stopped (a crash, logged)."""
+        return not self._closed and self._sched.thread.is_alive()
 
     @property
     def pipelined(self) -> bool:

@@ -257,17 +257,43 @@ class ModelManager:
 
         Raises:
             ModelNotFoundError: the name is not served.
-            ModelLoadError: the model failed to load.
+            ModelLoadError: the model failed to load, or its engine stopped (the model is named;
+                other models keep serving).
         """
         model = self.lookup(name, embedding=embedding)
         model.active += 1
         try:
             await self._ensure_loaded(model)
+            if not getattr(model.engine, "alive", True):
+                await self._engine_stopped(model)
         except BaseException:
             model.active -= 1
             raise
         model.last_used = time.monotonic()
         return Lease(model)
+
+    async def _engine_stopped(self, model: ServedModel) -> None:
+        """A loaded model whose engine thread died: fail this request naming the model, free
+        the dead engine, and let the next request load the model again. Other models are not
+        touched (each has its own engine, thread and lock).
+
+        Raises:
+            ModelLoadError: always.
+        """
+        message = (
+            f"model {model.spec.name!r} is unavailable: its engine stopped unexpectedly "
+            "(see the server log); the next request loads it again"
+        )
+        async with model.lock:
+            engine = model.engine
+            if engine is not None and not getattr(engine, "alive", True):
+                logger.error("%s", message)
+                model.engine, model.state, model.error = None, "failed", message
+                try:
+                    await asyncio.to_thread(engine.close)
+                except Exception:
+                    logger.exception("closing the stopped engine of %s failed", model.spec.name)
+        raise ModelLoadError(message)
 
     async def _ensure_loaded(self, model: ServedModel) -> None:
         if model.state == "ready":
@@ -283,12 +309,15 @@ class ModelManager:
                 model.engine = await asyncio.to_thread(
                     self._factory, Path(path), model.spec, self.settings
                 )
-            except GGUFWorkerError as exc:
+            except ModelNotFoundError as exc:
                 model.state, model.error = "failed", str(exc)
                 raise
             except Exception as exc:
+                # named, so that a client of a multi-model server knows which model is broken
                 model.state, model.error = "failed", str(exc)
-                raise ModelLoadError(f"could not load {model.spec.name}: {exc}") from exc
+                raise ModelLoadError(
+                    f"model {model.spec.name!r} could not be loaded: {exc}"
+                ) from exc
             model.state = "ready"
             model.last_used = time.monotonic()
             logger.info("loaded %s in %.1fs", model.spec.name, time.monotonic() - started)
