@@ -7,7 +7,7 @@ probabilities, as llama.cpp's graph does with ``exp_probs_b``. Shared experts ar
 ``moe_intermediate_size * moe_num_shared_experts`` rows (written as that, not llama.cpp's own
 converter's ``intermediate_size // num_key_value_heads`` estimate). llama.cpp loads expert
 tensors for every block from the start index on, so sparse-step or end-index layouts that leave
-later blocks dense are refused.
+later blocks dense are refused. Multi-token prediction blocks are not converted.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class Ernie45MoeConverter(MoEConverter):
         if end is not None and int(end) not in (-1, self.n_layers - 1):
             self.refuse_unless("moe_layer_end_index", self.n_layers - 1, None, why)
         self.refuse_unless("use_bias", False, False, "llama.cpp's ernie4_5 graphs have no biases")
+
+    def skip(self, hf_name: str) -> bool:
+        # multi-token prediction blocks (model.mtp_block.*, mtp_emb_norm, ...) are not converted
+        return hf_name.startswith("model.mtp_") or super().skip(hf_name)
 
     def add_routing_metadata(self, w: gguf.GGUFWriter) -> None:
         cfg = self.cfg

@@ -564,3 +564,29 @@ def test_yarn_rope_matches_transformers(variant, tiny_tokenizer, prompt, tmp_pat
            detail=f"{variant} YaRN: {err:.2e} over {n}/{len(prompt)} clear positions")  # fmt: skip
     assert n >= MIN_CLEAR
     assert err < tolerance, f"{variant} YaRN: relative error {err:.2e}"
+
+
+MTP = {
+    # DeepSeek-V3 checkpoints store their multi-token-prediction block as one layer past the end
+    "deepseek-v3": ["model.layers.3.eh_proj.weight", "model.layers.3.enorm.weight",
+                    "model.layers.3.mlp.experts.0.gate_proj.weight",
+                    "model.layers.3.mlp.experts.1.gate_proj.weight"],
+    "ernie4_5-moe": ["model.mtp_block.0.mlp.up_proj.weight", "model.mtp_emb_norm.0.weight",
+                     "model.mtp_linear_proj.0.weight"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(MTP))
+def test_multi_token_prediction_blocks_are_left_out(variant, family_files, tmp_path):
+    import gguf
+    from safetensors.numpy import load_file, save_file
+
+    src, outs, _want, _margins = family_files(variant)
+    dst = _edited(src, tmp_path / "src")
+    tensors = load_file(dst / "model.safetensors")
+    for name in MTP[variant]:
+        tensors[name] = np.ones((8, 8), np.float32)
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    out = convert(dst, tmp_path / "out.gguf", outtype="f32")
+    names = {t.name for t in gguf.GGUFReader(out).tensors}
+    assert names == {t.name for t in gguf.GGUFReader(outs["f32"]).tensors}
