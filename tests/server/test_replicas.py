@@ -29,6 +29,7 @@ from ggufworker.server.replicas import (
     replica_stats,
 )
 from tests.conftest import REPO, SMOLLM2
+from tests.engine.prompts import PROMPTS as BATCH_SAFE_PROMPTS
 from tests.server.conftest import ServerProcess, cached_server, running
 
 # --- routing policy ---------------------------------------------------------------------------
@@ -252,12 +253,9 @@ GREEDY = {"temperature": 0, "max_tokens": 24, "extra_body": {"ignore_eos": True}
 CHAT = {"temperature": 0, "max_tokens": 24}
 # CPU replicas on any machine (on a GPU host two replicas would each need a GPU)
 CPU = ("--gpu-layers", "0")
-PROMPTS = [
-    "The three primary colours are",
-    "A haiku about the sea:",
-    "def fibonacci(n):",
-    "The capital of France is",
-]
+# Prompts whose greedy tokens are known to be the same batched or alone on the CPU (the
+# engine's batched-vs-alone tests); each replica batches two of them.
+PROMPTS = BATCH_SAFE_PROMPTS[:4]
 
 
 @pytest.fixture(scope="module")
