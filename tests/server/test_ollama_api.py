@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import SMOLLM2
 from tests.server import ollama_fixtures
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import KEYS, ServerProcess
 from tests.server.ollama_fixtures import BROKEN_NAME, PULL_ALIAS, PULL_NAME
 
 ollama_server = ollama_fixtures.ollama_server  # session-scoped, shared with the LangChain tests
@@ -310,6 +310,27 @@ def test_bad_input_gets_ollama_errors(ollama_server: ServerProcess) -> None:
     assert fim.value.status_code == 400 and "insert" in fim.value.error
     # the server is still fine
     assert c.generate(model=ALIAS, prompt="Hi", options={"num_predict": 2}).done
+
+
+def test_same_keys_body_limit_and_metrics_as_v1(
+    ollama_server: ServerProcess, tight_server: ServerProcess
+) -> None:
+    with pytest.raises(ollama.ResponseError) as denied:
+        client(tight_server).list()
+    assert denied.value.status_code == 401
+    keyed = ollama.Client(host=tight_server.url, headers={"Authorization": f"Bearer {KEYS[1]}"})
+    assert keyed.chat(model=SMOLLM2, messages=user("Hi"), options={"num_predict": 2}).done
+
+    huge = {"model": ALIAS, "prompt": "x" * (9 * 1024 * 1024)}  # over the 8 MiB default
+    assert httpx.post(f"{ollama_server.url}/api/generate", json=huge).status_code == 413
+
+    ok = 'endpoint="/api/chat",status="200"'
+    before = _metric(ollama_server, "ggufworker_requests_total", ok)
+    tokens = _metric(ollama_server, "ggufworker_generation_tokens_total", f'model="{SMOLLM2}"')
+    r = client(ollama_server).chat(model=ALIAS, messages=user("Hi"), options={"num_predict": 3})
+    assert _metric(ollama_server, "ggufworker_requests_total", ok) == before + 1
+    after = _metric(ollama_server, "ggufworker_generation_tokens_total", f'model="{SMOLLM2}"')
+    assert after == tokens + r.eval_count
 
 
 PROMPTS = [
