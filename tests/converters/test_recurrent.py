@@ -11,10 +11,15 @@ Not covered because llama.cpp computes another function: Falcon-H1 with ``mamba_
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from converters.st2gguf import convert
+from tests.server.conftest import ServerProcess, cached_server, running
 from tests.support import record
 
 from . import builders
@@ -165,3 +170,78 @@ def test_falcon_h1_norm_before_gate_is_refused(tiny_tokenizer, tmp_path):
     with pytest.raises(ConversionError, match="norm_before_gate"):
         convert(src, target, outtype="f32", pre_tokenizer="gpt-2")
     assert not target.exists()
+
+
+# --- served through a real `ggufworker serve` and the openai client ----------------------------
+
+SERVED = ("mamba", "mamba2", "lfm2", "granitehybrid-moe", "falcon_h1", "jamba")
+SERVED_PROMPTS = ("def convert(src, dst):", "The output is written to a temporary file")
+MAX_TOKENS = 10
+MEMORY = {"mamba": "recurrent", "mamba2": "recurrent"}  # the others are hybrid
+
+
+@pytest.fixture(scope="module")
+def served_files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """case -> its f32 GGUF (named after the case: the served model name)."""
+    files = {}
+    configs = _configs()
+    for case in SERVED:
+        root = tmp_path_factory.mktemp(f"served-{case}")
+        src = builders.build_tiny(case, root / "src", tiny_tokenizer, config=configs[case][1])
+        files[case] = convert(src, root / f"{case}.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    return files
+
+
+@pytest.fixture(scope="module")
+def server(served_files, model_cache, tmp_path_factory) -> Iterator[ServerProcess]:
+    args = [a for path in served_files.values() for a in ("--model", str(path))]
+    proc = cached_server(tmp_path_factory, "recurrent-families", model_cache, *args,
+                         "--parallel", "4")  # fmt: skip
+    with running(proc):
+        yield proc
+
+
+def _engine_text(path: Path, prompt: str) -> str:
+    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine = Engine.load(path, n_ctx=256, n_parallel=1)
+    try:
+        return engine.generate(GenerationRequest(prompt, greedy)).text
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SERVED)
+def test_served_greedy_equals_alone_and_engine(case, server, served_files):
+    import openai
+
+    family = _configs()[case][0]
+    model = served_files[case].stem
+
+    async def complete(client: openai.AsyncOpenAI, prompt: str):
+        return await client.completions.create(
+            model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+
+    async def run() -> tuple[list, list, list]:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        together = await asyncio.gather(*(complete(client, p) for p in SERVED_PROMPTS))
+        alone = [await complete(client, p) for p in SERVED_PROMPTS]
+        listed = (await client.models.list()).data
+        await client.close()
+        return list(together), alone, listed
+
+    together, alone, listed = asyncio.run(run())
+    want = [_engine_text(served_files[case], p) for p in SERVED_PROMPTS]
+    got_together = [r.choices[0].text for r in together]
+    got_alone = [r.choices[0].text for r in alone]
+    lengths = [r.usage.completion_tokens for r in together + alone]
+    ok = got_together == got_alone == want and lengths == [MAX_TOKENS] * len(lengths)
+    record(family, "server", passed=ok, detail=case)
+    assert got_together == got_alone == want
+    assert lengths == [MAX_TOKENS] * len(lengths)
+    card = next(m for m in listed if m.id == model)
+    assert (card.model_extra or {}).get("meta", {}).get("memory") == MEMORY.get(case, "hybrid")
