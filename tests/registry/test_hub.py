@@ -1,4 +1,4 @@
-"""Hub downloads through huggingface_hub against a local server speaking the resolve protocol."""
+"""Hub downloads against a local server speaking the hub's resolve protocol."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from .helpers import REPO, closed_port_url, hf_source, leftovers, model_entry
 
 FILE = "tiny.Q4_0.gguf"
 SIZE = 3 * 1024 * 1024 + 123
-# huggingface_hub writes in 10 MiB chunks, so a resume restarts at the last whole chunk received:
-# a cut needs a file of more than one chunk to show that the transfer resumed.
+# a file of several MB, cut after most of it: the retry must ask only for the rest
 BIG = 24 * 1024 * 1024 + 77
 CUT = 15 * 1024 * 1024
 
@@ -92,6 +91,7 @@ def test_transfer_cut_midway_is_resumed(
     assert store_gets[1].range is not None
     resumed_from = int(store_gets[1].range.removeprefix("bytes=").split("-")[0])
     assert 0 < resumed_from <= CUT
+    assert store_gets[1].sent == BIG - resumed_from
     assert leftovers(home) == sorted([path, marker_path(path)])
 
 

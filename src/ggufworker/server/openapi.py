@@ -184,7 +184,7 @@ def _text_routes(app: FastAPI) -> dict[tuple[str, str], str]:
         if route.include_in_schema:
             media = _returned_media_type(route)
             if media is not None:
-                for method in route.methods:
+                for method in route.methods or ():
                     out[(path, method.lower())] = media
     return out
 
