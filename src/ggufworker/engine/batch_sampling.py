@@ -37,7 +37,7 @@ STRIDE = 32
 
 def vectorised(params: SamplingParams) -> bool:
     """Whether a request's sampling can run in :func:`sample_rows` (everything but grammars)."""
-    return params.grammar is None and params.json_schema is None
+    return params.grammar is None and params.json_schema is None and params.tool_grammar is None
 
 
 class RowSampler:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
@@ -55,6 +56,9 @@ class Engine:
         n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
         self.info: ModelInfo = model.info(name=name, n_ctx=n_ctx, n_parallel=opts.n_parallel)
         self.max_queue = max_queue
+        #: sample (non-greedy, grammar-free) requests together in numpy; False: one llama.cpp
+        #: sampler chain per request, as before (kept for comparisons)
+        self.batched_sampling = True
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not finished (running or queued)
         self._closed = False
@@ -210,9 +214,14 @@ class Engine:
                 )
             self._outstanding += 1
         greedy = is_plain_greedy(request.params)
+        sampler = None
+        if not greedy and self.batched_sampling and vectorised(request.params):
+            sampler = RowSampler(request.params)
         try:
             chain = (
-                0 if greedy else build_chain(request.params, self._model.vocab, self._model.n_vocab)
+                0
+                if greedy or sampler is not None
+                else build_chain(request.params, self._model.vocab, self._model.n_vocab)
             )
         except BaseException:
             with self._lock:
@@ -230,6 +239,7 @@ class Engine:
                 handle,
                 greedy=greedy,
                 bias=bias_arrays(request.params) if greedy else None,
+                sampler=sampler,
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it

@@ -36,6 +36,7 @@ import numpy as np
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch import Batch
+from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
@@ -360,9 +361,13 @@ class Scheduler:
             self._flush()
         now = time.perf_counter()
         logits: np.ndarray | None = None
+        batched: list[Slot] = []
         for s in active:
             req = s.req
             if req is None or s.out_idx < 0:
+                continue
+            if req.sampler is not None:
+                batched.append(s)
                 continue
             try:
                 if req.greedy:
@@ -383,8 +388,33 @@ class Scheduler:
                 logger.exception("request %s failed", req.id)
                 self._release(s)
                 req.handle._deliver(GenerationError(f"generation failed: {exc}"))
+        if batched:
+            self._sample_batched(batched, logits, now)
         if not self.pipeline:
             self._emit_pending(active)
+
+    def _sample_batched(self, slots: list[Slot], logits: np.ndarray | None, now: float) -> None:
+        """Draw the tokens of every sampled (grammar-free) sequence of the step at once."""
+        if logits is None:
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits(self.ctx), shape=(self._n_out, self.n_vocab)
+            )
+        samplers = [s.req.sampler for s in slots]  # type: ignore[union-attr]
+        try:
+            toks = sample_rows(logits, [s.out_row for s in slots], samplers)  # type: ignore[arg-type]
+        except Exception as exc:  # the step's sampled requests fail; greedy ones go on
+            logger.exception("batched sampling failed")
+            for s in slots:
+                req = s.req
+                assert req is not None
+                self._release(s)
+                req.handle._deliver(GenerationError(f"generation failed: {exc}"))
+            return
+        for s, tok in zip(slots, toks, strict=True):
+            req = s.req
+            assert req is not None and req.sampler is not None
+            req.sampler.accept(tok)
+            self._sample(s, req, tok, now)
 
     def _decode_failed(self, rc: int) -> None:
         logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ggufworker.engine.batch_sampling import RowSampler
 from ggufworker.engine.handle import RequestHandle
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import SamplingParams
@@ -28,6 +29,9 @@ class Request:
     # both take the first maximum.
     greedy: bool = False
     bias: tuple[np.ndarray, np.ndarray] | None = None  # logit_bias of a greedy request
+    # Sampled without a grammar: drawn with every such row of the step at once in numpy
+    # (engine/batch_sampling.py) instead of a llama.cpp chain per request.
+    sampler: RowSampler | None = None
 
 
 @dataclass(eq=False)
