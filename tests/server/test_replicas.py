@@ -20,7 +20,7 @@ from openai import AsyncOpenAI, OpenAI
 from ggufworker.config import add_settings_arguments, resolve_settings, settings_from_args
 from ggufworker.engine.handle import EngineStats
 from ggufworker.engine.types import GenerationRequest, SamplingParams
-from ggufworker.errors import InvalidRequestError
+from ggufworker.errors import EngineClosedError, InvalidRequestError
 from ggufworker.server.replicas import (
     Replica,
     ReplicaLoad,
@@ -96,6 +96,7 @@ class StubEngine:
 
     slots: int = 2
     busy: int = 0
+    alive: bool = True
     held: list[list[int]] = field(default_factory=list)
     got: list[GenerationRequest] = field(default_factory=list)
 
@@ -155,6 +156,20 @@ def test_replica_set_spreads_and_follows_prefixes() -> None:
     assert len(b.got) == 3
     replicas.submit(GenerationRequest(prompt="unrelated", add_bos=False))
     assert len(a.got) == 3 and a.got[-1].prompt == list(map(ord, "unrelated"))
+
+
+def test_stopped_replicas_take_no_requests() -> None:
+    a, b = StubEngine(), StubEngine()
+    replicas = _set(a, b)
+    a.alive = False  # its scheduler thread died
+    for text in ("one", "two", "three"):
+        replicas.submit(GenerationRequest(prompt=text))
+    assert (len(a.got), len(b.got)) == (0, 3) and replicas.alive
+    assert [r.alive for r in replica_stats(replicas)] == [False, True]
+    b.alive = False
+    assert not replicas.alive
+    with pytest.raises(EngineClosedError):
+        replicas.submit(GenerationRequest(prompt="four"))
 
 
 def test_replica_set_stats_add_up() -> None:

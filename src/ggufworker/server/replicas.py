@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ggufworker.engine.types import GenerationRequest
+from ggufworker.errors import EngineClosedError
 
 if TYPE_CHECKING:
     from ggufworker.config import ServerSettings
@@ -91,6 +92,7 @@ class ReplicaStats:
     queue_depth: int
     requests: int  # finished requests
     cached_tokens: int  # prompt tokens served from its KV cache
+    alive: bool = True  # its scheduler thread runs
 
 
 class ReplicaSet:
@@ -146,23 +148,36 @@ class ReplicaSet:
 
     # --- routing -----------------------------------------------------------------------------
 
-    def loads(self, tokens: Sequence[int]) -> list[ReplicaLoad]:
-        """Each replica's free slots and cached prefix of ``tokens``."""
+    @property
+    def alive(self) -> bool:
+        """True while at least one replica's engine runs; requests go only to running ones
+        (a replica whose scheduler thread died takes no more requests)."""
+        return any(_alive(r.engine) for r in self.replicas)
+
+    def loads(self, tokens: Sequence[int], replicas: Sequence[Replica]) -> list[ReplicaLoad]:
+        """The free slots and cached prefix of ``tokens`` of each of ``replicas``."""
         out = []
-        for r in self.replicas:
+        for r in replicas:
             stats = r.engine.stats()
             free = stats.n_parallel - stats.busy_slots - stats.queue_depth
             out.append(ReplicaLoad(free, r.engine.cached_prefix(tokens), r.last_pick))
         return out
 
     def route(self, tokens: Sequence[int]) -> Replica:
-        """The replica a prompt of ``tokens`` goes to (and note the pick)."""
+        """The replica a prompt of ``tokens`` goes to (and note the pick).
+
+        Raises:
+            EngineClosedError: no replica is running.
+        """
+        live = [r for r in self.replicas if _alive(r.engine)]
+        if not live:
+            raise EngineClosedError(f"every replica of {self.info.name} has stopped")
         with self._lock:
             index = choose_replica(
-                self.loads(tokens), prompt_tokens=len(tokens), affinity=self.affinity
+                self.loads(tokens, live), prompt_tokens=len(tokens), affinity=self.affinity
             )
             self._picks += 1
-            replica = self.replicas[index]
+            replica = live[index]
             replica.last_pick = self._picks
         return replica
 
@@ -241,6 +256,10 @@ class ReplicaSet:
             r.engine.close()
 
 
+def _alive(engine: Any) -> bool:
+    return bool(getattr(engine, "alive", True))
+
+
 def replica_stats(engine: Any) -> list[ReplicaStats]:
     """Per-replica load of a loaded model: one entry per replica, one for a plain engine."""
     if isinstance(engine, ReplicaSet):
@@ -259,6 +278,7 @@ def replica_stats(engine: Any) -> list[ReplicaStats]:
                 queue_depth=s.queue_depth,
                 requests=getattr(s, "total_requests", 0),
                 cached_tokens=getattr(s, "total_cached_tokens", 0),
+                alive=_alive(member),
             )
         )
     return out
