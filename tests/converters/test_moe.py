@@ -590,3 +590,28 @@ def test_multi_token_prediction_blocks_are_left_out(variant, family_files, tmp_p
     out = convert(dst, tmp_path / "out.gguf", outtype="f32")
     names = {t.name for t in gguf.GGUFReader(out).tensors}
     assert names == {t.name for t in gguf.GGUFReader(outs["f32"]).tensors}
+
+
+def test_bf16_experts_are_stacked_bit_exact(tiny_tokenizer, tmp_path):
+    """A bf16 checkpoint's experts keep their exact bits when stacked (no widening/narrowing)."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    _family, make_config = FAMILIES["mixtral"]
+    src = builders.build_tiny("mixtral", tmp_path / "src", tiny_tokenizer, config=make_config(),
+                              dtype="bfloat16")  # fmt: skip
+    out = convert(src, tmp_path / "bf16.gguf")  # outtype auto: the source's bf16
+    tensors = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    with safe_open(src / "model.safetensors", framework="pt") as f:
+        for gguf_name, proj in (("ffn_gate_exps", "w1"), ("ffn_up_exps", "w3"),
+                                ("ffn_down_exps", "w2")):  # fmt: skip
+            want = np.stack([
+                f.get_tensor(f"model.layers.1.block_sparse_moe.experts.{e}.{proj}.weight")
+                .view(torch.int16).numpy()
+                for e in range(4)
+            ])  # fmt: skip
+            got = tensors[f"blk.1.{gguf_name}.weight"]
+            assert got.tensor_type == gguf.GGMLQuantizationType.BF16
+            assert np.array_equal(np.asarray(got.data).view(np.int16).reshape(want.shape), want)
+    assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
