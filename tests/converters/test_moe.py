@@ -383,11 +383,13 @@ def test_fused_and_per_expert_layouts_convert_alike(variant, family_files, tmp_p
 # --- engine -----------------------------------------------------------------------------------
 
 
-def test_engine_batched_equals_alone(family_files, prompt):
+@pytest.mark.parametrize("variant", list(FAMILIES))
+def test_engine_batched_equals_alone(variant, family_files, prompt):
     """Two sequences decoded together by the engine equal each decoded alone (greedy, CPU)."""
     from ggufworker.engine import Engine, GenerationRequest, SamplingParams
 
-    _src, outs, _want, _margins = family_files("qwen3moe")
+    family = FAMILIES[variant][0]
+    _src, outs, _want, _margins = family_files(variant)
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [prompt[:24], prompt[8:40]]
     engine = Engine.load(outs["f32"], n_ctx=512, n_parallel=2, n_batch=64)
@@ -401,7 +403,7 @@ def test_engine_batched_equals_alone(family_files, prompt):
     finally:
         engine.close()
     ok = together == alone and all(len(t) == greedy.max_tokens for t in together)
-    record("qwen3moe", "engine", passed=ok, detail="qwen3moe: 2 sequences batched vs alone")
+    record(family, "engine", passed=ok, detail=f"{variant}: 2 sequences batched vs alone")
     assert together == alone
     assert all(len(t) == greedy.max_tokens for t in together)
 
