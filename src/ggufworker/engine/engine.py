@@ -25,6 +25,7 @@ from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
+from ggufworker.engine.threads import ThreadTuner, available_cpus
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
     ContextLengthExceededError,
@@ -70,8 +71,16 @@ class Engine:
             n_batch=opts.n_batch,
             on_finish=self._on_finish,
             pipeline=model.backend == "gpu" if pipeline is None else pipeline,
+            tuner=self._thread_tuner(model, opts),
         )
         self._sched.start()
+
+    @staticmethod
+    def _thread_tuner(model: Model, opts: ContextOptions) -> ThreadTuner | None:
+        """A tuner when llama.cpp computes on the CPU with a thread count we chose."""
+        if opts.n_threads or model.backend == "gpu" or os.environ.get("GGUFWORKER_FIXED_THREADS"):
+            return None
+        return ThreadTuner(available_cpus())
 
     @classmethod
     def load(

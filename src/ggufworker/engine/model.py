@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ggufworker.engine._native import ensure_backend, llama_cpp
 from ggufworker.engine.devices import SPLIT_MODES, SplitMode, check_placement
+from ggufworker.engine.threads import available_cpus
 from ggufworker.engine.types import ModelInfo
 from ggufworker.errors import InvalidRequestError, ModelLoadError
 
@@ -253,7 +254,7 @@ class Model:
         # recurrent and hybrid models this is also the number of states llama.cpp allocates
         # (one per sequence id); the attention part of a hybrid shares the unified KV cache.
         params.n_seq_max = opts.n_parallel + (1 if opts.embedding else 0)
-        threads = opts.n_threads or max(1, os.cpu_count() or 1)
+        threads = opts.n_threads or available_cpus()
         params.n_threads = threads
         params.n_threads_batch = threads
         params.flash_attn_type = {

@@ -42,6 +42,7 @@ from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
 from ggufworker.engine.slots import Request, Slot, common_prefix
 from ggufworker.engine.text import TextStream
+from ggufworker.engine.threads import ThreadTuner
 from ggufworker.engine.types import TokenEvent, Usage
 from ggufworker.errors import EngineClosedError, GenerationError
 
@@ -60,8 +61,11 @@ class Scheduler:
         n_batch: int,
         on_finish: Callable[[int, int, int], None],
         pipeline: bool = False,
+        tuner: ThreadTuner | None = None,
     ) -> None:
         self.model = model
+        # Follows the CPU time really available (engine/threads.py); None: fixed threads.
+        self.tuner = tuner
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
@@ -342,19 +346,25 @@ class Scheduler:
             # Hand over the previous step's events just before decoding: consumers then run
             # while llama_decode has released the GIL, instead of competing for it.
             self._flush()
+        t0 = time.perf_counter()
         rc = batch.decode(self.ctx)
         if rc != 0:
             self._decode_failed(rc)
             return
+        took = time.perf_counter() - t0
         active = self._active()
+        decode_only = True
         for s in active:
             # Record what this step put in the KV cache for this sequence.
             if s.next_token >= 0:
                 s.cache.append(s.next_token)
             else:
+                decode_only = False
                 n_fed = s.n_fed
                 s.cache.extend(s.req.tokens[s.prefill_pos : s.prefill_pos + n_fed])  # type: ignore[union-attr]
                 s.prefill_pos += n_fed
+        if self.tuner is not None:
+            self._tune_threads(took, len(active), decode_only)
         if self.pipeline:
             # The GPU is computing this step: make the previous step's events meanwhile.
             self._emit_pending(active)
@@ -392,6 +402,14 @@ class Scheduler:
             self._sample_batched(batched, logits, now)
         if not self.pipeline:
             self._emit_pending(active)
+
+    def _tune_threads(self, seconds: float, n_seqs: int, decode_only: bool) -> None:
+        tuner = self.tuner
+        assert tuner is not None
+        before = tuner.in_use
+        n = tuner.observe(seconds, n_seqs, decode_only)
+        if n != before:
+            llama_cpp.llama_set_n_threads(self.ctx, n, n)
 
     def _sample_batched(self, slots: list[Slot], logits: np.ndarray | None, now: float) -> None:
         """Draw the tokens of every sampled (grammar-free) sequence of the step at once."""

@@ -98,6 +98,11 @@ class ThreadTuner:
         self._usual: dict[int, float] = {}  # batch size -> usual step time at the current count
         self._slow = 0
 
+    @property
+    def in_use(self) -> int:
+        """The thread count last returned by :meth:`observe` (a trial's, during one)."""
+        return self.current if self._trial is None else self._trial
+
     def _alternative(self) -> int:
         others = [c for c in self.counts if c != self.current]
         alt = others[self._next_alt % len(others)]
