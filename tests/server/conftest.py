@@ -217,3 +217,7 @@ def batch_server(
     server = cached_server(tmp_path_factory, "batch-server", model_cache, "--parallel", "8")
     with running(server):
         yield server
+
+
+# the Ollama API tests' server, one for both of their modules (defined beside them)
+from tests.server.ollama_fixtures import ollama_server  # noqa: E402, F401

@@ -18,11 +18,8 @@ import openai
 import pytest
 
 from tests.conftest import SMOLLM2
-from tests.server import ollama_fixtures
 from tests.server.conftest import KEYS, ServerProcess
 from tests.server.ollama_fixtures import BROKEN_NAME, PULL_ALIAS, PULL_NAME
-
-ollama_server = ollama_fixtures.ollama_server  # session-scoped, shared with the LangChain tests
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # models.yaml
 ALIAS = "smollm2:135m"  # models.yaml's Ollama-style alias of SMOLLM2

@@ -7,10 +7,7 @@ import ollama
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_ollama import ChatOllama
 
-from tests.server import ollama_fixtures
 from tests.server.conftest import ServerProcess
-
-ollama_server = ollama_fixtures.ollama_server  # the session server of test_ollama_api.py
 
 MODEL = "smollm2:135m"
 OPTIONS = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 12}

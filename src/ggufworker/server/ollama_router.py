@@ -35,7 +35,8 @@ from ggufworker.server.ollama_protocol import (
     StatusResponse,
     VersionResponse,
 )
-from ggufworker.server.ollama_serving import OllamaServing, ndjson_response
+from ggufworker.server.ollama_serving import OllamaServing
+from ggufworker.server.ollama_stream import ndjson_response
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "model loading or engine closed"),
     )
 }
-_NDJSON = {200: {"content": {"application/x-ndjson": {}}, "description": "NDJSON chunks"}}
+_NDJSON: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/x-ndjson": {}}, "description": "NDJSON chunks"}
+}
 
 
 def ollama_error(status: int, message: str) -> JSONResponse:
