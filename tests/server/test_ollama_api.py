@@ -79,6 +79,7 @@ def test_liveness_version_list_show_ps(ollama_server: ServerProcess, smollm2_pat
 
     loaded = {m.model: m for m in c.ps().models}
     assert loaded[SMOLLM2].context_length == 4096
+    assert loaded[SMOLLM2].digest == SMOLLM2_SHA256
     assert loaded[SMOLLM2].size > 0
     assert loaded[SMOLLM2].details.family == "llama"
 

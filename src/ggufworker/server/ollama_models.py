@@ -117,7 +117,7 @@ def process_list(manager: ModelManager) -> ProcessResponse:
                 name=name,
                 model=name,
                 size=info.size_bytes,
-                digest="",
+                digest=_digest(model),
                 details=ModelDetails(
                     family=info.architecture,
                     families=[info.architecture],
@@ -132,6 +132,14 @@ def process_list(manager: ModelManager) -> ProcessResponse:
             )
         )
     return ProcessResponse(models=rows)
+
+
+def _digest(model: ServedModel) -> str:
+    """The loaded file's sha256 as its cache marker records it ("" when unverified)."""
+    from ggufworker.registry.cache import read_marker
+
+    marker = read_marker(model.path) if model.path is not None else None
+    return marker.sha256 if marker is not None else ""
 
 
 def _label(info: Any) -> dict[str, Any]:
