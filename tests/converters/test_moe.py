@@ -98,7 +98,7 @@ FAMILIES: dict[str, tuple[str, Callable[[], Any]]] = {
                                       n_routed_experts=4, n_shared_experts=1,
                                       first_k_dense_replace=1, kv_lora_rank=64, q_lora_rank=96,
                                       qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32,
-                                      n_group=2, topk_group=1, routed_scaling_factor=2.5)),
+                                      n_group=2, topk_group=1, routed_scaling_factor=1.5)),
     # default RoPE (the HF default is YaRN x32); window of 8 on the even layers
     "gpt-oss": ("gpt-oss", _cfg("GptOssConfig", intermediate_size=256, num_local_experts=4,
                                 head_dim=64, sliding_window=8,
