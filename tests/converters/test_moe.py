@@ -618,3 +618,36 @@ def test_bf16_experts_are_stacked_bit_exact(tiny_tokenizer, tmp_path):
             assert got.tensor_type == gguf.GGMLQuantizationType.BF16
             assert np.array_equal(np.asarray(got.data).view(np.int16).reshape(want.shape), want)
     assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_routing_metadata_follows_the_config(family_files):
+    """The keys llama.cpp routes by are the config's, not defaults that happen to fit."""
+    import gguf
+
+    def fields(variant: str) -> dict[str, Any]:
+        reader = gguf.GGUFReader(family_files(variant)[1]["f32"])
+        return {k: f.contents() for k, f in reader.fields.items()}
+
+    v3 = fields("deepseek-v3")
+    assert v3["deepseek2.expert_count"] == 4 and v3["deepseek2.expert_used_count"] == 2
+    assert v3["deepseek2.expert_gating_func"] == int(gguf.ExpertGatingFuncType.SIGMOID)
+    assert v3["deepseek2.expert_weights_norm"] is True
+    assert v3["deepseek2.expert_weights_scale"] == pytest.approx(1.5)
+    assert (v3["deepseek2.expert_group_count"], v3["deepseek2.expert_group_used_count"]) == (2, 1)
+    assert v3["deepseek2.leading_dense_block_count"] == 1
+    assert v3["deepseek2.attention.q_lora_rank"] == 96
+    assert v3["deepseek2.attention.head_count_kv"] == 1
+    v2 = fields("deepseek-v2")
+    assert v2["deepseek2.expert_gating_func"] == int(gguf.ExpertGatingFuncType.SOFTMAX)
+    assert v2["deepseek2.expert_weights_norm"] is False
+    assert v2["deepseek2.attention.q_lora_rank"] == 0
+    assert "deepseek2.expert_group_count" not in v2
+    ernie = fields("ernie4_5-moe")
+    assert ernie["ernie4_5-moe.leading_dense_block_count"] == 1
+    assert ernie["ernie4_5-moe.expert_shared_feed_forward_length"] == 256 * 1
+    qwen2 = fields("qwen2moe")
+    assert qwen2["qwen2moe.expert_shared_feed_forward_length"] == 512
+    assert qwen2["qwen2moe.expert_feed_forward_length"] == 256
+    oss = fields("gpt-oss")
+    assert oss["gpt-oss.attention.sliding_window"] == 8
+    assert list(oss["gpt-oss.attention.sliding_window_pattern"]) == [True, False]
