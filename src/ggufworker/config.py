@@ -94,8 +94,15 @@ class ServerSettings(BaseSettings):
     ctx_size: int = Field(
         default=8192,
         ge=64,
-        description="KV cache size in tokens per model, shared by its slots",
+        description="context in tokens one request can use (KV cache per model: one pool "
+        "shared by its slots, or one stream per slot; see --kv-layout)",
         json_schema_extra=_cli(short="-c"),
+    )
+    kv_layout: Literal["auto", "unified", "per-slot"] = Field(
+        default="auto",
+        description="KV cache layout: per-slot (a stream of --ctx-size per slot: greedy output "
+        "independent of other traffic), unified (one pool shared by the slots), or auto "
+        "(per-slot when it fits in a quarter of the free memory)",
     )
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads (default: llama.cpp's choice)"

@@ -22,6 +22,8 @@ from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
+from ggufworker.engine.kv_layout import KvLayout
+from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
@@ -54,7 +56,8 @@ class Engine:
         self._model = model
         self._opts = opts
         self._ctx = model.new_context(opts)
-        n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
+        # the context one sequence can use (the whole pool, or its own stream)
+        n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))
         self.info: ModelInfo = model.info(name=name, n_ctx=n_ctx, n_parallel=opts.n_parallel)
         self.max_queue = max_queue
         #: sample (non-greedy, grammar-free) requests together in numpy; False: one llama.cpp
@@ -97,8 +100,9 @@ class Engine:
         use_mmap: bool = True,
         embedding: bool = False,
         max_queue: int = 64,
-        kv_unified: bool = True,
+        kv_unified: bool | None = None,
         swa_full: bool = True,
+        kv_layout: KvLayout = "auto",
         pipeline: bool | None = None,
         split_mode: SplitMode | None = None,
         main_gpu: int | None = None,
@@ -118,7 +122,11 @@ class Engine:
             use_mmap: memory-map the weights.
             embedding: also allow :meth:`embed` (pooled sentence embeddings).
             max_queue: requests that may wait for a free slot before :class:`QueueFullError`.
-            kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md).
+            kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md); an explicit
+                ``kv_unified`` overrides ``kv_layout``.
+            kv_layout: ``auto``, ``unified`` (one pool of ``n_ctx`` shared by the slots) or
+                ``per-slot`` (a stream of ``n_ctx`` per slot: output independent of other
+                traffic), see :mod:`ggufworker.engine.kv_layout`.
             pipeline: make each step's token events while the next decode runs on the GPU
                 (see :mod:`ggufworker.engine.scheduler`); None: on when layers are offloaded.
             split_mode, main_gpu, tensor_split: how the weights are spread over several GPUs
@@ -138,6 +146,14 @@ class Engine:
             main_gpu=main_gpu,
             tensor_split=tensor_split,
         )
+        if kv_unified is None:
+            try:
+                kv_unified = kv_resolve(
+                    kv_layout, model, n_ctx=n_ctx, n_seq=n_parallel + (1 if embedding else 0)
+                )
+            except ValueError as exc:
+                model.close()
+                raise InvalidRequestError(str(exc), param="kv_layout") from None
         opts = ContextOptions(
             n_ctx=n_ctx,
             n_parallel=n_parallel,

@@ -68,7 +68,9 @@ class Scheduler:
         self.tuner = tuner
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
-        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        # positions one sequence can hold: the shared pool, or its own stream (per-slot layout)
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(ctx))
+        shared = self.n_ctx == int(llama_cpp.llama_n_ctx(ctx))
         self.n_batch = n_batch
         self.slots = [Slot(seq=i) for i in range(n_parallel)]
         self.pipeline = pipeline
@@ -79,7 +81,8 @@ class Scheduler:
         # Fixed-size per-sequence state: reuse only by extension (see the module docstring).
         self.state_memory = model.memory != "kv"
         # Whether sequences take KV cells of the shared cache (not so for pure recurrent models).
-        self.kv_cells = model.memory != "recurrent"
+        # (per-slot streams: each sequence has its own cells, limited to n_ctx positions)
+        self.kv_cells = model.memory != "recurrent" and shared
         self.n_vocab = model.n_vocab
         self._on_finish = on_finish  # (prompt, generated, cached tokens) for engine stats
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together

@@ -71,6 +71,7 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         flash_attn=settings.flash_attn,
         embedding=spec.embedding,
         max_queue=settings.max_queue,
+        kv_layout=settings.kv_layout,
     )
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
