@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "send --top-p, top_k 40 and min_p 0.05, the same to every target",
     )
     g.add_argument("--top-p", type=float, default=0.95, help="top_p when --temperature > 0")
+    g.add_argument(
+        "--client-procs",
+        type=int,
+        default=None,
+        help="client processes that share the streams of the HTTP targets (default: one per "
+        "16 clients, at most the CPU count), so the client is not the bottleneck",
+    )
     g.add_argument("--home", type=Path, default=None, help="model cache root")
     g.add_argument("--startup-timeout", type=float, default=180.0, help="seconds per server")
 
@@ -244,12 +251,18 @@ class HttpTarget:
     """An OpenAI-compatible server, driven by streaming /v1/completions requests."""
 
     def __init__(
-        self, name: str, base: str, eos: list[int], sampling: dict[str, float] | None = None
+        self,
+        name: str,
+        base: str,
+        eos: list[int],
+        sampling: dict[str, float] | None = None,
+        procs: int = 1,
     ) -> None:
         self.name = name
         self.url = f"{base}/v1/completions"
         self.eos = eos
         self.sampling = sampling or {"temperature": 0}
+        self.procs = max(1, procs)
         self._stream = _http_stream
 
     def _body(self, i: int, max_tokens: int) -> dict:
@@ -264,16 +277,53 @@ class HttpTarget:
         }
 
     def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
-        async def many() -> tuple[float, list[Stream]]:
-            limits = httpx.Limits(max_connections=n + 2)
-            async with httpx.AsyncClient(timeout=900, limits=limits) as client:
-                start = time.perf_counter()
-                streams = await asyncio.gather(
-                    *[self._stream(client, self.url, self._body(i, max_tokens)) for i in range(n)]
-                )
-                return time.perf_counter() - start, list(streams)
+        bodies = [self._body(i, max_tokens) for i in range(n)]
+        procs = min(self.procs, n)
+        if procs <= 1:
+            return _streams_at(self.url, bodies, time.perf_counter(), self._stream)
+        # Several client processes, all starting at one agreed moment (perf_counter is the
+        # system's monotonic clock, shared by the processes): wall time from that moment to the
+        # last stream's end.
+        import concurrent.futures
+        import multiprocessing
 
-        return asyncio.run(many())
+        shares = [bodies[i::procs] for i in range(procs)]
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+            list(pool.map(_warm, range(procs)))
+            start = time.perf_counter() + 0.5
+            parts = list(
+                pool.map(
+                    _streams_at, [self.url] * procs, shares, [start] * procs, [self._stream] * procs
+                )
+            )
+        streams = [s for _, part in parts for s in part]
+        end = max((s.token_times[-1] for s in streams if s.token_times), default=start)
+        return max(end - start, 1e-9), streams
+
+
+def _warm(_: int) -> None:
+    """Pool warm-up: import in the workers before the timed start."""
+
+
+def _streams_at(
+    url: str, bodies: list[dict], start: float, stream: Any = None
+) -> tuple[float, list[Stream]]:
+    """Send ``bodies`` as concurrent streams (``stream``: one request's coroutine function,
+    default SSE) from ``start`` (a perf_counter time) on."""
+    one = stream or _http_stream
+
+    async def many() -> tuple[float, list[Stream]]:
+        limits = httpx.Limits(max_connections=len(bodies) + 2)
+        async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+            delay = start - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t0 = time.perf_counter()
+            streams = await asyncio.gather(*[one(client, url, b) for b in bodies])
+            return time.perf_counter() - t0, list(streams)
+
+    return asyncio.run(many())
 
 
 async def _ndjson_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
@@ -474,6 +524,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "-ngl", "999", "--no-webui", "--log-disable",
         ]  # fmt: skip
         servers.append(("llama_server", cmd, port, "/health"))
+    procs = args.client_procs or max(1, min(os.cpu_count() or 1, clients // 16))
+    out["client_procs"] = procs
     sampling: dict[str, float] = {"temperature": args.temperature}
     if args.temperature > 0:
         sampling.update(top_p=args.top_p, top_k=40, min_p=0.05)
@@ -491,7 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets.append(raw)
         targets += [engine] if "engine" in wanted else []
         targets += [
-            HttpTarget(name, base, engine.eos, sampling)
+            HttpTarget(name, base, engine.eos, sampling, procs)
             for name, base in bases.items()
             if name != "ggufworker" or "ggufworker" in wanted
         ]
