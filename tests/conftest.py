@@ -16,12 +16,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA3 = "gemma3-270m"
+# where tests/support.py writes evidence; a run may point it elsewhere, so it is kept
+KEEP_SUPPORT = "GGUFWORKER_SUPPORT_RESULTS"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
-        if key.startswith("GGUFWORKER_") and key != "GGUFWORKER_TEST_CACHE":
+        if key.startswith("GGUFWORKER_") and key not in ("GGUFWORKER_TEST_CACHE", KEEP_SUPPORT):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("GGUFWORKER_HOME", str(tmp_path / "ggufworker-home"))
