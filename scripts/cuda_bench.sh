@@ -37,11 +37,21 @@ build() {
   fi
   rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$SDIST" -C "$WORK/src"
   local t0=$(date +%s)
+  # llama.cpp's own server from the same sources, built beside the wheel (bench peer)
+  (cd "$WORK"/src/llama_cpp_python-*/vendor/llama.cpp &&
+    cmake -S . -B "$WORK/server-build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=on \
+      -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF > "$OUT/server_build.log" 2>&1 &&
+    cmake --build "$WORK/server-build" --target llama-server -j $(( $(nproc) / 2 )) >> "$OUT/server_build.log" 2>&1 &&
+    echo "llama-server built: $(( $(date +%s) - t0 )) s") &
+  local server_pid=$!
   (cd "$WORK"/src/llama_cpp_python-* &&
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) / 2 )) \
     python3 -m pip wheel -q --no-build-isolation --no-deps --no-index -w "$WORK/wheel" .) \
     > "$OUT/cuda_build.log" 2>&1 || { echo "build failed"; tail -30 "$OUT/cuda_build.log"; return 1; }
   echo "cuda build: $(( $(date +%s) - t0 )) s"
+  wait $server_pid || { echo "llama-server build failed"; tail -20 "$OUT/server_build.log"; }
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
     "$WORK"/wheel/*.whl "$WHEELS"/*.whl || return 1
   python3 -m ggufworker.engine.selfcheck || return 1
@@ -52,8 +62,10 @@ torch.manual_seed(0)
 model = transformers.AutoModelForCausalLM.from_config(
     transformers.AutoConfig.from_pretrained(src), dtype=torch.bfloat16)
 model.save_pretrained(dst)
+import os
 for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-    shutil.copy(f"{src}/{name}", dst)
+    if os.path.exists(f"{src}/{name}"):
+        shutil.copy(f"{src}/{name}", dst)
 print("random checkpoint:", sum(p.numel() for p in model.parameters()), "parameters")
 PY
   /usr/bin/time -f "convert to q4_k_m: %e s, peak RSS %M kB" \
@@ -113,8 +125,42 @@ http() {
   tail -3 "$OUT/cuda_http_bench.err"
 }
 
+# Sampled and greedy traffic through both servers at several client counts (runs interleaved,
+# tokens from usage): our server against llama.cpp's llama-server (-np N -kvu).
+peer() {
+  local bin=$(ls "$WORK"/server-build/bin/llama-server 2>/dev/null)
+  [ -n "$bin" ] || { echo "no llama-server build"; return 1; }
+  for temp in ${TEMPS:-0 0.8}; do
+    for c in ${CLIENTS:-8 32 64}; do
+      timeout 200 python3 -m ggufworker.cli bench --http --model "$L1B" --targets ggufworker,llama-server \
+        --llama-server "$bin" --clients $c --max-tokens 128 --runs "${RUNS:-3}" --temperature $temp \
+        --ctx-size 16384 --json > "$OUT/peer_t${temp}_c${c}.json" 2> "$OUT/peer_t${temp}_c${c}.err"
+      python3 - "$OUT/peer_t${temp}_c${c}.json" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as exc:
+    print(sys.argv[1], "no result", exc); sys.exit(0)
+g, l = r.get("ggufworker", {}), r.get("llama_server", {})
+print(f"T={r['sampling']['temperature']} clients={r['clients']}: ours 1-stream {g.get('single_decode_tps')} "
+      f"N {g.get('aggregate_tps')} ({g.get('streams_completed')}/{r['clients']}) | llama-server 1-stream "
+      f"{l.get('single_decode_tps')} N {l.get('aggregate_tps')} ({l.get('streams_completed')}/{r['clients']}) | "
+      f"ratios {r.get('single_decode_ratio_vs_llama_server')} {r.get('aggregate_ratio_vs_llama_server')}")
+PY
+    done
+  done
+}
+
+# The model-family tests on the GPU: their evidence lines feed docs/MODEL_SUPPORT.md's CUDA column.
+support() {
+  GGUFWORKER_SUPPORT_RESULTS=$OUT/cuda.jsonl GGUFWORKER_SUPPORT_BACKEND=cuda HF_HUB_OFFLINE=1 \
+    GGUFWORKER_TEST_CACHE=$WORK/test-models timeout ${SUPPORT_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider \
+    ${SUPPORT_TESTS:-tests/converters/test_tiny_archs.py tests/converters/test_families_classic.py tests/converters/test_families_modern.py tests/converters/test_moe.py tests/converters/test_recurrent.py} \
+    -k "not served" 2>&1 | tee "$OUT/cuda_support_tests.log" | tail -8
+}
+
 case "${1:-}" in
-  build | timing | matrix | bench | tests | http) for step in "$@"; do "$step" || exit 1; done ;;
+  build | timing | matrix | bench | tests | http | peer | support) for step in "$@"; do "$step" || exit 1; done ;;
   run) tests && bench && http ;;
   *) echo "usage: $0 build|timing|matrix|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac
