@@ -255,8 +255,9 @@ class StackedRef:
     """Same-shaped checkpoint tensors read as one ``(len(parts), *shape)`` tensor (MoE experts).
 
     Duck-types :class:`TensorRef` (``name``, ``shape``, ``dtype``, ``load()``). Nothing is read
-    until ``load()``, which fills one output-sized array part by part and drops each part's
-    mapped pages once copied: memory holds the stacked tensor, never the checkpoint.
+    until used: ``load()`` returns a :class:`LazyStack`, which the writer reads row chunk by row
+    chunk (each chunk touches one or two experts), so memory holds a chunk, not the stacked
+    tensor; ``np.asarray`` of it builds the whole tensor for callers that transform it.
     """
 
     def __init__(self, name: str, parts: Sequence[TensorRef]) -> None:
@@ -273,15 +274,65 @@ class StackedRef:
         self.dtype = first.dtype
 
     def load(self) -> np.ndarray:
-        out: np.ndarray | None = None
-        for i, part in enumerate(self.parts):
-            data = part.load()
-            if out is None:
-                out = np.empty(self.shape, dtype=data.dtype)
-            out[i] = data
-            release_pages(data)
-        assert out is not None
-        return out
+        # LazyStack offers the ndarray API the writer uses (shape, ndim, reshape to rows,
+        # row slices) and converts with np.asarray everywhere else.
+        return cast(np.ndarray, LazyStack(self.parts, self.shape))
+
+
+class LazyStack:
+    """A stacked tensor that reads its parts only when rows are asked for."""
+
+    def __init__(self, parts: Sequence[TensorRef], shape: tuple[int, ...]) -> None:
+        self.parts = parts
+        self.shape = shape
+        self.ndim = len(shape)
+        self._part_rows = int(np.prod(shape[1:-1], dtype=np.int64)) if len(shape) > 2 else 1
+
+    def reshape(self, *shape: int) -> Any:
+        cols = self.shape[-1]
+        if tuple(shape) in ((-1, cols), (len(self.parts) * self._part_rows, cols)):
+            return _StackedRows(self.parts, self._part_rows, cols)
+        return np.asarray(self).reshape(*shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = _StackedRows(self.parts, self._part_rows, self.shape[-1])
+        out = rows[0 : rows.shape[0]].reshape(self.shape)
+        return out if dtype is None else out.astype(dtype)
+
+
+class _StackedRows:
+    """``(parts x rows, cols)`` view of a :class:`LazyStack`; a row slice maps only its parts.
+
+    Slices inside one part are views of that part's memory map (no copy); once reading moves
+    past a part, its mapped pages are dropped. Memory holds the rows in flight, not the tensor.
+    """
+
+    def __init__(self, parts: Sequence[TensorRef], part_rows: int, cols: int) -> None:
+        self.parts = parts
+        self.part_rows = part_rows
+        self.shape = (len(parts) * part_rows, cols)
+        self.ndim = 2
+        self._mapped: dict[int, np.ndarray] = {}
+
+    def _rows_of(self, p: int) -> np.ndarray:
+        if p not in self._mapped:
+            self._mapped[p] = self.parts[p].load().reshape(self.part_rows, self.shape[1])
+        return self._mapped[p]
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("stacked rows are read in contiguous slices")
+        first_part, last_part = start // self.part_rows, (stop - 1) // self.part_rows
+        pieces = []
+        for p in range(first_part, last_part + 1):
+            base = p * self.part_rows
+            pieces.append(self._rows_of(p)[max(start - base, 0) : min(stop - base, self.part_rows)])
+        for done in [q for q in self._mapped if q < first_part]:
+            release_pages(self._mapped.pop(done))
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]))
 
 
 def derived_plan(
@@ -296,7 +347,7 @@ def derived_plan(
     outputs of a fused tensor. Lazy; loading it holds one output tensor, not the source."""
 
     def load() -> np.ndarray:
-        data = source.load()
+        data = np.asarray(source.load())
         out = np.ascontiguousarray(fn(data))
         release_pages(data)
         return out
