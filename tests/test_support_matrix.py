@@ -19,6 +19,8 @@ def _registry() -> Registry:
             "good": {**arch, "gguf_arch": "llama"},
             "bad": {**arch, "gguf_arch": "olmo"},
             "untested": {**arch, "gguf_arch": "mpt", "converter": False},
+            "claimed": {**arch, "gguf_arch": "gpt2"},
+            "logits-only": {**arch, "gguf_arch": "qwen2"},
         },
         "models": [{"name": "m", "architecture": "good", "quantization": "Q8_0",
                     "filename": "m.gguf", "license": "mit",
@@ -48,12 +50,13 @@ def test_rows_from_evidence(tmp_path):
         _line("bad", "converter"), _line("bad", "f32", value=5e-7),
         _line("bad", "q8_0", False, 0.2, date="2026-01-03"),
         _line("bad", "engine", False),
+        _line("logits-only", "f32", value=1e-6),
     ]  # fmt: skip
     recs = sm.read_evidence([_write(tmp_path / "cpu.jsonl", lines)])
     rows, backends = sm.build_rows(_registry(), recs)
     assert backends == ["cpu"]
     by = {r.family: r for r in rows}
-    assert [r.family for r in rows] == ["good", "bad", "untested"]
+    assert [r.family for r in rows] == ["good", "bad", "untested", "claimed", "logits-only"]
     good = by["good"]
     assert (good.converter, good.tokenizer, good.f32) == ("yes", "identical", "9.0e-07")
     assert good.quants == {"f16": "yes (1.0e-03)", "q8_0": "yes (2.0e-02)"}
@@ -66,6 +69,8 @@ def test_rows_from_evidence(tmp_path):
     untested = by["untested"]
     assert (untested.converter, untested.f32, untested.served) == ("no", "—", "—")
     assert untested.backends == {"cpu": "—"}
+    assert by["claimed"].converter == "untested"
+    assert by["logits-only"].converter == "yes"
 
 
 def test_later_run_replaces_a_check_and_a_new_backend_adds_a_column(tmp_path):

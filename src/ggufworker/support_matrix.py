@@ -33,6 +33,7 @@ DEFAULT_OUTPUT = Path("docs/MODEL_SUPPORT.md")
 #: checks shown as "within tolerance" columns, in order
 QUANT_CHECKS = ("f16", "q8_0")
 SERVED_CHECKS = ("engine", "server")
+LOGIT_CHECKS = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 NOT_TESTED = "—"
 
 
@@ -159,10 +160,14 @@ def build_rows(registry: Registry, records: Iterable[Evidence]) -> tuple[list[Ro
         def of(check: str, mine: list[Evidence] = mine) -> list[Evidence]:
             return [r for r in mine if r.check == check]
 
-        conv = of("converter")
-        converter = "yes" if arch.converter else "no"
-        if conv and not all(r.passed for r in conv):
-            converter = "FAILED"
+        # a logits check implies its file was converted
+        conv = of("converter") or [r for r in mine if r.check in LOGIT_CHECKS and r.passed]
+        if not arch.converter:
+            converter = "no"
+        elif not conv:
+            converter = "untested"  # models.yaml says so; no test has converted one
+        else:
+            converter = "yes" if all(r.passed for r in conv) else "FAILED"
         tok = of("tokenizer")
         tokenizer = NOT_TESTED if not tok else ("identical" if all(r.passed for r in tok)
                                                else "FAILED")  # fmt: skip
@@ -204,7 +209,8 @@ def render(rows: Sequence[Row], backends: Sequence[str]) -> str:
         "tiny random checkpoint of the family, converted by `converters.st2gguf`, over every",
         'variant tested; "served" means the converted file generated with continuous batching',
         "in the engine (batched output equal to each sequence alone) and/or through",
-        "`ggufworker serve` with the `openai` client. `—` means no test has recorded this check;",
+        "`ggufworker serve` with the `openai` client. `—` means no test has recorded this check",
+        "(a converter marked untested is claimed by models.yaml but no test converted one);",
         "FAILED means the last run of that check failed. A backend column gives the date of the",
         "last run there. Regenerate after a test run with:",
         "",
