@@ -217,6 +217,15 @@ class Scheduler:
             return 0
         return n_keep
 
+    def _admission_rank(self, choice: tuple[int, Slot]) -> tuple:
+        """Order of free slots for a prompt: most reusable tokens, then least recently used.
+        With state memory an empty slot comes before any idle state when nothing is reused,
+        so that states other prompts could still extend survive longest."""
+        n_keep, s = choice
+        if self.state_memory:
+            return (n_keep, not s.cache, -s.last_used)
+        return (n_keep, -s.last_used)
+
     def _evict_idle(self, need: int, keep: Slot | None = None) -> None:
         """Drop idle slots' cached prefixes (least recently used first) until ``need`` cells
         are free."""
@@ -243,18 +252,9 @@ class Scheduler:
             if not free:
                 return
             req = self.waiting[0]
-            if self.state_memory:
-                # Without reuse, take an empty slot, else the least recently used state,
-                # so that states other prompts could still extend survive longest.
-                n_keep, slot = max(
-                    ((self._reusable(s, req.tokens), s) for s in free),
-                    key=lambda p: (p[0], not p[1].cache, -p[1].last_used),
-                )
-            else:
-                n_keep, slot = max(
-                    ((self._reusable(s, req.tokens), s) for s in free),
-                    key=lambda p: (p[0], -p[1].last_used),
-                )
+            n_keep, slot = max(
+                ((self._reusable(s, req.tokens), s) for s in free), key=self._admission_rank
+            )
             need = len(req.tokens) - n_keep + len(self.slots)
             free_cells = self._free_cells()
             if free_cells + len(slot.cache) - n_keep < need:
