@@ -22,7 +22,6 @@ from ggufworker.server.app import create_app
 
 from .conftest import COMMON, ServerProcess, free_port, running
 
-GOOD = "SmolLM2-135M-Instruct.Q4_1"  # served name of the default model's file: its stem
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -52,7 +51,8 @@ def test_model_that_cannot_load(
     )  # fmt: skip
     with running(server):
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-        before = ask(client, GOOD)
+        good = smollm2_path.stem  # a model served by path is named by its file's stem
+        before = ask(client, good)
 
         for _ in range(2):  # every try fails the same way, and the server stays up
             with pytest.raises(openai.InternalServerError) as info:
@@ -62,15 +62,15 @@ def test_model_that_cannot_load(
             assert error["code"] == "model_unavailable" and error["type"] == "server_error"
             assert "'broken' could not be loaded" in error["message"]
 
-        assert ask(client, GOOD) == before
+        assert ask(client, good) == before
         models = {m.id: m for m in client.models.list().data}
-        assert set(models) == {GOOD, "broken"}
-        assert models[GOOD].model_extra["loaded"] and not models["broken"].model_extra["loaded"]
+        assert set(models) == {good, "broken"}
+        assert models[good].model_extra["loaded"] and not models["broken"].model_extra["loaded"]
         assert server.proc.poll() is None
 
 
 @pytest.fixture
-def two_engines(smollm2_path: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+def two_engines(smollm2_path: Path, tmp_path: Path) -> Iterator[tuple[str, Any, str]]:
     """An in-process server (real engines, real uvicorn) of the model and its twin (the same
     file under another name), so a test can reach into one engine and kill its thread."""
     twin = tmp_path / "twin.gguf"
@@ -96,16 +96,16 @@ def two_engines(smollm2_path: Path, tmp_path: Path) -> Iterator[tuple[str, Any]]
         time.sleep(0.05)
     assert server.started
     try:
-        yield f"http://127.0.0.1:{settings.port}", app
+        yield f"http://127.0.0.1:{settings.port}", app, smollm2_path.stem
     finally:
         server.should_exit = True
         thread.join(30)
 
 
-def test_engine_thread_dies(two_engines: tuple[str, Any]) -> None:
-    url, app = two_engines
+def test_engine_thread_dies(two_engines: tuple[str, Any, str]) -> None:
+    url, app, good = two_engines
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-    reference = ask(client, GOOD)
+    reference = ask(client, good)
     assert ask(client, "twin") == reference  # the same weights answer the same
 
     # a bug in the twin's scheduler: its next step raises, and the thread ends (it logs the
@@ -129,7 +129,7 @@ def test_engine_thread_dies(two_engines: tuple[str, Any]) -> None:
     assert info.value.body["code"] == "model_unavailable"
     assert "'twin' is unavailable: its engine stopped" in info.value.body["message"]
     # the other model is untouched
-    assert ask(client, GOOD) == reference
+    assert ask(client, good) == reference
     # and the broken one is loaded again on its next request, answering as before
     assert ask(client, "twin") == reference
     assert app.state.manager.lookup("twin").engine is not engine
