@@ -258,3 +258,27 @@ def test_served_greedy_equals_alone_and_engine(case, server, served_files):
     assert lengths == [MAX_TOKENS] * len(lengths)
     card = next(m for m in listed if m.id == model)
     assert (card.model_extra or {}).get("meta", {}).get("memory") == MEMORY.get(case, "hybrid")
+
+
+def test_mamba_padded_vocab(tiny_tokenizer, ids, tmp_path):
+    """Mamba checkpoints pad the embedding past the tokenizer (pad_vocab_size_multiple); the
+    GGUF vocabulary gets pad entries up to the embedding's rows, and every row's logit matches."""
+    import shutil
+
+    import transformers as tf
+
+    tok = tmp_path / "tok"  # the tokenizer without its size file: the config's size is kept
+    tok.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_tokenizer / name, tok / name)
+    config = tf.MambaConfig(
+        hidden_size=64, intermediate_size=128, state_size=16, num_hidden_layers=2,
+        time_step_rank=4, vocab_size=400, pad_vocab_size_multiple=16,
+    )  # fmt: skip
+    src = builders.build_tiny("mamba", tmp_path / "src", tok, config=config)
+    out = convert(src, tmp_path / "out.gguf", outtype="f32", pre_tokenizer="gpt-2")
+    got, want = llama_logits(out, ids), hf_logits(src, ids)
+    err = rel_err(got, want)
+    record("mamba", "f32", passed=err < F32_TOLERANCE, value=err, detail="mamba-padded-vocab")
+    assert got.shape == want.shape == (N_POSITIONS, 400)
+    assert err < F32_TOLERANCE
