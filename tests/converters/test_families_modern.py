@@ -224,3 +224,35 @@ def test_layouts_llama_cpp_cannot_compute_are_refused(variant, tiny_tokenizer, t
     with pytest.raises(ConversionError, match=reason):
         convert(src, tmp_path / "out.gguf", outtype="f32")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_missing_config_key_is_named(family_files, tmp_path):
+    """Command-R's logits are scaled by ``logit_scale``: a config without it names the key."""
+    import shutil
+
+    src = shutil.copytree(family_files("command-r")[0], tmp_path / "src")
+    _drop_keys("logit_scale")(src)
+    with pytest.raises(ConversionError, match="'logit_scale'"):
+        convert(src, tmp_path / "out.gguf", outtype="f32")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_unknown_architecture_names_every_supported_one(family_files, tmp_path):
+    import shutil
+
+    from converters.archs import supported_architectures
+    from ggufworker.errors import UnsupportedArchitectureError
+
+    src = shutil.copytree(family_files("olmo")[0], tmp_path / "src")
+    _set_arch("PersimmonForCausalLM")(src)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        convert(src, tmp_path / "out.gguf", outtype="f32")
+    message = str(err.value)
+    assert "\n" not in message and "'PersimmonForCausalLM'" in message
+    ours = ["OlmoForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "GraniteForCausalLM",
+            "GlmForCausalLM", "Glm4ForCausalLM", "CohereForCausalLM", "Exaone4ForCausalLM",
+            "SmolLM3ForCausalLM", "Ernie4_5ForCausalLM", "HeliumForCausalLM",
+            "InternLM3ForCausalLM"]  # fmt: skip
+    assert set(ours) <= set(supported_architectures())
+    assert all(name in message for name in supported_architectures())
+    assert not (tmp_path / "out.gguf").exists()
