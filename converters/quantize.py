@@ -45,6 +45,10 @@ LLAMA_TYPES: dict[str, gguf.LlamaFileType] = {
 
 SOURCE_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
+#: plan dtype -> GGML type, for data a checkpoint already holds in that type's block layout
+#: (GPT-OSS's MXFP4 experts): written as is, whatever the outtype.
+RAW_TYPES: dict[str, gguf.GGMLQuantizationType] = {"MXFP4": QT.MXFP4}
+
 OUTTYPES = ("auto", *NUMPY_TYPES, *LLAMA_TYPES)
 
 
@@ -86,6 +90,8 @@ def encode(raw: np.ndarray, src_dtype: str, qtype: gguf.GGMLQuantizationType) ->
 
     bf16 -> bf16 copies the bits untouched; other conversions go through float32.
     """
+    if src_dtype in RAW_TYPES:  # already encoded blocks
+        return np.ascontiguousarray(raw, dtype=np.uint8)
     if qtype == QT.BF16 and src_dtype == "BF16":
         return np.ascontiguousarray(raw, dtype=np.uint16)
     if qtype == QT.F16 and src_dtype == "F16":

@@ -82,8 +82,8 @@ def convert(
     ckpt = Checkpoint(src_path)
     conv = get_converter(ckpt.architecture)(ckpt)
     quant = ckpt.config.get("quantization_config")
-    if quant:
-        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else quant
+    method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else quant
+    if quant and method not in conv.prequantized_methods:
         raise ConversionError(
             f"checkpoint is pre-quantized ({method}); convert the original float weights"
         )

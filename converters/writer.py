@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from converters.archs.base import ArchConverter, TensorPlan
 from converters.checkpoint import release_pages
-from converters.quantize import NUMPY_TYPES, encode, stored_nbytes, tensor_type
+from converters.quantize import NUMPY_TYPES, RAW_TYPES, encode, stored_nbytes, tensor_type
 from converters.tokenizer import Vocab, write_vocab
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def write_gguf(
         write_vocab(w, vocab, conv.ckpt.dir)
         sizes = []
         for plan in plans:
-            ttype = tensor_type(qtype, plan.shape, plan.keep_f32)
+            ttype = RAW_TYPES.get(plan.dtype) or tensor_type(qtype, plan.shape, plan.keep_f32)
             nbytes = stored_nbytes(ttype, plan.shape)
             w.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), nbytes, raw_dtype=ttype)
             expected[plan.name] = (plan.shape, ttype)
@@ -92,9 +92,13 @@ def _write_tensor(
 ) -> int:
     """Encode a tensor chunk by chunk on ``pool`` (numpy releases the GIL) and write in order."""
     data = plan.load()
-    if tuple(data.shape) != plan.shape:
-        raise AssertionError(f"{plan.name}: loader gave {data.shape}, planned {plan.shape}")
-    rows = data.reshape(-1, plan.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+    # pre-encoded blocks (RAW_TYPES) come as bytes: their shape is the byte shape
+    want = plan.shape
+    if plan.dtype in RAW_TYPES:
+        want = tuple(gguf.quant_shape_to_byte_shape(plan.shape, ttype))
+    if tuple(data.shape) != want:
+        raise AssertionError(f"{plan.name}: loader gave {data.shape}, planned {want}")
+    rows = data.reshape(-1, want[-1]) if data.ndim > 1 else data.reshape(1, -1)
     step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * 4))
     starts = iter(range(0, rows.shape[0], step))
     pending: deque[Future[np.ndarray]] = deque()

@@ -71,6 +71,9 @@ class ArchConverter:
     #: llama.cpp requires ``output.weight`` even when the checkpoint ties it to the embedding;
     #: a tied checkpoint then gets a copy of ``token_embd.weight``.
     output_required: ClassVar[bool] = False
+    #: ``quantization_config.quant_method`` values whose tensors this family repacks itself
+    #: (any other pre-quantized checkpoint is refused).
+    prequantized_methods: ClassVar[tuple[str, ...]] = ()
     #: Other spellings of config keys (GPT-2's ``n_layer``...): name used here -> config name,
     #: copied when the config lacks the name used here.
     config_aliases: ClassVar[dict[str, str]] = {}

@@ -8,8 +8,11 @@ sliding-window and full layers as ``layer_types`` says. Routing: top-k of the bi
 logits, then a softmax over those k (llama.cpp's SOFTMAX_WEIGHT). llama.cpp's clamped SwiGLU
 has alpha 1.702 and limit 7 built in, so configs with other values are refused.
 
-Checkpoints in OpenAI's MXFP4 form (``*_blocks``/``*_scales`` tensors) are not repacked: the
-converter asks for the dequantized (bf16) weights.
+Checkpoints in OpenAI's MXFP4 form (``quant_method: mxfp4``, as gpt-oss is published) keep
+their experts in MXFP4: ``*_blocks`` ``(E, rows, G, 16)`` (two e2m1 values per byte, the even
+element in the low nibble) and ``*_scales`` ``(E, rows, G)`` (e8m0) are repacked into ggml's
+MXFP4 blocks (scale byte, then element j in the low and j+16 in the high nibble), gate and up
+rows de-interleaved, whatever the outtype; the other tensors follow the outtype.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Iterable
 
 import gguf
+import numpy as np
 
 from converters.archs.base import TensorPlan, derived_plan
 from converters.archs.moe import MT, MoEConverter, Ref, block_name
@@ -31,18 +35,16 @@ class GptOssConverter(MoEConverter):
     hf_architectures = ("GptOssForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.GPT_OSS
     output_required = True
+    prequantized_methods = ("mxfp4",)
 
     def __init__(self, ckpt: Checkpoint) -> None:
         super().__init__(ckpt)
         why = "llama.cpp's gpt-oss SwiGLU has alpha 1.702 and limit 7.0 built in"
         self.refuse_unless("swiglu_alpha", 1.702, 1.702, why)
         self.refuse_unless("swiglu_limit", 7.0, 7.0, why)
-        packed = [n for n in ckpt.tensors if n.endswith(("_blocks", "_scales"))]
-        if packed:
-            raise ConversionError(
-                f"MXFP4-packed experts ({packed[0]}, ...) are not repacked by this converter; "
-                "convert the dequantized bf16 checkpoint"
-            )
+        for name in ckpt.tensors:
+            if name.endswith("_blocks") and name[: -len("_blocks")] + "_scales" not in ckpt.tensors:
+                raise ConversionError(f"{name} has no matching _scales tensor")
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         super().add_metadata(w)
@@ -60,8 +62,14 @@ class GptOssConverter(MoEConverter):
     def add_routing_metadata(self, w: gguf.GGUFWriter) -> None:
         w.add_expert_feed_forward_length(int(self.require("intermediate_size")))
 
+    def skip(self, hf_name: str) -> bool:
+        # MXFP4 scales are read together with their blocks
+        return hf_name.endswith("_scales") or super().skip(hf_name)
+
     def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
-        if hf_name.endswith("self_attn.sinks"):
+        if hf_name.endswith("_blocks"):
+            yield from self.mxfp4_experts(hf_name, ref)
+        elif hf_name.endswith("self_attn.sinks"):
             yield TensorPlan(self.gguf_name(hf_name) + ".weight", ref.shape, ref.dtype,
                              ref.load, True)  # fmt: skip
         else:
@@ -87,6 +95,37 @@ class GptOssConverter(MoEConverter):
             yield TensorPlan(_bias(down), ref.shape, ref.dtype, ref.load, True)
         else:
             raise ConversionError(f"block {bid}: unknown GPT-OSS expert tensor {proj!r}")
+
+    def mxfp4_experts(self, hf_name: str, blocks: TensorRef) -> Iterable[TensorPlan]:
+        """``experts.{gate_up,down}_proj_blocks`` (+ ``_scales``) -> MXFP4 expert tensors."""
+        scales = self.ckpt.tensors[hf_name[: -len("_blocks")] + "_scales"]
+        bid = int(hf_name.split("layers.")[1].split(".")[0])
+        n_expert, rows, groups, half_block = blocks.shape
+        if n_expert != self.n_expert or half_block != 16 or scales.shape != blocks.shape[:3]:
+            raise ConversionError(f"{hf_name}: unexpected MXFP4 layout {list(blocks.shape)}")
+        if hf_name.endswith("gate_up_proj_blocks"):  # rows interleave gate and up
+            parts = ((MT.FFN_GATE_EXP, slice(0, None, 2)), (MT.FFN_UP_EXP, slice(1, None, 2)))
+        elif hf_name.endswith("down_proj_blocks"):
+            parts = ((MT.FFN_DOWN_EXP, slice(None)),)
+        else:
+            raise ConversionError(f"{hf_name}: unknown MXFP4 tensor")
+        for kind, sel in parts:
+            n_rows = len(range(rows)[sel])
+            yield TensorPlan(
+                block_name(kind, bid), (n_expert, n_rows, groups * 32), "MXFP4",
+                lambda sel=sel: ggml_mxfp4(blocks.load()[:, sel], scales.load()[:, sel]),
+            )  # fmt: skip
+
+
+def ggml_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """OpenAI/transformers MXFP4 ``(..., G, 16)`` bytes + ``(..., G)`` scales -> ggml's MXFP4
+    blocks ``(..., G * 17)``: scale byte, then element j (low nibble) with j + 16 (high)."""
+    nibbles = np.empty((*blocks.shape[:-1], 32), dtype=np.uint8)
+    nibbles[..., 0::2] = blocks & 0x0F
+    nibbles[..., 1::2] = blocks >> 4
+    qs = nibbles[..., :16] | (nibbles[..., 16:] << 4)
+    packed = np.concatenate([np.asarray(scales, dtype=np.uint8)[..., None], qs], axis=-1)
+    return packed.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)
 
 
 def _bias(weight_name: str) -> str:

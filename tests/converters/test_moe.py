@@ -291,7 +291,8 @@ REFUSED = {
     # llama.cpp's qwen2moe graph makes every layer sparse
     "qwen2moe-sparse-step": ("qwen2moe", {"decoder_sparse_step": 2}, "every layer"),
     "gpt-oss-swiglu-limit": ("gpt-oss", {"swiglu_limit": 10.0}, "limit 7.0"),
-    "gpt-oss-mxfp4": ("gpt-oss", {"quantization_config": {"quant_method": "mxfp4"}}, "mxfp4"),
+    # pre-quantized in a form no converter repacks
+    "gpt-oss-fp8": ("gpt-oss", {"quantization_config": {"quant_method": "fp8"}}, "pre-quantized"),
     "ernie-interleaved": ("ernie4_5-moe", {"moe_layer_interval": 2}, "moe_layer_start_index"),
 }  # fmt: skip
 
@@ -305,23 +306,63 @@ def test_configs_llama_cpp_cannot_compute_are_refused(case, family_files, tmp_pa
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_mxfp4_packed_experts_are_refused(family_files, tmp_path):
-    """OpenAI's MXFP4 tensors (``*_blocks``/``*_scales``) get a clear error, not a bad file."""
-    from safetensors.numpy import load_file, save_file
+def _to_mxfp4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize ``(E, rows, cols)`` weights the way OpenAI's MXFP4 checkpoints store them:
+    ``(E, rows, cols/32, 16)`` bytes (even element in the low nibble) and e8m0 scales."""
+    from transformers.integrations.mxfp4 import FP4_VALUES
 
-    src = edited(family_files("gpt-oss")[0], tmp_path / "src")
+    values = np.asarray(FP4_VALUES, dtype=np.float32)
+    blocks = weight.reshape(*weight.shape[:-1], -1, 32)
+    top = np.abs(blocks).max(-1, keepdims=True)
+    exponent = np.ceil(np.log2(np.maximum(top, 1e-30) / 6.0))
+    codes = np.abs(blocks[..., None] / 2.0 ** exponent[..., None] - values).argmin(-1)
+    codes = codes.astype(np.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed, (exponent[..., 0] + 127).astype(np.uint8)
+
+
+def test_mxfp4_experts_are_repacked(family_files, prompt, tmp_path):
+    """An MXFP4 gpt-oss checkpoint converts with MXFP4 experts whose values are exactly those
+    transformers' own MXFP4 dequantization gives (checked through gguf-py's dequantizer)."""
+    import gguf
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    src = family_files("gpt-oss")[0]
+    packed_dir = edited(src, tmp_path / "mxfp4", quantization_config={"quant_method": "mxfp4"})
+    plain_dir = edited(src, tmp_path / "dequantized")
     tensors = load_file(src / "model.safetensors")
-    packed = {}
+    packed, plain = {}, {}
     for name, value in tensors.items():
-        if name.endswith("experts.down_proj"):
-            blocks = (*value.shape[:2], value.shape[2] // 32)
-            packed[name + "_blocks"] = np.zeros((*blocks, 16), np.uint8)
-            packed[name + "_scales"] = np.zeros(blocks, np.uint8)
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            blocks, scales = _to_mxfp4(np.ascontiguousarray(value.transpose(0, 2, 1)))
+            packed[name + "_blocks"], packed[name + "_scales"] = blocks, scales
+            # transformers' dequantization, in its float (E, in, out) layout
+            plain[name] = convert_moe_packed_tensors(
+                torch.from_numpy(blocks), torch.from_numpy(scales), dtype=torch.float32
+            ).numpy()
         else:
-            packed[name] = value
-    save_file(packed, src / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ConversionError, match="MXFP4"):
-        convert(src, tmp_path / "out.gguf", outtype="f32")
+            packed[name] = plain[name] = value
+    save_file(packed, packed_dir / "model.safetensors", metadata={"format": "pt"})
+    save_file(plain, plain_dir / "model.safetensors", metadata={"format": "pt"})
+    out = convert(packed_dir, tmp_path / "a.gguf")
+    got = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    want = {t.name: t for t in gguf.GGUFReader(convert(plain_dir, tmp_path / "b.gguf")).tensors}
+    assert set(got) == set(want)
+    mxfp4 = gguf.GGMLQuantizationType.MXFP4
+    experts = [n for n in got if n.endswith("_exps.weight")]
+    assert len(experts) == 3 * 2
+    for name in experts:
+        assert got[name].tensor_type == mxfp4, name
+        values = gguf.quants.dequantize(np.asarray(got[name].data), mxfp4)
+        expect = np.asarray(want[name].data).reshape(values.shape)
+        assert np.array_equal(values, expect), name
+    # and llama.cpp computes with them: logits close to transformers' on the same values
+    want_logits, _margins = hf_reference(plain_dir, prompt)
+    cosine = _cosine(llama_logits(out, prompt), want_logits)
+    record("gpt-oss", "converter", passed=cosine > MEAN_COSINE["q8_0"], detail="gpt-oss-mxfp4")
+    assert cosine > MEAN_COSINE["q8_0"], f"mean cosine {cosine:.4f}"
 
 
 # --- memory -----------------------------------------------------------------------------------
