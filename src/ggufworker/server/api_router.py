@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from ggufworker.server import serving_extras
 from ggufworker.server.errors import retry_headers
-from ggufworker.server.openapi import event_stream_ok, openai_errors
+from ggufworker.server.openapi import Responses, event_stream_ok, openai_errors
 from ggufworker.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,7 +30,7 @@ router = APIRouter()  # API keys are checked by APIKeyMiddleware (all but /healt
 # are added to every route by ggufworker.server.openapi.
 _GENERATION = openai_errors(400, 404, 429, 500, 503) | event_stream_ok()
 _MODEL_CALL = openai_errors(400, 404, 500, 503)
-_HEALTH = {
+_HEALTH: Responses = {
     503: {
         "description": "start-up models still loading, or one of them failed (Retry-After)",
         "content": {"application/json": {"schema": {"type": "object"}}},
