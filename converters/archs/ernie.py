@@ -14,4 +14,3 @@ from converters.archs.base import ArchConverter
 class Ernie45Converter(ArchConverter):
     hf_architectures = ("Ernie4_5ForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.ERNIE4_5
-
