@@ -14,6 +14,7 @@ import pytest
 from ggufworker import cli
 from ggufworker.errors import DiskFullError
 from ggufworker.registry import pull, transfer
+from ggufworker.registry.cache import marker_path
 from ggufworker.registry.locks import file_lock
 from ggufworker.registry.transfer import partial_lock, partial_root
 
@@ -119,8 +120,13 @@ def test_list_all_and_gc(
     path = pull("gamma", home=home, progress=False)
     assert path.read_bytes() == files["gamma"]
     assert fake_hub.sent(sha256_hex(files["gamma"])) == SIZE - gamma_have
+    # the lock file a killed pull leaves behind goes too (nobody holds it)
+    dead_lock = home / "staging" / "locks" / "0123.lock"
+    dead_lock.write_bytes(b"")
     out = run(capsys, "gc", "--older-than", "0s", *home_args)
     assert out.strip().endswith("removed 0 partial download(s), 0 B; kept 0")
+    assert not dead_lock.exists()
+    assert sorted(p for p in home.rglob("*") if p.is_file()) == [path, marker_path(path)]
 
 
 def test_bad_age_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ from ggufworker.registry.schema import Registry, load_registry
 from ggufworker.registry.transfer import (
     DATA_NAME,
     PartialMeta,
+    locks_root,
     partial_lock,
     partial_root,
     read_meta,
@@ -199,4 +200,9 @@ def collect_garbage(
         # scratch folders and temp files of pulls that died (never those of live ones)
         for model in registry.models:
             sweep_stale(home, model_path(home, model), STALE_AFTER_S)
+        # lock files of killed pulls: a lock nobody holds is removed by taking it
+        locks = locks_root(staging)
+        for path in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
+            with try_lock(path):
+                pass
     return report
