@@ -27,7 +27,13 @@ from pathlib import Path
 from converters import verify as _verify
 from converters.archs import get_converter, supported_architectures
 from converters.checkpoint import Checkpoint
-from converters.quantize import LLAMA_TYPES, OUTTYPES, llama_quantize, resolve_outtype
+from converters.quantize import (
+    LLAMA_TYPES,
+    OUTTYPES,
+    RAW_TYPES,
+    llama_quantize,
+    resolve_outtype,
+)
 from converters.tokenizer import load_vocab
 from converters.writer import write_gguf
 from ggufworker.errors import ConversionError, DiskFullError
@@ -98,6 +104,13 @@ def convert(
         raise ConversionError(f"{target} exists; pass --force (force=True) to replace it")
 
     plans = conv.plan()
+    raw = sorted({p.dtype for p in plans if p.dtype in RAW_TYPES})
+    if raw and out in LLAMA_TYPES:
+        # llama_model_quantize refuses to requantize them (and should not: they are the release)
+        raise ConversionError(
+            f"{out} cannot be made from a checkpoint with {'/'.join(raw)} tensors; choose "
+            "f32, f16, bf16 or q8_0 (those tensors are kept as they are)"
+        )
     embd = next((p for p in plans if p.name == "token_embd.weight"), None)
     if embd is None:
         raise ConversionError("checkpoint has no token embedding")

@@ -358,6 +358,9 @@ def test_mxfp4_experts_are_repacked(family_files, prompt, tmp_path):
         values = gguf.quants.dequantize(np.asarray(got[name].data), mxfp4)
         expect = np.asarray(want[name].data).reshape(values.shape)
         assert np.array_equal(values, expect), name
+    with pytest.raises(ConversionError, match="MXFP4"):  # llama.cpp would requantize them
+        convert(packed_dir, tmp_path / "k.gguf", outtype="q4_k_m")
+    assert not (tmp_path / "k.gguf").exists()
     # and llama.cpp computes with them: logits close to transformers' on the same values
     want_logits, _margins = hf_reference(plain_dir, prompt)
     cosine = _cosine(llama_logits(out, prompt), want_logits)
