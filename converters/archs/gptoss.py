@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from functools import partial
 
 import gguf
 import numpy as np
@@ -103,6 +104,7 @@ class GptOssConverter(MoEConverter):
         n_expert, rows, groups, half_block = blocks.shape
         if n_expert != self.n_expert or half_block != 16 or scales.shape != blocks.shape[:3]:
             raise ConversionError(f"{hf_name}: unexpected MXFP4 layout {list(blocks.shape)}")
+        parts: tuple[tuple[gguf.MODEL_TENSOR, slice], ...]
         if hf_name.endswith("gate_up_proj_blocks"):  # rows interleave gate and up
             parts = ((MT.FFN_GATE_EXP, slice(0, None, 2)), (MT.FFN_UP_EXP, slice(1, None, 2)))
         elif hf_name.endswith("down_proj_blocks"):
@@ -111,10 +113,13 @@ class GptOssConverter(MoEConverter):
             raise ConversionError(f"{hf_name}: unknown MXFP4 tensor")
         for kind, sel in parts:
             n_rows = len(range(rows)[sel])
-            yield TensorPlan(
-                block_name(kind, bid), (n_expert, n_rows, groups * 32), "MXFP4",
-                lambda sel=sel: ggml_mxfp4(blocks.load()[:, sel], scales.load()[:, sel]),
-            )  # fmt: skip
+            shape = (n_expert, n_rows, groups * 32)
+            load = partial(_repack, blocks, scales, sel)
+            yield TensorPlan(block_name(kind, bid), shape, "MXFP4", load)
+
+
+def _repack(blocks: TensorRef, scales: TensorRef, rows: slice) -> np.ndarray:
+    return ggml_mxfp4(blocks.load()[:, rows], scales.load()[:, rows])
 
 
 def ggml_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
