@@ -186,24 +186,24 @@ def make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header(k, v)
             self.end_headers()
             cut = f.cut_after
-            try:
-                if cut is not None and start == 0:
-                    f.cut_after = None  # only the first transfer is cut
-                    self._write_body(body[:cut], req)
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self._write_body(body, req)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client went away (killed mid-transfer)
+            if cut is not None and start == 0:
+                f.cut_after = None  # only the first transfer is cut
+                self._write_body(body[:cut], req)
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self._write_body(body, req)
 
         def _handle(self) -> None:
             req = hub.log(self.command, self.path, self.headers.get("Range"))
-            if self.path.startswith(("/lfs-store/", "/files/")):
-                self._store(req)
-            else:
-                self._resolve()
+            try:
+                if self.path.startswith(("/lfs-store/", "/files/")):
+                    self._store(req)
+                else:
+                    self._resolve()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away (a killed pull)
 
         do_GET = _handle  # noqa: N815
         do_HEAD = _handle  # noqa: N815
