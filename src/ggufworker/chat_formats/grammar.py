@@ -123,9 +123,14 @@ def _params_rule(
     required = set(schema.get("required") or [])
     parts: list[str] = []
     for j, (key, prop) in enumerate(props.items()):
-        if prop.get("type") == "string":
-            value = f"tool-text-{index}"
-            rules.append(f"{value} ::= {text_rule}")
+        if prop.get("type") == "string" and text_rule:
+            value = f"tool-text-{index}-{j}"
+            limit = prop.get("maxLength")
+            if isinstance(limit, int) and limit >= 0:
+                text_rule_j = text_rule.replace("[^<]*", f"[^<]{{0,{limit}}}")
+            else:
+                text_rule_j = text_rule
+            rules.append(f"{value} ::= {text_rule_j}")
         else:
             value = f"tool-param-{index}-{j}"
             schema_rules.append((value, json.dumps(prop)))
