@@ -1,4 +1,4 @@
-"""Pulls that survive their process: SIGKILL half-way, then a new process resumes.
+"""Pulls that survive their process: SIGKILL (or Ctrl-C) half-way, then a new process resumes.
 
 The fake hub runs in this process at a limited rate, so a transfer takes about two seconds and a
 `ggufworker pull` subprocess can be killed while its partial file holds about half of the file.
@@ -44,8 +44,11 @@ def partial_files(home: Path) -> list[Path]:
     return sorted((home / "staging" / "partial").glob("*/data.part"))
 
 
-def kill_halfway(proc: subprocess.Popen[bytes], home: Path, size: int) -> int:
-    """SIGKILL ``proc`` once its partial file holds half of ``size``; returns the bytes kept."""
+def kill_halfway(
+    proc: subprocess.Popen[bytes], home: Path, size: int, sig: int = signal.SIGKILL
+) -> int:
+    """Send ``sig`` to ``proc`` once its partial file holds half of ``size``; returns the bytes
+    kept."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         parts = partial_files(home)
@@ -57,9 +60,12 @@ def kill_halfway(proc: subprocess.Popen[bytes], home: Path, size: int) -> int:
     else:
         proc.kill()
         raise AssertionError("the partial never reached half of the file")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=10)
+    if sig == signal.SIGINT:  # Ctrl-C: the command says so and exits 130
+        assert proc.returncode == 130 and b"interrupted" in err, err
+    else:
+        assert proc.returncode == -sig
     (part,) = partial_files(home)
     return part.stat().st_size
 
@@ -68,9 +74,11 @@ def only_the_file(home: Path, path: Path) -> None:
     assert leftovers(home) == sorted([path, marker_path(path)])
 
 
-@pytest.mark.parametrize("kind", ["hf", "url"])
-def test_sigkill_halfway_then_resume(
-    kind: str, fake_hub: FakeHub, write_registry: Callable[..., Path], home: Path
+@pytest.mark.parametrize(
+    ("kind", "sig"), [("hf", signal.SIGKILL), ("url", signal.SIGKILL), ("hf", signal.SIGINT)]
+)
+def test_killed_halfway_then_resume(
+    kind: str, sig: int, fake_hub: FakeHub, write_registry: Callable[..., Path], home: Path
 ) -> None:
     data = gguf_bytes(SIZE, seed=41)
     if kind == "hf":
@@ -83,15 +91,14 @@ def test_sigkill_halfway_then_resume(
     write_registry([model_entry("tiny", [source], sha256_hex(data), SIZE)])
     fake_hub.rate = RATE
 
-    kept = kill_halfway(start_pull("tiny", home), home, SIZE)
+    kept = kill_halfway(start_pull("tiny", home), home, SIZE, sig)
     fake_hub.requests.clear()
     path = pull("tiny", home=home, progress=False)
 
     sent = fake_hub.sent(suffix)
     fraction = sent / SIZE
-    print(
-        f"{kind}: killed with {kept / SIZE:.1%} kept; the resumed pull transferred {fraction:.1%}"
-    )
+    name = signal.Signals(sig).name
+    print(f"{kind}, {name}: {kept / SIZE:.1%} kept; the resumed pull transferred {fraction:.1%}")
     assert fraction <= 0.6
     assert sent == SIZE - kept  # exactly the missing bytes: no overlap, no gap
     (get,) = fake_hub.gets(suffix)
