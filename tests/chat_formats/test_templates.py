@@ -17,8 +17,6 @@ from .helpers import CALLS, TOOLS, rendered_turn
 # for each is asserted below so the list stays honest.
 NOT_RENDERING = {
     "fireworks-ai-llama-3-firefunction-v2": "generic",  # needs a `functions` variable
-    "Kimi-K2-Instruct": "kimi_k2",
-    "Kimi-K2-Thinking": "kimi_k2",
     # renders no calls for an assistant message with empty content
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": "deepseek_r1",
     # call syntaxes with no parser yet (<|open|>call tool=...; ]<]minimax[>[ separators)

@@ -40,9 +40,17 @@ def template_shows_tools(template: str | None) -> bool:
 
 
 def prepare_messages(
-    messages: list[dict[str, Any]], fmt: ChatFormat, template: str | None
+    messages: list[dict[str, Any]],
+    fmt: ChatFormat,
+    template: str | None,
+    *,
+    string_arguments: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """OpenAI messages made ready for ``template`` (a new list; the input is not changed)."""
+    """OpenAI messages made ready for ``template`` (a new list; the input is not changed).
+
+    ``string_arguments`` overrides the format's choice of arguments as JSON text (True) or
+    objects (False)."""
+    as_text = fmt.string_arguments if string_arguments is None else string_arguments
     src = template or ""
     inline_calls = "tool_calls" not in src
     tool_role = "tool" in src
@@ -50,6 +58,8 @@ def prepare_messages(
     out: list[dict[str, Any]] = []
     for message in messages:
         msg = copy.deepcopy(message)
+        if msg.get("content") is None:
+            msg["content"] = ""  # templates test and concatenate content as text
         calls = msg.get("tool_calls")
         if msg.get("role") == "assistant" and calls:
             fixed = []
@@ -59,9 +69,7 @@ def prepare_messages(
                 if isinstance(args, str):
                     parsed = load_json(args)
                     args = parsed if isinstance(parsed, dict) else {}
-                fn["arguments"] = (
-                    json.dumps(args, ensure_ascii=False) if fmt.string_arguments else args
-                )
+                fn["arguments"] = json.dumps(args, ensure_ascii=False) if as_text else args
                 cid = fmt.map_call_id(str(call.get("id") or fmt.new_call_id()))
                 names[cid] = fn.get("name", "")
                 fixed.append({"id": cid, "type": "function", "function": fn})
@@ -102,12 +110,23 @@ def tools_instructions(fmt: ChatFormat, tools: list[dict[str, Any]]) -> str:
 
 
 def with_tool_instructions(
-    messages: list[dict[str, Any]], fmt: ChatFormat, tools: list[dict[str, Any]]
+    messages: list[dict[str, Any]],
+    fmt: ChatFormat,
+    tools: list[dict[str, Any]],
+    *,
+    system: bool = True,
 ) -> list[dict[str, Any]]:
     """``messages`` with the tool description merged into (or put before) the first system
-    message."""
+    message; with ``system`` false (templates that refuse a system role), into the first
+    user message."""
     note = tools_instructions(fmt, tools)
     out = list(messages)
+    if not system:
+        for i, msg in enumerate(out):
+            if msg.get("role") == "user":
+                out[i] = {**msg, "content": f"{note}\n\n{msg.get('content') or ''}"}
+                return out
+        return out
     if out and out[0].get("role") == "system":
         first = dict(out[0])
         first["content"] = f"{first.get('content') or ''}\n\n{note}".strip()
@@ -152,18 +171,19 @@ def render_with_tools(
     Raises:
         TemplateError: the template raised or failed.
     """
-    from ggufworker.engine.chat import render_chat
+    from ggufworker.engine.chat import TemplateError, render_chat
 
-    msgs = prepare_messages(messages, fmt, template)
-    if tools and not template_shows_tools(template):
-        msgs = with_tool_instructions(msgs, fmt, tools)
     extra = {k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED}
-    if render is not None:
-        prompt = render(
-            msgs, tools=tools or None, add_generation_prompt=add_generation_prompt, **extra
-        )
-    else:
-        prompt = render_chat(
+
+    def attempt(string_arguments: bool | None, system: bool) -> str:
+        msgs = prepare_messages(messages, fmt, template, string_arguments=string_arguments)
+        if tools and not template_shows_tools(template):
+            msgs = with_tool_instructions(msgs, fmt, tools, system=system)
+        if render is not None:
+            return render(
+                msgs, tools=tools or None, add_generation_prompt=add_generation_prompt, **extra
+            )
+        return render_chat(
             template,
             msgs,
             bos_token=bos_token,
@@ -172,4 +192,23 @@ def render_with_tools(
             add_generation_prompt=add_generation_prompt,
             **extra,
         )
+
+    # Templates differ in what they accept without saying so in their source: arguments as
+    # objects or as JSON text, a system message or none. Try the format's choice first, then
+    # the others; the first error is the one reported.
+    variants: list[tuple[bool | None, bool]] = [(None, True)]
+    if any(m.get("tool_calls") for m in messages):
+        variants.append((not fmt.string_arguments, True))
+    if tools and not template_shows_tools(template):
+        variants += [(args, False) for args, _ in list(variants)]
+    first: TemplateError | None = None
+    for string_arguments, system in variants:
+        try:
+            prompt = attempt(string_arguments, system)
+            break
+        except TemplateError as exc:
+            first = first or exc
+    else:
+        assert first is not None
+        raise first
     return RenderedPrompt(prompt, add_generation_prompt and opens_in_prompt(prompt, reasoning))

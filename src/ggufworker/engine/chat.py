@@ -1,13 +1,16 @@
 """Chat templates: the GGUF's Jinja2 template rendered in a sandbox.
 
 Templates are untrusted input (they come with downloaded files), so they run in Jinja2's
-immutable sandbox. The globals follow what Hugging Face's ``apply_chat_template`` provides
+sandbox. Lists and dicts may be changed in place (Kimi-K2's templates ``append`` to lists,
+which llama.cpp's template engine allows too), so templates get copies of the messages and
+tools. The globals follow what Hugging Face's ``apply_chat_template`` provides
 (``raise_exception``, ``strftime_now``, ``bos_token``, ``eos_token``, ``tools``), which is what
 real templates rely on.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import json
@@ -16,7 +19,7 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment
 
 from ggufworker.errors import InvalidRequestError
 
@@ -69,7 +72,7 @@ class _GenerationBlock(jinja2.ext.Extension):
 
 @functools.lru_cache(maxsize=16)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
+    env = SandboxedEnvironment(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=["jinja2.ext.loopcontrols", _GenerationBlock],
@@ -108,8 +111,8 @@ def render_chat(
     try:
         tmpl = _compile(template or FALLBACK_TEMPLATE)
         return tmpl.render(
-            messages=messages,
-            tools=tools,
+            messages=copy.deepcopy(messages),
+            tools=copy.deepcopy(tools),
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token or "",
             eos_token=eos_token or "",
