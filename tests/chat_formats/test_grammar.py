@@ -128,5 +128,5 @@ def test_parallel_grammar_allows_several_calls(engine: Engine) -> None:
 
 def test_auto_grammar_is_lazy() -> None:
     grammar = cf.build_tool_grammar(cf.get_format("hermes"), TOOLS, mode="auto")
-    assert grammar is not None and grammar.lazy and grammar.triggers == (r"(<tool_call>)",)
+    assert grammar is not None and grammar.lazy and grammar.triggers == (r"(<tool_call>)$",)
     assert cf.build_tool_grammar(cf.get_format("hermes"), TOOLS, mode="required").lazy is False

@@ -173,3 +173,64 @@ def test_models_list_capabilities(server: ServerProcess) -> None:
     cards = httpx.get(f"{server.url}/v1/models").json()["data"]
     card = next(c for c in cards if c["id"] == SMOLLM2)
     assert "tools" in card["capabilities"] and "completion" in card["capabilities"]
+
+
+@pytest.fixture(scope="module")
+def hermes_server(
+    smollm2_path: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The same model with the detected format overridden: calls are written as Hermes
+    ``<tool_call>`` blocks (markers the streaming parser must keep out of content)."""
+    proc = cached_server(
+        tmp_path_factory, "tools-hermes", model_cache, "--model", SMOLLM2, "--parallel", "2",
+        "--tool-call-format", "hermes",
+    )  # fmt: skip
+    with running(proc):
+        yield proc
+
+
+def test_format_override_streams_hermes_calls_without_markers(hermes_server: ServerProcess) -> None:
+    kw = dict(model=SMOLLM2, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0,
+              max_tokens=96)  # fmt: skip
+    chunks = list(client(hermes_server).chat.completions.create(stream=True, **kw))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "<tool_call>" not in content and "</tool" not in content
+    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].id and deltas[0].function.name
+    assert all(d.function.name is None for d in deltas[1:] if d.index == deltas[0].index)
+    full = client(hermes_server).chat.completions.create(**kw)
+    assert _valid_calls(full.choices[0].message)
+    args = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
+    assert args == full.choices[0].message.tool_calls[0].function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_auto_leaves_text_free_or_gives_valid_calls(server: ServerProcess) -> None:
+    r = client(server).chat.completions.create(
+        model=SMOLLM2, messages=[{"role": "user", "content": "Say hello."}], tools=TOOLS,
+        tool_choice="auto", temperature=0, max_tokens=24,
+    )  # fmt: skip
+    message = r.choices[0].message
+    if message.tool_calls:
+        _valid_calls(message)
+        assert r.choices[0].finish_reason == "tool_calls"
+    else:
+        assert message.content and r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_auto_lazy_grammar_switches_on_at_the_marker(hermes_server: ServerProcess) -> None:
+    """In ``auto`` mode a call that the model starts is held to the grammar from its marker
+    on; a marker that ends inside a token (here ``>``` in a code span) leaves text free and,
+    above all, does not abort the server."""
+    c = client(hermes_server)
+    kw = dict(model=SMOLLM2, tools=TOOLS, tool_choice="auto", temperature=0, max_tokens=48)
+    started = c.chat.completions.create(
+        messages=[{"role": "user", "content": "Repeat after me: <tool_call>"}], **kw
+    )
+    assert started.choices[0].finish_reason == "tool_calls"
+    assert _valid_calls(started.choices[0].message)
+    mid_token = c.chat.completions.create(
+        messages=[{"role": "user", "content": "Say: I will use <tool_call> now."}], **kw
+    )
+    assert mid_token.choices[0].message.content
+    assert hermes_server.proc.poll() is None

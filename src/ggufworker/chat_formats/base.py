@@ -78,8 +78,9 @@ class GrammarShape:
     is a JSON object matching the tool's parameters, or, with ``params`` set, the
     parameters written one by one with ``params`` = ``(template, string_value_rule)``:
     a template with ``{key}`` and ``{value}``). Calls are joined with ``sep`` and wrapped in
-    ``prefix`` / ``suffix``. ``triggers`` are the regexes (search, capture group 1 starts the
-    grammar) that switch a lazy grammar on in ``auto`` mode.
+    ``prefix`` / ``suffix``. ``triggers`` are the literal markers that switch a lazy grammar
+    on in ``auto`` mode (each must begin the grammar's text); with ``trigger_at_start`` only
+    at the start of the output (bare JSON formats).
     """
 
     call: str
@@ -88,6 +89,7 @@ class GrammarShape:
     suffix: str = ""
     triggers: tuple[str, ...] = ()
     params: tuple[str, str] | None = None
+    trigger_at_start: bool = False
 
 
 class ChatFormat:

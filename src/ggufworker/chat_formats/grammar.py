@@ -12,6 +12,7 @@ from ggufworker.chat_formats.reasoning import ReasoningSpec
 from ggufworker.engine.types import ToolGrammar
 
 _PLACEHOLDER = re.compile(r"\{(args|value|ws)\}")
+_ANY_PLACEHOLDER = re.compile(r"\{(name|args|key|value|ws)\}")
 _WS = "[ \\t\\n]*"
 
 
@@ -105,8 +106,50 @@ def build_tool_grammar(
         gbnf=gbnf,
         schemas=tuple(schema_rules),
         lazy=mode == "auto",
-        triggers=shape.triggers if mode == "auto" else (),
+        triggers=trigger_patterns(shape) if mode == "auto" else (),
     )
+
+
+def trigger_patterns(shape: GrammarShape) -> tuple[str, ...]:
+    """llama.cpp trigger regexes for a lazy grammar.
+
+    A pattern fires only when the output so far *ends* with a prefix of the grammar's fixed
+    leading text that contains the marker. llama.cpp feeds the grammar the text from the
+    match on, so a trigger that fired in the middle of a token would hand the grammar the
+    rest of that token unchecked, and a grammar that rejects it aborts the process
+    ("Unexpected empty grammar stack"). Firing only at a valid prefix makes that impossible;
+    a marker that never ends on a token boundary leaves the output unconstrained instead.
+    """
+    lead = _leading_literal(shape.prefix + shape.call)
+    patterns = []
+    for marker in shape.triggers:
+        if not lead.startswith(marker):
+            raise ValueError(f"trigger {marker!r} does not begin the grammar text {lead!r}")
+        alts = "|".join(_ecma_escape(lead[:k]) for k in range(len(lead), len(marker) - 1, -1))
+        head = "^[ \t\n]*" if shape.trigger_at_start else ""
+        patterns.append(f"{head}({alts})$")
+    return tuple(patterns)
+
+
+def _ecma_escape(text: str) -> str:
+    """``text`` as a literal in an ECMAScript regex (std::regex): only metacharacters are
+    escaped (Python's re.escape also escapes spaces, which std::regex may reject)."""
+    out = []
+    for ch in text:
+        if ch in "\\^$.|?*+()[]{}/":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _leading_literal(template: str) -> str:
+    m = _ANY_PLACEHOLDER.search(template)
+    return template[: m.start()] if m else template
 
 
 def _params_rule(

@@ -32,7 +32,7 @@ class DeepSeekR1(NamedArgsFormat):
             call="<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n{args}\n```<｜tool▁call▁end｜>",
             prefix=_BEGIN,
             suffix=_END,
-            triggers=(f"({_BEGIN})",),
+            triggers=(_BEGIN,),
         )
 
 
@@ -54,5 +54,5 @@ class DeepSeekV31(NamedArgsFormat):
             call="<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>{args}<｜tool▁call▁end｜>",
             prefix=_BEGIN,
             suffix=_END,
-            triggers=(f"({_BEGIN})",),
+            triggers=(_BEGIN,),
         )

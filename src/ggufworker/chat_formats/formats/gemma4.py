@@ -76,5 +76,5 @@ class Gemma4(RegionFormat):
         return GrammarShape(
             call=_OPEN + "call:{name}{{args}}" + _CLOSE,
             params=("{key}:{value},", '"<|\\"|>" [^<]* "<|\\"|>"'),
-            triggers=(r"(<\|tool_call>)",),
+            triggers=("<|tool_call>",),
         )

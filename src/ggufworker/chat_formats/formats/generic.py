@@ -20,5 +20,6 @@ class Generic(EnvelopeFormat):
         return GrammarShape(
             call='{"name": "{name}", "arguments": {args}}',
             sep="{ws}",
-            triggers=(r"^\s*(\{[\s\S]*)$",),
+            triggers=("{",),
+            trigger_at_start=True,
         )

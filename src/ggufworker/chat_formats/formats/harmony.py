@@ -73,5 +73,5 @@ class Harmony(ChatFormat):
     def grammar_shape(self) -> GrammarShape:
         return GrammarShape(
             call="<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>{args}",
-            triggers=(r"(<\|channel\|>commentary to=)", r"( to=functions\.)"),
+            triggers=("<|channel|>commentary to=",),
         )

@@ -24,7 +24,7 @@ class Hermes(EnvelopeFormat):
         return GrammarShape(
             call="<tool_call>{ws}" + _ENVELOPE + "{ws}</tool_call>",
             sep="{ws}",
-            triggers=(r"(<tool_call>)",),
+            triggers=("<tool_call>",),
         )
 
 
@@ -43,7 +43,7 @@ class Granite(EnvelopeFormat):
             prefix="<|tool_call|>[",
             sep=", ",
             suffix="]",
-            triggers=(r"(<\|tool_call\|>)",),
+            triggers=("<|tool_call|>",),
         )
 
 
@@ -63,7 +63,7 @@ class CommandR(EnvelopeFormat):
             prefix="<|START_ACTION|>[",
             sep=", ",
             suffix="]<|END_ACTION|>",
-            triggers=(r"(<\|START_ACTION\|>)",),
+            triggers=("<|START_ACTION|>",),
         )
 
 
@@ -83,7 +83,7 @@ class ToolCallsSection(EnvelopeFormat):
             prefix="<tool_calls>{ws}",
             sep="{ws}",
             suffix="{ws}</tool_calls>",
-            triggers=(r"(<tool_calls>)",),
+            triggers=("<tool_calls>",),
         )
 
 
@@ -103,7 +103,7 @@ class NemotronV2(EnvelopeFormat):
             prefix="<TOOLCALL>[",
             sep=", ",
             suffix="]</TOOLCALL>",
-            triggers=(r"(<TOOLCALL>)",),
+            triggers=("<TOOLCALL>",),
         )
 
 
@@ -124,9 +124,7 @@ class GigaChat(EnvelopeFormat):
         return found
 
     def grammar_shape(self) -> GrammarShape:
-        return GrammarShape(
-            call="<|function_call|>" + _ENVELOPE, triggers=(r"(<\|function_call\|>)",)
-        )
+        return GrammarShape(call="<|function_call|>" + _ENVELOPE, triggers=("<|function_call|>",))
 
 
 @register
@@ -146,5 +144,5 @@ class Apertus(EnvelopeFormat):
             prefix="<|tools_prefix|>[",
             sep=", ",
             suffix="]<|tools_suffix|>",
-            triggers=(r"(<\|tools_prefix\|>)",),
+            triggers=("<|tools_prefix|>",),
         )

@@ -22,5 +22,6 @@ class Llama3Json(EnvelopeFormat):
         return GrammarShape(
             call='{"name": "{name}", "parameters": {args}}',
             sep="; ",
-            triggers=(r"^\s*(\{[\s\S]*)$", r"(<\|python_tag\|>)"),
+            triggers=("{",),
+            trigger_at_start=True,
         )

@@ -26,7 +26,7 @@ class MistralNemo(EnvelopeFormat):
             prefix="[TOOL_CALLS][",
             sep=", ",
             suffix="]",
-            triggers=(r"(\[TOOL_CALLS\])",),
+            triggers=("[TOOL_CALLS]",),
         )
 
 
@@ -44,4 +44,4 @@ class MistralV11(NamedArgsFormat):
     id_pattern = r"[a-zA-Z0-9]{9}"
 
     def grammar_shape(self) -> GrammarShape:
-        return GrammarShape(call="[TOOL_CALLS]{name}[ARGS]{args}", triggers=(r"(\[TOOL_CALLS\])",))
+        return GrammarShape(call="[TOOL_CALLS]{name}[ARGS]{args}", triggers=("[TOOL_CALLS]",))

@@ -31,7 +31,7 @@ class KimiK2(NamedArgsFormat):
             "<|tool_call_end|>",
             prefix="<|tool_calls_section_begin|>",
             suffix="<|tool_calls_section_end|>",
-            triggers=(r"(<\|tool_calls_section_begin\|>)",),
+            triggers=("<|tool_calls_section_begin|>",),
         )
 
 
@@ -47,7 +47,7 @@ class FunctionaryV31(NamedArgsFormat):
     call_close = "</function>"
 
     def grammar_shape(self) -> GrammarShape:
-        return GrammarShape(call="<function={name}>{args}</function>", triggers=(r"(<function=)",))
+        return GrammarShape(call="<function={name}>{args}</function>", triggers=("<function=",))
 
 
 @register
@@ -72,7 +72,7 @@ class FunctionaryV32(NamedArgsFormat):
         return super().split_calls(text, partial=partial, tools=tools)
 
     def grammar_shape(self) -> GrammarShape:
-        return GrammarShape(call=">>>{name}\n{args}", triggers=(r"(>>>)",))
+        return GrammarShape(call=">>>{name}\n{args}", triggers=(">>>",))
 
 
 @register
@@ -95,5 +95,5 @@ class Solar(NamedArgsFormat):
             call="<|tool_call:begin|>call0<|tool_call:name|>{name}<|tool_call:args|>{args}"
             "<|tool_call:end|>",
             prefix="<|tool_calls|>",
-            triggers=(r"(<\|tool_calls\|>)",),
+            triggers=("<|tool_calls|>",),
         )

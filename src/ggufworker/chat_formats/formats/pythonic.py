@@ -78,5 +78,5 @@ class Lfm2(RegionFormat):
             sep=", ",
             suffix="]" + _CLOSE,
             params=("{key}={value}, ", ""),
-            triggers=(r"(<\|tool_call_start\|>)",),
+            triggers=("<|tool_call_start|>",),
         )

@@ -31,7 +31,7 @@ class Qwen3Coder(TaggedParamsFormat):
             call="<tool_call>\n<function={name}>\n{args}</function>\n</tool_call>",
             sep="\n",
             params=("<parameter={key}>\n{value}\n</parameter>\n", _TEXT),
-            triggers=(r"(<tool_call>)",),
+            triggers=("<tool_call>",),
         )
 
 
@@ -48,7 +48,7 @@ class SeedOss(Qwen3Coder):
             call="<seed:tool_call>\n<function={name}>\n{args}</function>\n</seed:tool_call>",
             sep="\n",
             params=("<parameter={key}>{value}</parameter>\n", _TEXT),
-            triggers=(r"(<seed:tool_call>)",),
+            triggers=("<seed:tool_call>",),
         )
 
 
@@ -71,7 +71,7 @@ class Glm(TaggedParamsFormat):
             call="<tool_call>{name}\n{args}</tool_call>",
             sep="\n",
             params=("<arg_key>{key}</arg_key>\n<arg_value>{value}</arg_value>\n", _TEXT),
-            triggers=(r"(<tool_call>)",),
+            triggers=("<tool_call>",),
         )
 
 
@@ -103,7 +103,7 @@ class Hy3(TaggedParamsFormat):
                 "<arg_value:opensource>{value}</arg_value:opensource>\n",
                 _TEXT,
             ),
-            triggers=(r"(<tool_calls:opensource>)",),
+            triggers=("<tool_calls:opensource>",),
         )
 
 
@@ -146,7 +146,7 @@ def _invoke_format(
             sep="\n",
             suffix=f"\n{close_section}",
             params=(f'<{ns}{param_tag} name="{{key}}">{{value}}</{ns}{param_tag}>\n', _TEXT),
-            triggers=(f"({re.escape(open_section)})",),
+            triggers=(open_section,),
         )
 
     attrs["grammar_shape"] = grammar_shape
@@ -187,5 +187,5 @@ class MiniCpm(TaggedParamsFormat):
         return GrammarShape(
             call='<function name="{name}">{args}</function>',
             params=('<param name="{key}">{value}</param>', _TEXT),
-            triggers=(r'(<function name=")',),
+            triggers=('<function name="',),
         )
