@@ -83,7 +83,9 @@ def build_tool_grammar(
             args = _params_rule(shape, schema, i, rules, schema_rules)
         else:
             args = _rule_name("tool-args", i)
-            schema_rules.append((args, json.dumps(schema)))
+            # arguments are always an object, even when the schema leaves the type open
+            obj = schema if schema.get("type") else {"type": "object", **schema}
+            schema_rules.append((args, json.dumps(obj)))
         call = _rule_name("tool-call", i)
         text = shape.call.replace("{name}", tool_name)
         rules.append(f"{call} ::= {_seq(text, {'args': args})}")

@@ -73,7 +73,8 @@ class RegionFormat(ChatFormat):
             if partial:
                 return Split(text[: len(text) - held_suffix(text, self.start_markers)])
             return Split(text)
-        content, pos, calls, pending = text[:start], start, [], False
+        content, pos, pending = text[:start], start, False
+        calls: list[PartialCall] = []
         if self.section_open:
             if text.startswith(self.section_open, pos):
                 pos += len(self.section_open)

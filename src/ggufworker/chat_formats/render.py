@@ -55,6 +55,7 @@ def prepare_messages(
     inline_calls = "tool_calls" not in src
     tool_role = "tool" in src
     names: dict[str, str] = {}
+    fixed: list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for message in messages:
         msg = copy.deepcopy(message)
@@ -91,9 +92,9 @@ def prepare_messages(
             else:
                 msg["tool_calls"] = fixed
         elif msg.get("role") == "tool":
-            cid = msg.get("tool_call_id")
-            if cid is not None:
-                msg["tool_call_id"] = fmt.map_call_id(str(cid))
+            result_id = msg.get("tool_call_id")
+            if result_id is not None:
+                msg["tool_call_id"] = fmt.map_call_id(str(result_id))
                 msg.setdefault("name", names.get(msg["tool_call_id"], ""))
             if not tool_role:
                 msg = {"role": "user", "content": f"Tool result: {msg.get('content') or ''}"}

@@ -188,9 +188,9 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
         tool = params.tool_grammar
         if gbnf is not None and tool is not None and tool.lazy:
             patterns = [p.encode("utf-8") for p in tool.triggers]
-            arr = (ctypes.c_char_p * len(patterns))(*patterns)
+            triggers = (ctypes.c_char_p * len(patterns))(*patterns)
             g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                vocab, gbnf.encode("utf-8"), b"root", arr, len(patterns), None, 0
+                vocab, gbnf.encode("utf-8"), b"root", triggers, len(patterns), None, 0  # type: ignore[arg-type]
             )
             if not g:
                 raise InvalidRequestError("tool-call grammar does not parse", param="tools")

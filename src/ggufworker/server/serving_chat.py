@@ -244,7 +244,7 @@ class ChatServing:
                     last, result = streams[index].finish()
                     if last:
                         yield chunk(index, delta_of(last))
-                    finish = event.finish_reason
+                    finish: str = event.finish_reason
                     if result.tool_calls and finish == "stop":
                         finish = "tool_calls"
                     yield chunk(index, {}, None, finish)

@@ -39,7 +39,7 @@ class Qwen3Coder(TaggedParamsFormat):
 class SeedOss(Qwen3Coder):
     name = "seed_oss"
     description = "Seed-OSS: <seed:tool_call><function=f><parameter=k>v</parameter>..."
-    markers = ("<seed:tool_call>",)
+    markers = ("<seed:tool_call>", "<function=")
     priority = 55
     call_tail = "</seed:tool_call>"
 
@@ -150,7 +150,9 @@ def _invoke_format(
         )
 
     attrs["grammar_shape"] = grammar_shape
-    return register(type(cls_name, (TaggedParamsFormat,), attrs))
+    cls: type[TaggedParamsFormat] = type(cls_name, (TaggedParamsFormat,), attrs)
+    register(cls)
+    return cls
 
 
 MiniMaxM2 = _invoke_format(
