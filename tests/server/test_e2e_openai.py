@@ -219,7 +219,8 @@ def test_n_choices(main_server: ServerProcess) -> None:
 
 def test_tools_are_accepted(main_server: ServerProcess) -> None:
     """Tools go to the chat template (checked with a fake engine in test_app_fake.py).
-    SmolLM2's template has no tools section, so the prompt is the same as without them."""
+    SmolLM2's template has no tools section, so the tools are described in a system message
+    (the generic format; tool calling itself is tested in test_e2e_tools.py)."""
     tools = [
         {
             "type": "function",
@@ -239,5 +240,5 @@ def test_tools_are_accepted(main_server: ServerProcess) -> None:
         temperature=0,
     )
     plain = _chat(main_server, "Weather in Paris?", max_tokens=4)
-    assert r.choices[0].message.content == plain.choices[0].message.content
-    assert r.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool description
+    assert r.choices[0].message.content or r.choices[0].message.tool_calls
