@@ -180,6 +180,18 @@ class ServerSettings(BaseSettings):
         default=8, ge=1, description="readiness callback tries before giving up"
     )
 
+    @field_validator("tool_call_format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ggufworker.chat_formats import registered
+
+            if value not in registered():
+                raise ValueError(
+                    f"unknown tool-call format {value!r} (known: {', '.join(sorted(registered()))})"
+                )
+        return value
+
     @field_validator("tensor_split", mode="before")
     @classmethod
     def _split_floats(cls, value: Any) -> Any:

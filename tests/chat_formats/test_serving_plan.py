@@ -78,3 +78,10 @@ def test_bad_tools_name_the_param(qwen3: str, body: dict, param: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         _plan(qwen3, **body)
     assert info.value.param == param
+
+
+def test_unknown_tool_call_format_setting_is_rejected() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown tool-call format 'nope'"):
+        ServerSettings(tool_call_format="nope")
