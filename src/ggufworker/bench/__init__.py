@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="auto",
         help="engine steps pipelined with the GPU (auto: when layers are offloaded)",
     )
+    p.add_argument(
+        "--kv-layout",
+        choices=("auto", "unified", "per-slot"),
+        default="auto",
+        help="the engine's KV cache layout (engine-level benchmark)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     from ggufworker.bench import soak
 
@@ -84,6 +90,7 @@ def _main(args: argparse.Namespace) -> int:
         n_threads=args.threads,
         references=not args.no_reference,
         pipeline={"auto": None, "on": True, "off": False}[args.pipeline],
+        kv_layout=args.kv_layout,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -108,7 +108,7 @@ def bench_engine(
     n_ctx: int = 4096,
     n_threads: int | None = None,
     references: bool = True,
-    kv_unified: bool = True,
+    kv_layout: str = "auto",
     pipeline: bool | None = None,
 ) -> dict[str, Any]:
     """Measure the engine and the references on one model; medians over ``runs``.
@@ -131,7 +131,7 @@ def bench_engine(
         n_ctx=n_ctx,
         n_parallel=n_max,
         n_threads=n_threads,
-        kv_unified=kv_unified,
+        kv_layout=kv_layout,  # type: ignore[arg-type]
         pipeline=pipeline,
     )
     model = Model(path) if references else None
@@ -207,6 +207,7 @@ def bench_engine(
         "threads": n_threads or os.cpu_count(),
         "backend": engine.info.backend,
         "pipeline": engine.pipelined,
+        "kv_layout": engine.kv_layout,
         "engine": {
             str(n): {
                 k: med[f"engine.{n}.{k}"]

@@ -407,6 +407,11 @@ class Engine:
         return not self._closed and self._sched.thread.is_alive()
 
     @property
+    def kv_layout(self) -> str:
+        """``unified`` (one KV pool shared by the slots) or ``per-slot`` (a stream each)."""
+        return "unified" if self._opts.kv_unified else "per-slot"
+
+    @property
     def pipelined(self) -> bool:
         """Whether steps overlap the event work with the next decode (GPU default)."""
         return self._sched.pipeline

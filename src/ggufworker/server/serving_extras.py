@@ -44,6 +44,8 @@ def list_models(manager: ModelManager) -> ModelList:
                 "quantization": info.quantization,
                 "backend": info.backend,
                 "memory": info.memory,
+                # per-slot: greedy output independent of other traffic (engine/kv_layout.py)
+                "kv_layout": getattr(model.engine, "kv_layout", "unified"),
             }
             if not model.spec.embedding:  # per-replica (per-GPU) slots, see server/replicas.py
                 card.meta["replicas"] = [asdict(r) for r in replica_stats(model.engine)]
