@@ -489,11 +489,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--port", str(port),
             "--parallel", str(args.parallel or clients),
             "--ctx-size", str(_ctx(args, clients)),
-            "--threads", threads,
             "--max-queue", str(4 * clients),
             "--keep-alive", "-1",
             "--log-level", "warning",
         ]  # fmt: skip
+        # Without --threads our server runs its own thread policy (all available CPUs, tuned
+        # to the load: engine/threads.py); the peers get the same count, fixed.
+        if args.threads:
+            cmd += ["--threads", threads]
         servers.append(("ggufworker", cmd, port, "/health"))
     if "llama-cpp-python" in wanted:
         port = _free_port()
