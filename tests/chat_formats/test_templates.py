@@ -21,7 +21,6 @@ NOT_RENDERING = {
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": "deepseek_r1",
     # call syntaxes with no parser yet (<|open|>call tool=...; ]<]minimax[>[ separators)
     "Kimi-K3": "generic",
-    "CohereForAI-c4ai-command-r-plus-tool_use": "generic",  # Action:\n```json [...]```
     "MiniMax-M3": "hermes",
 }
 

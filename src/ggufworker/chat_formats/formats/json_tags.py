@@ -1,5 +1,5 @@
 """Formats whose calls are JSON envelopes ``{"name": ..., "arguments": {...}}`` between
-tags: Hermes 2/3, Qwen 2.5/3, Granite 3/4, Command-R7B, MiniMax-M1, Apriel, Nemotron v2,
+tags: Hermes 2/3, Qwen 2.5/3, Granite 3/4, Command-R7B, Command R+, MiniMax-M1, Apriel, Nemotron v2,
 GigaChat 3, Apertus."""
 
 from __future__ import annotations
@@ -64,6 +64,27 @@ class CommandR(EnvelopeFormat):
             sep=", ",
             suffix="]<|END_ACTION|>",
             triggers=("<|START_ACTION|>",),
+        )
+
+
+@register
+class CommandRPlus(EnvelopeFormat):
+    name = "command_r_plus"
+    description = 'Command R+: Action: ```json [{"tool_name", "parameters"}]```'
+    markers = ("Action:", "```json", "<|CHATBOT_TOKEN|>")
+    priority = 25
+    start_markers = ("Action:",)
+    section_open = "Action:"
+    optional_open = ("```json",)
+    call_close = "```"
+
+    def grammar_shape(self) -> GrammarShape:
+        return GrammarShape(
+            call='{"tool_name": "{name}", "parameters": {args}}',
+            prefix="Action:\n```json\n[",
+            sep=", ",
+            suffix="]\n```",
+            triggers=("Action:",),
         )
 
 
