@@ -24,7 +24,7 @@ def parse_pythonic(source: str) -> list[tuple[str, dict[str, Any]]] | None:
     """``[f(a=1), g(b="x")]`` as (name, keyword arguments) pairs, or None if it is not that."""
     try:
         tree = ast.parse(source.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # untrusted model text
         return None
     items = tree.body.elts if isinstance(tree.body, ast.List) else [tree.body]
     out = []
@@ -35,7 +35,7 @@ def parse_pythonic(source: str) -> list[tuple[str, dict[str, Any]]] | None:
         name = func.id if isinstance(func, ast.Name) else ast.unparse(func)
         try:
             out.append((name, {kw.arg: _value(kw.value) for kw in item.keywords if kw.arg}))
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, RecursionError):
             return None
     return out
 
