@@ -42,3 +42,24 @@ def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     """Largest absolute difference relative to the reference's largest magnitude."""
     return float(np.max(np.abs(got - want)) / max(1e-6, float(np.max(np.abs(want)))))
+
+
+def batched_and_alone(
+    path: Path, prompts: list[list[int]], *, n_ctx: int = 512, max_tokens: int = 12
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy tokens of ``prompts`` decoded together by the engine, and each decoded alone on a
+    cleared cache (continuous batching's promise: the two are equal)."""
+    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    engine = Engine.load(path, n_ctx=n_ctx, n_parallel=len(prompts), n_batch=64)
+    try:
+        handles = [engine.submit(GenerationRequest(p, greedy, add_bos=False)) for p in prompts]
+        together = [[ev.token_id for ev in h if ev.token_id is not None] for h in handles]
+        alone = []
+        for p in prompts:
+            engine.clear_cache()
+            alone.append(engine.generate(GenerationRequest(p, greedy, add_bos=False)).token_ids)
+    finally:
+        engine.close()
+    return together, alone

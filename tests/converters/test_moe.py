@@ -39,7 +39,7 @@ from .moe_reference import (
     randomize,
     synthetic_mixtral,
 )
-from .reference import llama_logits, rel_err
+from .reference import batched_and_alone, llama_logits, rel_err
 
 PROMPT_LEN = 48
 MIN_CLEAR = 32
@@ -260,26 +260,13 @@ def test_fused_and_per_expert_layouts_convert_alike(variant, family_files, tmp_p
 @pytest.mark.parametrize("variant", list(FAMILIES))
 def test_engine_batched_equals_alone(variant, family_files, prompt):
     """Two sequences decoded together by the engine equal each decoded alone (greedy, CPU)."""
-    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
-
     family = FAMILIES[variant][0]
     _src, outs, _want, _margins = family_files(variant)
-    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     prompts = [prompt[:24], prompt[8:40]]
-    engine = Engine.load(outs["f32"], n_ctx=512, n_parallel=2, n_batch=64)
-    try:
-        handles = [engine.submit(GenerationRequest(p, greedy, add_bos=False)) for p in prompts]
-        together = [[ev.token_id for ev in h if ev.token_id is not None] for h in handles]
-        alone = []
-        for p in prompts:
-            engine.clear_cache()
-            alone.append(engine.generate(GenerationRequest(p, greedy, add_bos=False)).token_ids)
-    finally:
-        engine.close()
-    ok = together == alone and all(len(t) == greedy.max_tokens for t in together)
+    together, alone = batched_and_alone(outs["f32"], prompts, n_ctx=512)
+    ok = together == alone and all(len(t) == 12 for t in together)
     record(family, "engine", passed=ok, detail=variant)
-    assert together == alone
-    assert all(len(t) == greedy.max_tokens for t in together)
+    assert ok, f"{variant}: batched {together} != alone {alone}"
 
 
 # --- refusals ---------------------------------------------------------------------------------
