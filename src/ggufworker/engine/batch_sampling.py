@@ -22,6 +22,8 @@ top-k disabled take an exact full-vocabulary path row by row.
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 
@@ -179,9 +181,51 @@ def sample_rows(
         out[i] = _full_row(values, s.params, float(u[i]))
     if not cut:
         return out
+    groups = [cut[g : g + ROWS_PER_TASK] for g in range(0, len(cut), ROWS_PER_TASK)]
+    pool = _pool() if len(groups) > 1 else None
+    if pool is None:
+        done = [_draw(logits, rows, samplers, g, u) for g in groups]
+    else:  # numpy releases the GIL in the scans: rows of a large step in parallel
+        done = list(pool.map(lambda g: _draw(logits, rows, samplers, g, u), groups))
+    for g, toks in zip(groups, done, strict=True):
+        for i, tok in zip(g, toks, strict=True):
+            out[i] = tok
+    return out
+
+
+#: rows one task of the thread pool draws (a step of 64 sequences: 8 tasks)
+ROWS_PER_TASK = 8
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor | None:
+    """A process-wide thread pool for large steps; None below 4 CPUs (on the 2-core VM a pool
+    of 2 made 64 rows slower: 9.6 ms against 7.3 ms serial)."""
+    global _POOL
+    if _POOL is None:
+        from ggufworker.engine.threads import available_cpus
+
+        n = min(8, available_cpus())
+        if n < 4:
+            return None
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="sampler")
+    return _POOL
+
+
+def _draw(
+    logits: np.ndarray,
+    rows: Sequence[int],
+    samplers: Sequence[RowSampler],
+    cut: list[int],
+    u: np.ndarray,
+) -> list[int]:
+    """Tokens for the sequences ``cut`` (indices into ``rows``/``samplers``), top-k rows."""
     idx = np.asarray([rows[i] for i in cut], dtype=np.int64)
-    if len(idx) == logits.shape[0] and np.array_equal(idx, np.arange(len(idx))):
-        block = logits
+    if np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        block = logits[idx[0] : idx[0] + len(idx)]  # consecutive rows: a view, no copy
     else:
         block = logits[idx]
     touched = [samplers[i].touched() for i in cut]
@@ -217,6 +261,4 @@ def sample_rows(
     params = [samplers[i].params for i in cut]
     # greedy rows (penalties only) take their first column whatever u is
     cols = _pick(mat, [p if p.temperature > 0 else _GREEDY for p in params], u[cut])
-    for j, i in enumerate(cut):
-        out[i] = int(ids_rows[j][cols[j]])
-    return out
+    return [int(ids_rows[j][cols[j]]) for j in range(len(cut))]
