@@ -163,7 +163,8 @@ def test_health_and_models_report_state(main_server: ServerProcess) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok"
     cards = httpx.get(f"{main_server.url}/v1/models").json()["data"]
     smol = next(c for c in cards if c["id"] == SMOLLM2)
-    assert smol["capabilities"] == ["completion", "embedding"]
+    # tools through the generic format (any template); no thinking markers in ChatML
+    assert smol["capabilities"] == ["completion", "tools", "embedding"]
     assert smol["loaded"] and smol["pinned"] and smol["meta"]["architecture"] == "llama"
 
 
