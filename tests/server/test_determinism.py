@@ -4,7 +4,8 @@ The same eight chat prompts, each sent alone, then all at once, then all at once
 other prompts (sharing the chat template's system prompt) have left their KV in the slots: the
 replies must be identical every time, while prefix reuse still serves cached tokens. This is what
 the default KV layout (one stream per slot, engine/kv_layout.py) gives; with llama.cpp's unified
-pool the third round differed for 7 of 8 prompts on this model (docs/ENGINE.md).
+pool, measured through the engine on this model, 1 of 8 such prompts came back equal
+(docs/ENGINE.md, "Determinism").
 """
 
 from __future__ import annotations
