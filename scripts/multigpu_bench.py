@@ -20,16 +20,18 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import llama_cpp  # noqa: F401  (before numpy: numpy first crashed model loads on the GPU host)
+
+from ggufworker.bench.servers import free_port
 
 PROMPTS = (
     "The history of the printing press began when",
@@ -101,12 +103,6 @@ def split(model: Path, tokens: int) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> int:
     n = 0
     async with client.stream("POST", url, json=body) as r:
@@ -132,14 +128,16 @@ def _replica_requests(base: str) -> dict[str, float]:
 def _serve_and_measure(
     model: Path, replicas: int, parallel: int, clients: int, max_tokens: int, runs: int
 ) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable, "-m", "ggufworker", "serve", "--model", str(model), "--port", str(port),
         "--replicas", str(replicas), "--parallel", str(parallel), "--ctx-size", str(parallel * 512),
         "--max-queue", str(clients), "--keep-alive", "-1", "--log-level", "warning",
     ]  # fmt: skip
-    log = open(f"/tmp/multigpu-serve-{replicas}.log", "wb")  # noqa: SIM115
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix=f"multigpu-serve-{replicas}-", suffix=".log", delete=False
+    )
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300

@@ -24,20 +24,15 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ggufworker.bench.prompts import PROMPTS
+from ggufworker.bench.servers import free_port, server
+from ggufworker.bench.targets import HttpTarget, OllamaTarget, Stream
 from ggufworker.paths import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
@@ -86,34 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --- measurements ------------------------------------------------------------------------------
-
-
-@dataclass
-class Stream:
-    """Timing of one generation: when it was sent and when each token arrived."""
-
-    sent: float
-    token_times: list[float]  # arrival of each piece of text (a token, or several held back)
-    completed: bool
-    # Tokens generated, from the server's usage report. A streamed chunk can carry several
-    # tokens (bytes of one UTF-8 character are held back until it is whole), so counting
-    # chunks undercounts; servers without usage in streams fall back to one token per chunk.
-    n_tokens: int | None = None
-
-    @property
-    def tokens(self) -> int:
-        return self.n_tokens if self.n_tokens is not None else len(self.token_times)
-
-    @property
-    def ttft(self) -> float | None:
-        return self.token_times[0] - self.sent if self.token_times else None
-
-    @property
-    def decode_tps(self) -> float | None:
-        t = self.token_times
-        if len(t) < 2 or t[-1] <= t[0]:
-            return None
-        return (self.tokens - 1) / (t[-1] - t[0])
 
 
 def _summary(single: list[Stream], batches: list[tuple[float, list[Stream]]], want: int) -> dict:
@@ -222,223 +189,7 @@ class RawTarget:
         self.model.close()
 
 
-async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
-    sent = time.perf_counter()
-    times: list[float] = []
-    finished = done = False
-    n_tokens: int | None = None
-    async with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data.strip() == "[DONE]":
-                done = True
-                continue
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                n_tokens = int(chunk["usage"]["completion_tokens"])
-            for choice in chunk.get("choices") or ():
-                if choice.get("text"):
-                    times.append(time.perf_counter())
-                if choice.get("finish_reason"):
-                    finished = True
-    return Stream(sent, times, finished and done, n_tokens)
-
-
-class HttpTarget:
-    """An OpenAI-compatible server, driven by streaming /v1/completions requests."""
-
-    def __init__(
-        self,
-        name: str,
-        base: str,
-        eos: list[int],
-        sampling: dict[str, float] | None = None,
-        procs: int = 1,
-    ) -> None:
-        self.name = name
-        self.url = f"{base}/v1/completions"
-        self.eos = eos
-        self.sampling = sampling or {"temperature": 0}
-        self.procs = max(1, procs)
-        self._stream = _http_stream
-
-    def _body(self, i: int, max_tokens: int) -> dict:
-        return {
-            "prompt": PROMPTS[i % len(PROMPTS)],
-            "max_tokens": max_tokens,
-            **self.sampling,
-            "repeat_penalty": 1.0,
-            "logit_bias": {str(t): -100 for t in self.eos},
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-
-    def measure(self, n: int, max_tokens: int) -> tuple[float, list[Stream]]:
-        bodies = [self._body(i, max_tokens) for i in range(n)]
-        procs = min(self.procs, n)
-        if procs <= 1:
-            return _streams_at(self.url, bodies, time.perf_counter(), self._stream)
-        # Several client processes, all starting at one agreed moment (perf_counter is the
-        # system's monotonic clock, shared by the processes): wall time from that moment to the
-        # last stream's end.
-        import concurrent.futures
-        import multiprocessing
-
-        shares = [bodies[i::procs] for i in range(procs)]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
-            list(pool.map(_warm, range(procs)))
-            start = time.perf_counter() + 0.5
-            parts = list(
-                pool.map(
-                    _streams_at, [self.url] * procs, shares, [start] * procs, [self._stream] * procs
-                )
-            )
-        streams = [s for _, part in parts for s in part]
-        end = max((s.token_times[-1] for s in streams if s.token_times), default=start)
-        return max(end - start, 1e-9), streams
-
-
-def _warm(_: int) -> None:
-    """Pool warm-up: import in the workers before the timed start."""
-
-
-def _streams_at(
-    url: str, bodies: list[dict], start: float, stream: Any = None
-) -> tuple[float, list[Stream]]:
-    """Send ``bodies`` as concurrent streams (``stream``: one request's coroutine function,
-    default SSE) from ``start`` (a perf_counter time) on."""
-    one = stream or _http_stream
-
-    async def many() -> tuple[float, list[Stream]]:
-        limits = httpx.Limits(max_connections=len(bodies) + 2)
-        async with httpx.AsyncClient(timeout=900, limits=limits) as client:
-            delay = start - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            t0 = time.perf_counter()
-            streams = await asyncio.gather(*[one(client, url, b) for b in bodies])
-            return time.perf_counter() - t0, list(streams)
-
-    return asyncio.run(many())
-
-
-async def _ndjson_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
-    """One streamed Ollama request; the token count comes from the final chunk's eval_count."""
-    sent = time.perf_counter()
-    times: list[float] = []
-    done = False
-    n_tokens: int | None = None
-    async with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.strip():
-                continue
-            chunk = json.loads(line)
-            if chunk.get("error"):
-                break
-            if chunk.get("response"):
-                times.append(time.perf_counter())
-            if chunk.get("done"):
-                done = True
-                n_tokens = chunk.get("eval_count")
-    return Stream(sent, times, done, n_tokens)
-
-
-class OllamaTarget(HttpTarget):
-    """Our server through the Ollama API: streaming raw /api/generate requests, greedy, with
-    end-of-sequence ignored (our ``ignore_eos`` option) so each makes ``max_tokens`` tokens."""
-
-    def __init__(self, name: str, base: str, model: str) -> None:
-        super().__init__(name, base, [])
-        self.url = f"{base}/api/generate"
-        self.model = model
-        self._stream = _ndjson_stream
-
-    def _body(self, i: int, max_tokens: int) -> dict:
-        return {
-            "model": self.model,
-            "prompt": PROMPTS[i % len(PROMPTS)],
-            "raw": True,
-            "options": {
-                "num_predict": max_tokens,
-                "temperature": 0,
-                "repeat_penalty": 1.0,
-                "ignore_eos": True,
-            },
-        }
-
-
-# --- server processes --------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux), so a
-    killed benchmark leaves no server running."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def _server(
-    cmd: list[str],
-    port: int,
-    timeout: float,
-    ready_path: str,
-    procs: list[subprocess.Popen] | None = None,  # type: ignore[type-arg]
-) -> Iterator[str]:
-    """Run a server subprocess until the block ends; yield its base URL once it answers.
-    The process is appended to ``procs`` when given (for callers that watch its memory)."""
-    import ggufworker
-
-    env = dict(os.environ)
-    src = str(Path(ggufworker.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    log = tempfile.NamedTemporaryFile(prefix="ggufworker-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-    )
-    if procs is not None:
-        procs.append(proc)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[2]} exited early; log: {log.name}")
-            try:
-                if httpx.get(base + ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[2]} not ready after {timeout}s; log: {log.name}")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-
-
+# --- the run ---------------------------------------------------------------------------------
 def _threads(args: argparse.Namespace) -> int:
     return args.threads or os.cpu_count() or 1
 
@@ -482,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     servers: list[tuple[str, list[str], int, str]] = []
     if "ggufworker" in wanted or "ggufworker-ollama" in wanted:
-        port = _free_port()
+        port = free_port()
         cmd = [
             sys.executable, "-m", "ggufworker", "serve",
             "--model", str(path),
@@ -499,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cmd += ["--threads", threads]
         servers.append(("ggufworker", cmd, port, "/health"))
     if "llama-cpp-python" in wanted:
-        port = _free_port()
+        port = free_port()
         cmd = [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(path),
@@ -518,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ggufworker bench: the llama-server target needs --llama-server PATH "
                 "(build it with: python3 scripts/build_llama_server.py)"
             )
-        port = _free_port()
+        port = free_port()
         parallel = args.parallel or clients
         cmd = [
             args.llama_server, "-m", str(path), "--port", str(port),
@@ -534,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampling.update(top_p=args.top_p, top_k=40, min_p=0.05)
     out["sampling"] = sampling
     with contextlib.ExitStack() as stack:
-        bases = {name: stack.enter_context(_server(cmd, port, args.startup_timeout, ready))
+        bases = {name: stack.enter_context(server(cmd, port, args.startup_timeout, ready))
                  for name, cmd, port, ready in servers}  # fmt: skip
         # The engine is loaded even when not measured: it names the EOS tokens to ban.
         engine = EngineTarget(path, args, clients)
@@ -586,10 +337,11 @@ def format_report(result: dict[str, Any]) -> str:
     """A small table of :func:`run`'s result."""
     rows = [
         f"model {result['model']}  clients {result['clients']}  max_tokens {result['max_tokens']}"
-        f"  runs {result['runs']}  threads {result['threads']}",
+        f"  runs {result['runs']}  threads {result['threads']}  sampling {result.get('sampling')}",
         f"{'target':<18}{'1-stream tok/s':>15}{'N-client tok/s':>16}{'TTFT s':>9}{'complete':>10}",
     ]
-    for key in ("raw", "engine", "ggufworker", "ggufworker_ollama", "llama_cpp_python"):
+    for key in ("raw", "engine", "ggufworker", "ggufworker_ollama", "llama_cpp_python",
+                "llama_server"):  # fmt: skip
         r = result.get(key)
         if r:
             rows.append(
@@ -603,6 +355,8 @@ def format_report(result: dict[str, Any]) -> str:
         "aggregate_ratio_vs_engine",
         "aggregate_ratio_vs_llama_cpp_python",
         "aggregate_ratio_vs_ggufworker_ollama",
+        "single_decode_ratio_vs_llama_server",
+        "aggregate_ratio_vs_llama_server",
     ):
         if key in result:
             rows.append(f"{key}: {result[key]}")

@@ -33,8 +33,8 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.http import _free_port, _server
 from ggufworker.bench.prompts import PROMPTS
+from ggufworker.bench.servers import free_port, server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     path = resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
     clients = args.soak_clients
-    port = _free_port()
+    port = free_port()
     queue = args.soak_queue if args.soak_queue is not None else clients
     cmd = [
         sys.executable, "-m", "ggufworker", "serve",
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally()
     rss: dict[str, int | None] = {}
     procs: list[Any] = []
-    with _server(cmd, port, args.startup_timeout, "/health", procs) as base:
+    with server(cmd, port, args.startup_timeout, "/health", procs) as base:
         pid = procs[0].pid
         model = httpx.get(base + "/v1/models", timeout=10).json()["data"][0]["id"]
         rss["start"] = _rss_kib(pid)

@@ -1,0 +1,79 @@
+"""Benchmark server processes: a free port, and a server subprocess that dies with the
+benchmark and is stopped when the block ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the benchmark process dies (Linux), so a
+    killed benchmark leaves no server running."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def server(
+    cmd: list[str],
+    port: int,
+    timeout: float,
+    ready_path: str,
+    procs: list[subprocess.Popen] | None = None,  # type: ignore[type-arg]
+) -> Iterator[str]:
+    """Run a server subprocess until the block ends; yield its base URL once it answers.
+    The process is appended to ``procs`` when given (for callers that watch its memory)."""
+    import ggufworker
+
+    env = dict(os.environ)
+    src = str(Path(ggufworker.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    log = tempfile.NamedTemporaryFile(prefix="ggufworker-bench-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+    )
+    if procs is not None:
+        procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[2]} exited early; log: {log.name}")
+            try:
+                if httpx.get(base + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[2]} not ready after {timeout}s; log: {log.name}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
