@@ -284,6 +284,22 @@ class EnvelopeFormat(RegionFormat):
         return CallParse(calls, end)
 
 
+def _match_opener(
+    call_open: re.Pattern[str], literal: str, text: str, pos: int, partial: bool
+) -> re.Match[str] | str | None:
+    """The opener of a call at ``text[pos]``; ``"wait"`` while a streamed opener (or its name)
+    may still be growing; None when no call starts here."""
+    m = call_open.match(text, pos)
+    if m is not None and partial and m.end() == len(text):
+        return _WAIT  # the name may still be growing
+    if m is None:
+        tail = text[pos:]
+        if partial and literal and (literal.startswith(tail) or tail.startswith(literal)):
+            return _WAIT
+        return None
+    return m
+
+
 # --- name in the opener, JSON arguments ------------------------------------------------------
 
 
@@ -299,15 +315,9 @@ class NamedArgsFormat(RegionFormat):
     def parse_call(
         self, text: str, pos: int, partial: bool, schemas: dict[str, dict[str, Any]]
     ) -> CallParse | str | None:
-        m = self.call_open.match(text, pos)
-        if m is not None and partial and m.end() == len(text):
-            return _WAIT  # the name may still be growing
-        if m is None:
-            tail = text[pos:]
-            lit = self.opener_literal
-            if partial and lit and (lit.startswith(tail) or tail.startswith(lit)):
-                return _WAIT
-            return None
+        m = _match_opener(self.call_open, self.opener_literal, text, pos, partial)
+        if not isinstance(m, re.Match):
+            return m
         name = m.group("name").strip()
         call_id = m.groupdict().get("id")
         a = skip_ws(text, m.end())
@@ -360,15 +370,9 @@ class TaggedParamsFormat(RegionFormat):
     def parse_call(
         self, text: str, pos: int, partial: bool, schemas: dict[str, dict[str, Any]]
     ) -> CallParse | str | None:
-        m = self.call_open.match(text, pos)
-        if m is not None and partial and m.end() == len(text):
-            return _WAIT  # the name may still be growing
-        if m is None:
-            tail = text[pos:]
-            lit = self.opener_literal
-            if partial and lit and (lit.startswith(tail) or tail.startswith(lit)):
-                return _WAIT
-            return None
+        m = _match_opener(self.call_open, self.opener_literal, text, pos, partial)
+        if not isinstance(m, re.Match):
+            return m
         name = m.group("name").strip()
         close = text.find(self.call_close, m.end())
         if close < 0:
