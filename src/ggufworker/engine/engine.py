@@ -81,7 +81,7 @@ class Engine:
     @staticmethod
     def _thread_tuner(model: Model, opts: ContextOptions) -> ThreadTuner | None:
         """A tuner when llama.cpp computes on the CPU with a thread count we chose."""
-        if opts.n_threads or model.backend == "gpu" or os.environ.get("GGUFWORKER_FIXED_THREADS"):
+        if opts.n_threads or model.backend == "gpu":
             return None
         return ThreadTuner(available_cpus())
 
