@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,3 +65,43 @@ def batched_and_alone(
     finally:
         engine.close()
     return together, alone
+
+
+def random_prompt(tokenizer_dir: Path, seed: int, n: int = 40) -> list[int]:
+    """``n`` seeded random token ids of the tiny tokenizer (past its special tokens)."""
+    from tokenizers import Tokenizer
+
+    n_vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    return np.random.default_rng(seed).integers(3, n_vocab, size=n).tolist()
+
+
+def convert_recorded(
+    family: str, variant: str, src: Path, root: Path, outtypes: Iterable[str], **options: Any
+) -> dict[str, Path]:
+    """Convert ``src`` to each outtype under ``root``, recording the family's ``converter``
+    evidence (a refusal is recorded as failed, then re-raised)."""
+    from converters.st2gguf import convert
+    from ggufworker.errors import ConversionError
+    from tests.support import record
+
+    outs: dict[str, Path] = {}
+    try:
+        for outtype in outtypes:
+            outs[outtype] = convert(src, root / f"{outtype}.gguf", outtype=outtype, **options)
+    except ConversionError as exc:
+        record(family, "converter", passed=False, detail=f"{variant}: {exc}")
+        raise
+    record(family, "converter", passed=True, detail=variant)
+    return outs
+
+
+def engine_greedy_text(path: Path, prompt: str, max_tokens: int) -> str:
+    """The text one engine sequence generates greedily for ``prompt`` (EOS ignored)."""
+    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    engine = Engine.load(path, n_ctx=256, n_parallel=1)
+    try:
+        return engine.generate(GenerationRequest(prompt, greedy)).text
+    finally:
+        engine.close()

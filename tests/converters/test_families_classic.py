@@ -29,7 +29,14 @@ from ggufworker.errors import ConversionError
 from tests.support import record
 
 from . import builders
-from .reference import batched_and_alone, hf_logits, llama_logits, rel_err
+from .reference import (
+    batched_and_alone,
+    convert_recorded,
+    hf_logits,
+    llama_logits,
+    random_prompt,
+    rel_err,
+)
 
 # Relative max-abs-error bounds (error / largest reference logit magnitude).
 TOLERANCE = {"f32": 2e-5, "f16": 1e-2, "q8_0": 8e-2}
@@ -138,10 +145,7 @@ def f32_tolerance(family: str) -> float:
 
 @pytest.fixture(scope="module")
 def prompt(tiny_tokenizer) -> list[int]:
-    from tokenizers import Tokenizer
-
-    n_vocab = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json")).get_vocab_size()
-    return np.random.default_rng(11).integers(3, n_vocab, size=40).tolist()
+    return random_prompt(tiny_tokenizer, 11)
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +160,7 @@ def family_files(tmp_path_factory, tiny_tokenizer, prompt):
         if edit is not None:
             edit(src)
         want = hf_logits(src, prompt)
-        outs: dict[str, Path] = {}
-        try:
-            for outtype in TOLERANCE:
-                outs[outtype] = convert(
-                    src, root / f"{outtype}.gguf", outtype=outtype, pre_tokenizer="gpt-2"
-                )
-        except ConversionError as exc:
-            record(family, "converter", passed=False, detail=f"{variant}: {exc}")
-            raise
-        record(family, "converter", passed=True, detail=variant)
+        outs = convert_recorded(family, variant, src, root, TOLERANCE, pre_tokenizer="gpt-2")
         return src, outs, want
 
     return get

@@ -29,7 +29,14 @@ from ggufworker.errors import ConversionError
 from tests.support import record
 
 from . import builders
-from .reference import batched_and_alone, hf_logits, llama_logits, rel_err
+from .reference import (
+    batched_and_alone,
+    convert_recorded,
+    hf_logits,
+    llama_logits,
+    random_prompt,
+    rel_err,
+)
 
 # Relative max-abs-error bounds (error / largest reference logit magnitude); same as the
 # families of test_tiny_archs.py. No family here uses GELU, so f32 needs no looser bound.
@@ -110,10 +117,7 @@ FAMILIES: dict[str, tuple[str, Callable[[], Any], Callable[[Path], None] | None]
 
 @pytest.fixture(scope="module")
 def prompt(tiny_tokenizer) -> list[int]:
-    from tokenizers import Tokenizer
-
-    n_vocab = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json")).get_vocab_size()
-    return np.random.default_rng(7).integers(3, n_vocab, size=40).tolist()
+    return random_prompt(tiny_tokenizer, 7)
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +132,7 @@ def family_files(tmp_path_factory, tiny_tokenizer, prompt):
         if edit is not None:
             edit(src)
         want = hf_logits(src, prompt)
-        outs: dict[str, Path] = {}
-        try:
-            for outtype in TOLERANCE:
-                outs[outtype] = convert(src, root / f"{outtype}.gguf", outtype=outtype)
-        except ConversionError as exc:
-            record(family, "converter", passed=False, detail=f"{variant}: {exc}")
-            raise
-        record(family, "converter", passed=True, detail=variant)
+        outs = convert_recorded(family, variant, src, root, TOLERANCE)
         return src, outs, want
 
     return get

@@ -21,6 +21,7 @@ from tests.server.conftest import ServerProcess, cached_server, running
 from tests.support import record
 
 from . import builders
+from .reference import engine_greedy_text
 from .test_families_classic import FAMILIES
 
 SERVED = ("mpt-clip-6-heads", "falcon-7b", "phi2")
@@ -52,17 +53,6 @@ def server(served_files, model_cache, tmp_path_factory) -> Iterator[ServerProces
         yield proc
 
 
-def _engine_text(path: Path, prompt: str) -> str:
-    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
-
-    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine = Engine.load(path, n_ctx=256, n_parallel=1)
-    try:
-        return engine.generate(GenerationRequest(prompt, greedy)).text
-    finally:
-        engine.close()
-
-
 async def _complete(client: openai.AsyncOpenAI, model: str, prompt: str):
     return await client.completions.create(
         model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
@@ -84,7 +74,7 @@ def test_served_greedy_equals_alone_and_engine(variant, server, served_files):
         return list(together), alone
 
     together, alone = asyncio.run(run())
-    want = [_engine_text(served_files[variant], p) for p in PROMPTS]
+    want = [engine_greedy_text(served_files[variant], p, MAX_TOKENS) for p in PROMPTS]
     got_together = [r.choices[0].text for r in together]
     got_alone = [r.choices[0].text for r in alone]
     lengths = [r.usage.completion_tokens for r in together + alone]

@@ -39,7 +39,13 @@ from .moe_reference import (
     randomize,
     synthetic_mixtral,
 )
-from .reference import batched_and_alone, llama_logits, rel_err
+from .reference import (
+    batched_and_alone,
+    convert_recorded,
+    llama_logits,
+    random_prompt,
+    rel_err,
+)
 
 PROMPT_LEN = 48
 MIN_CLEAR = 32
@@ -131,10 +137,7 @@ EDITS: dict[str, Callable[[Path], None]] = {
 
 @pytest.fixture(scope="module")
 def prompt(tiny_tokenizer) -> list[int]:
-    from tokenizers import Tokenizer
-
-    n_vocab = Tokenizer.from_file(str(tiny_tokenizer / "tokenizer.json")).get_vocab_size()
-    return np.random.default_rng(11).integers(3, n_vocab, size=PROMPT_LEN).tolist()
+    return random_prompt(tiny_tokenizer, 11, PROMPT_LEN)
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +152,7 @@ def family_files(tmp_path_factory, tiny_tokenizer, prompt):
         if variant in EDITS:
             EDITS[variant](src)
         want, margins = hf_reference(src, prompt)
-        outs: dict[str, Path] = {}
-        try:
-            for outtype in OUTTYPES:
-                outs[outtype] = convert(src, root / f"{outtype}.gguf", outtype=outtype)
-        except ConversionError:
-            record(family, "converter", passed=False, detail=variant)
-            raise
-        record(family, "converter", passed=True, detail=variant)
+        outs = convert_recorded(family, variant, src, root, OUTTYPES)
         return src, outs, want, margins
 
     return get

@@ -24,7 +24,7 @@ from tests.server.conftest import ServerProcess, cached_server, running
 from tests.support import record
 
 from . import builders
-from .reference import hf_logits, llama_logits, rel_err
+from .reference import engine_greedy_text, hf_logits, llama_logits, rel_err
 
 F32_TOLERANCE = 1e-5
 N_POSITIONS = 40
@@ -214,17 +214,6 @@ def server(served_files, model_cache, tmp_path_factory) -> Iterator[ServerProces
         yield proc
 
 
-def _engine_text(path: Path, prompt: str) -> str:
-    from ggufworker.engine import Engine, GenerationRequest, SamplingParams
-
-    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine = Engine.load(path, n_ctx=256, n_parallel=1)
-    try:
-        return engine.generate(GenerationRequest(prompt, greedy)).text
-    finally:
-        engine.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SERVED)
 def test_served_greedy_equals_alone_and_engine(case, server, served_files):
@@ -248,7 +237,7 @@ def test_served_greedy_equals_alone_and_engine(case, server, served_files):
         return list(together), alone, listed
 
     together, alone, listed = asyncio.run(run())
-    want = [_engine_text(served_files[case], p) for p in SERVED_PROMPTS]
+    want = [engine_greedy_text(served_files[case], p, MAX_TOKENS) for p in SERVED_PROMPTS]
     got_together = [r.choices[0].text for r in together]
     got_alone = [r.choices[0].text for r in alone]
     lengths = [r.usage.completion_tokens for r in together + alone]
