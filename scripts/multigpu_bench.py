@@ -21,9 +21,7 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 import httpx
 import llama_cpp  # noqa: F401  (before numpy: numpy first crashed model loads on the GPU host)
 
-from ggufworker.bench.servers import free_port
+from ggufworker.bench.servers import free_port, server
 
 PROMPTS = (
     "The history of the printing press began when",
@@ -135,23 +133,8 @@ def _serve_and_measure(
         "--replicas", str(replicas), "--parallel", str(parallel), "--ctx-size", str(parallel * 512),
         "--max-queue", str(clients), "--keep-alive", "-1", "--log-level", "warning",
     ]  # fmt: skip
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-        prefix=f"multigpu-serve-{replicas}-", suffix=".log", delete=False
-    )
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited; see {log.name}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready; see {log.name}")
-            time.sleep(0.5)
+    # the benchmark's own server runner: started, waited for, stopped (logs to a temp file)
+    with server(cmd, port, 300.0, "/health"):
 
         async def once() -> tuple[float, int]:
             limits = httpx.Limits(max_connections=clients + 8)
@@ -185,13 +168,6 @@ def _serve_and_measure(
             "median_tps": round(statistics.median(tps), 1),
             "requests_per_replica": _replica_requests(base),
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def replicas(model: Path, clients: int, max_tokens: int, runs: int) -> dict[str, Any]:
