@@ -105,3 +105,24 @@ def engine_greedy_text(path: Path, prompt: str, max_tokens: int) -> str:
         return engine.generate(GenerationRequest(prompt, greedy)).text
     finally:
         engine.close()
+
+
+def recorded_errors(
+    family: str,
+    variant: str,
+    outs: dict[str, Path],
+    want: np.ndarray,
+    ids: list[int],
+    bounds: dict[str, float],
+) -> dict[str, float]:
+    """Relative error of each converted file's logits against ``want``, each recorded as the
+    family's evidence for that outtype (passed when under its bound)."""
+    from tests.support import record
+
+    errors = {}
+    for outtype, path in outs.items():
+        got = llama_logits(path, ids)
+        err = rel_err(got, want) if got.shape == want.shape else float("inf")
+        errors[outtype] = err
+        record(family, outtype, passed=err < bounds[outtype], value=err, detail=variant)
+    return errors

@@ -33,8 +33,8 @@ from .reference import (
     batched_and_alone,
     convert_recorded,
     hf_logits,
-    llama_logits,
     random_prompt,
+    recorded_errors,
     rel_err,
 )
 
@@ -171,12 +171,7 @@ def test_logits_match_transformers(variant, family_files, prompt):
     family = FAMILIES[variant][0]
     _src, outs, want = family_files(variant)
     bounds = {**TOLERANCE, "f32": f32_tolerance(family)}
-    errors = {}
-    for outtype, path in outs.items():
-        got = llama_logits(path, prompt)
-        errors[outtype] = rel_err(got, want) if got.shape == want.shape else float("inf")
-        record(family, outtype, passed=errors[outtype] < bounds[outtype],
-               value=errors[outtype], detail=variant)  # fmt: skip
+    errors = recorded_errors(family, variant, outs, want, prompt, bounds)
     for outtype, err in errors.items():
         assert err < bounds[outtype], f"{variant} {outtype}: relative error {err:.2e}"
 

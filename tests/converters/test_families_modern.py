@@ -33,9 +33,8 @@ from .reference import (
     batched_and_alone,
     convert_recorded,
     hf_logits,
-    llama_logits,
     random_prompt,
-    rel_err,
+    recorded_errors,
 )
 
 # Relative max-abs-error bounds (error / largest reference logit magnitude); same as the
@@ -142,12 +141,7 @@ def family_files(tmp_path_factory, tiny_tokenizer, prompt):
 def test_logits_match_transformers(variant, family_files, prompt):
     family = FAMILIES[variant][0]
     _src, outs, want = family_files(variant)
-    errors = {}
-    for outtype, path in outs.items():
-        got = llama_logits(path, prompt)
-        errors[outtype] = rel_err(got, want) if got.shape == want.shape else float("inf")
-        record(family, outtype, passed=errors[outtype] < TOLERANCE[outtype],
-               value=errors[outtype], detail=variant)  # fmt: skip
+    errors = recorded_errors(family, variant, outs, want, prompt, TOLERANCE)
     for outtype, err in errors.items():
         assert err < TOLERANCE[outtype], f"{variant} {outtype}: relative error {err:.2e}"
 
