@@ -36,24 +36,23 @@ build() {
     return 0
   fi
   rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$SDIST" -C "$WORK/src"
-  local t0=$(date +%s)
-  # llama.cpp's own server from the same sources, built beside the wheel (bench peer)
-  (cd "$WORK"/src/llama_cpp_python-*/vendor/llama.cpp &&
-    cmake -S . -B "$WORK/server-build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=on \
-      -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
-      -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF > "$OUT/server_build.log" 2>&1 &&
-    cmake --build "$WORK/server-build" --target llama-server -j $(( $(nproc) / 2 )) >> "$OUT/server_build.log" 2>&1 &&
-    echo "llama-server built: $(( $(date +%s) - t0 )) s") &
-  local server_pid=$!
-  (cd "$WORK"/src/llama_cpp_python-* &&
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) / 2 )) \
-    python3 -m pip wheel -q --no-build-isolation --no-deps --no-index -w "$WORK/wheel" .) \
-    > "$OUT/cuda_build.log" 2>&1 || { echo "build failed"; tail -30 "$OUT/cuda_build.log"; return 1; }
-  echo "cuda build: $(( $(date +%s) - t0 )) s"
-  wait $server_pid || { echo "llama-server build failed"; tail -20 "$OUT/server_build.log"; }
+  local t0=$(date +%s) sd
+  sd=$(echo "$WORK"/src/llama_cpp_python-*)
+  # One CUDA build of the vendored llama.cpp as shared libraries: llama-cpp-python's package
+  # loads them (the wheel holds the same libraries), and llama-server, the bench peer, links
+  # the same ones; the CUDA kernels, most of the build time, are compiled once.
+  cmake -S "$sd/vendor/llama.cpp" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=on \
+    -DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$OUT/cuda_build.log" 2>&1 &&
+    cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)" >> "$OUT/cuda_build.log" 2>&1 ||
+    { echo "build failed"; tail -30 "$OUT/cuda_build.log"; return 1; }
+  echo "cuda build (libllama + llama-server): $(( $(date +%s) - t0 )) s"
+  mkdir -p "$WORK/site/llama_cpp/lib"
+  cp -r "$sd"/llama_cpp/. "$WORK/site/llama_cpp/"
+  cp -P "$WORK"/build/bin/*.so* "$WORK/site/llama_cpp/lib/"
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
-    "$WORK"/wheel/*.whl "$WHEELS"/*.whl || return 1
+    "$WHEELS"/*.whl || return 1
   python3 -m ggufworker.engine.selfcheck || return 1
   python3 - "$CHECKPOINT_CFG" "$WORK/llama-1b-shape" <<'PY'
 import shutil, sys, torch, transformers
@@ -126,16 +125,20 @@ http() {
 }
 
 # Sampled and greedy traffic through both servers at several client counts (runs interleaved,
-# tokens from usage): our server against llama.cpp's llama-server (-np N -kvu).
+# tokens from usage): our server against llama.cpp's llama-server (-np N -kvu). TARGETS,
+# BACKEND_SAMPLING (our --backend-sampling), PEER_ARGS (extra llama-server flags, e.g. -bs) and
+# TAG (a file-name suffix) select variants.
 peer() {
-  local bin=$(ls "$WORK"/server-build/bin/llama-server 2>/dev/null)
+  local bin=$(ls "$WORK"/build/bin/llama-server 2>/dev/null) name
   [ -n "$bin" ] || { echo "no llama-server build"; return 1; }
   for temp in ${TEMPS:-0 0.8}; do
     for c in ${CLIENTS:-8 32 64}; do
-      timeout 200 python3 -m ggufworker.cli bench --http --model "$L1B" --targets ggufworker,llama-server \
-        --llama-server "$bin" --clients $c --max-tokens 128 --runs "${RUNS:-3}" --temperature $temp \
-        --ctx-size 16384 --json > "$OUT/peer_t${temp}_c${c}.json" 2> "$OUT/peer_t${temp}_c${c}.err"
-      python3 - "$OUT/peer_t${temp}_c${c}.json" <<'PY'
+      name=peer${TAG:-}_t${temp}_c${c}
+      timeout 200 python3 -m ggufworker.cli bench --http --model "$L1B" \
+        --targets "${TARGETS:-ggufworker,llama-server}" --backend-sampling "${BACKEND_SAMPLING:-auto}" \
+        --llama-server "$bin" --llama-server-args "${PEER_ARGS:-}" --clients $c --max-tokens 128 \
+        --runs "${RUNS:-3}" --temperature $temp --ctx-size 16384 --json > "$OUT/$name.json" 2> "$OUT/$name.err"
+      python3 - "$OUT/$name.json" <<'PY'
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))
@@ -151,6 +154,11 @@ PY
   done
 }
 
+# Backend sampling on the GPU against the host chain: same seeds, same tokens?
+sampling() {
+  timeout 120 python3 scripts/sampling_check.py "$L1B" --requests 16 --tokens 64 2>/dev/null | tee "$OUT/cuda_sampling_check.json"
+}
+
 # The model-family tests on the GPU: their evidence lines feed docs/MODEL_SUPPORT.md's CUDA column.
 support() {
   GGUFWORKER_SUPPORT_RESULTS=$OUT/cuda.jsonl GGUFWORKER_SUPPORT_BACKEND=cuda HF_HUB_OFFLINE=1 \
@@ -160,7 +168,7 @@ support() {
 }
 
 case "${1:-}" in
-  build | timing | matrix | bench | tests | http | peer | support) for step in "$@"; do "$step" || exit 1; done ;;
+  build | timing | matrix | bench | tests | http | peer | sampling | support) for step in "$@"; do "$step" || exit 1; done ;;
   run) tests && bench && http ;;
   *) echo "usage: $0 build|timing|matrix|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac

@@ -104,6 +104,12 @@ class ServerSettings(BaseSettings):
         "independent of other traffic), unified (one pool shared by the slots), or auto "
         "(per-slot when it fits in a quarter of the free memory)",
     )
+    backend_sampling: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="where sampled requests (temperature > 0, no grammar or logprobs) are "
+        "drawn: on (inside llama.cpp's graph, on the GPU with the model), off (on the host, "
+        "every sequence of a step at once in numpy), auto (on when layers run on a GPU)",
+    )
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads (default: llama.cpp's choice)"
     )

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -69,6 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "send --top-p, top_k 40 and min_p 0.05, the same to every target",
     )
     g.add_argument("--top-p", type=float, default=0.95, help="top_p when --temperature > 0")
+    g.add_argument(
+        "--backend-sampling",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="our server's --backend-sampling (where sampled requests are drawn)",
+    )
+    g.add_argument(
+        "--llama-server-args",
+        default="",
+        help="extra llama-server flags, one string (e.g. '-bs' for its backend sampling)",
+    )
     g.add_argument(
         "--client-procs",
         type=int,
@@ -248,6 +260,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # to the load: engine/threads.py); the peers get the same count, fixed.
         if args.threads:
             cmd += ["--threads", threads]
+        if args.backend_sampling != "auto":
+            cmd += ["--backend-sampling", args.backend_sampling]
         servers.append(("ggufworker", cmd, port, "/health"))
     if "llama-cpp-python" in wanted:
         port = free_port()
@@ -277,6 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "-np", str(parallel), "-kvu", "-c", str(_ctx(args, clients)),
             "-ngl", "999", "--no-webui", "--log-disable",
         ]  # fmt: skip
+        cmd += shlex.split(args.llama_server_args)
         servers.append(("llama_server", cmd, port, "/health"))
     procs = args.client_procs or max(1, min(os.cpu_count() or 1, clients // 16))
     out["client_procs"] = procs
@@ -284,6 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.temperature > 0:
         sampling.update(top_p=args.top_p, top_k=40, min_p=0.05)
     out["sampling"] = sampling
+    out["backend_sampling"] = args.backend_sampling
+    out["llama_server_args"] = args.llama_server_args
     with contextlib.ExitStack() as stack:
         bases = {name: stack.enter_context(server(cmd, port, args.startup_timeout, ready))
                  for name, cmd, port, ready in servers}  # fmt: skip

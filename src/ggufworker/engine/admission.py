@@ -35,6 +35,9 @@ class SlotMemory:
     #: fixed-size per-sequence state (recurrent or hybrid): reuse only by extension
     state_memory: bool
 
+    def _attach_sampler(self, slot: Slot, req: Request) -> None:
+        raise NotImplementedError  # the scheduler's (it owns the context)
+
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.req is not None)
 
@@ -136,6 +139,8 @@ class SlotMemory:
             slot.n_cached = n_keep
             slot.stream = TextStream(req.params.stop)
             slot.first_event = True
+            if req.backend:
+                self._attach_sampler(slot, req)
             logger.debug(
                 "request %s -> slot %d (%d prompt tokens, %d cached)",
                 req.id,

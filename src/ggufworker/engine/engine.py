@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: where sampled requests are drawn: ``on`` in llama.cpp's graph (backend sampling), ``off``
+#: on the host (numpy, all rows of a step at once), ``auto`` on for GPU backends
+BackendSampling = Literal["auto", "on", "off"]
+
 
 class Engine:
     """A loaded model serving many requests at once through continuous batching."""
@@ -63,6 +67,10 @@ class Engine:
         #: sample (non-greedy, grammar-free) requests together in numpy; False: one llama.cpp
         #: sampler chain per request, as before (kept for comparisons)
         self.batched_sampling = True
+        #: draw those requests inside llama.cpp's graph instead (their chain attached to the
+        #: slot's sequence: the device does top-k/top-p/min-p/temperature/dist and only the
+        #: token comes back); needs the context made with ``one_output_per_seq``
+        self.backend_sampling = opts.one_output_per_seq
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not finished (running or queued)
         self._closed = False
@@ -107,6 +115,7 @@ class Engine:
         split_mode: SplitMode | None = None,
         main_gpu: int | None = None,
         tensor_split: Sequence[float] | None = None,
+        backend_sampling: BackendSampling = "auto",
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -131,6 +140,10 @@ class Engine:
                 (see :mod:`ggufworker.engine.scheduler`); None: on when layers are offloaded.
             split_mode, main_gpu, tensor_split: how the weights are spread over several GPUs
                 (see :mod:`ggufworker.engine.devices`); None keeps llama.cpp's defaults.
+            backend_sampling: ``on`` draws sampled, grammar-free requests inside llama.cpp's
+                graph (on the GPU with the model; no full logits copied back), ``off`` on the
+                host in numpy, ``auto`` (default) on when layers run on a GPU. Not with
+                ``embedding``.
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
@@ -138,6 +151,11 @@ class Engine:
         """
         if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
+        if backend_sampling not in ("auto", "on", "off"):
+            raise InvalidRequestError(
+                f"backend_sampling must be auto, on or off, not {backend_sampling!r}",
+                param="backend_sampling",
+            )
         model = Model(
             path,
             n_gpu_layers=n_gpu_layers,
@@ -163,6 +181,7 @@ class Engine:
             embedding=embedding,
             kv_unified=kv_unified,
             swa_full=swa_full,
+            one_output_per_seq=not embedding and _backend_sampling(backend_sampling, model),
         )
         try:
             return cls(
@@ -240,12 +259,21 @@ class Engine:
             self._outstanding += 1
         greedy = is_plain_greedy(request.params)
         sampler = None
-        if not greedy and self.batched_sampling and vectorised(request.params):
+        # logprobs need the raw logits, which llama.cpp does not copy back for a sequence that
+        # has a backend sampler
+        backend = (
+            not greedy
+            and self.backend_sampling
+            and vectorised(request.params)
+            and request.params.logprobs is None
+        )
+        if not greedy and not backend and self.batched_sampling and vectorised(request.params):
             sampler = RowSampler(request.params)
         try:
+            # (a backend-sampled request gets its slot's chain at admission)
             chain = (
                 0
-                if greedy or sampler is not None
+                if greedy or sampler is not None or backend
                 else build_chain(request.params, self._model.vocab, self._model.n_vocab)
             )
         except BaseException:
@@ -265,6 +293,7 @@ class Engine:
                 greedy=greedy,
                 bias=bias_arrays(request.params) if greedy else None,
                 sampler=sampler,
+                backend=backend,
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
@@ -412,6 +441,12 @@ class Engine:
         return "unified" if self._opts.kv_unified else "per-slot"
 
     @property
+    def sampling(self) -> str:
+        """Where sampled grammar-free requests are drawn: ``backend`` (llama.cpp's graph) or
+        ``host`` (numpy)."""
+        return "backend" if self.backend_sampling else "host"
+
+    @property
     def pipelined(self) -> bool:
         """Whether steps overlap the event work with the next decode (GPU default)."""
         return self._sched.pipeline
@@ -456,6 +491,13 @@ class Engine:
                 self.close()
         except Exception:
             pass
+
+
+def _backend_sampling(mode: BackendSampling, model: Model) -> bool:
+    """Whether ``mode`` puts sampling into llama.cpp's graph for this model: ``auto`` does on
+    GPU backends (on the CPU the host sampler is faster: the graph's per-sequence top-k and
+    the re-planned graph on every admission cost more than numpy's draw over the rows)."""
+    return mode == "on" or (mode == "auto" and model.backend == "gpu")
 
 
 def _prefix_length(a: list[int], b: list[int], chunk: int = 256) -> int:

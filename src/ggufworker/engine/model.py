@@ -36,6 +36,9 @@ class ContextOptions:
     embedding: bool = False
     kv_unified: bool = True
     swa_full: bool = True
+    # backend sampling: at most one output row per sequence in a step (what the scheduler
+    # makes); llama.cpp then sizes each sequence's sampler graph for one row
+    one_output_per_seq: bool = False
 
 
 class Model:
@@ -267,6 +270,8 @@ class Model:
         params.kv_unified = opts.kv_unified
         params.swa_full = opts.swa_full
         params.no_perf = True
+        if opts.one_output_per_seq:
+            params.n_outputs_max_per_seq = 1
         if opts.embedding:
             pooling = self.metadata.get(f"{self.architecture}.pooling_type")
             params.pooling_type = int(pooling) if pooling else llama_cpp.LLAMA_POOLING_TYPE_MEAN

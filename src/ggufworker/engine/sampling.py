@@ -218,6 +218,22 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
     return chain
 
 
+def chain_key(params: SamplingParams) -> tuple:
+    """What :func:`build_chain` builds a grammar-free chain from: equal keys, equal chains."""
+    return (
+        params.temperature,
+        params.top_k,
+        params.top_p,
+        params.min_p,
+        params.repeat_penalty,
+        params.repeat_last_n,
+        params.presence_penalty,
+        params.frequency_penalty,
+        params.seed,
+        tuple(sorted((int(t), float(b)) for t, b in params.logit_bias.items())),
+    )
+
+
 def free_chain(chain: int | None) -> None:
     """Free a chain made by :func:`build_chain` (None is ignored)."""
     if chain:

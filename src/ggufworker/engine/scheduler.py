@@ -40,13 +40,22 @@ from ggufworker.engine.batch import Batch
 from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
-from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
+from ggufworker.engine.sampling import (
+    biased_argmax,
+    build_chain,
+    chain_key,
+    free_chain,
+    logprobs_of,
+)
 from ggufworker.engine.slots import Request, Slot
 from ggufworker.engine.threads import ThreadTuner
 from ggufworker.engine.types import TokenEvent, Usage
 from ggufworker.errors import EngineClosedError, GenerationError
 
 logger = logging.getLogger(__name__)
+
+#: seconds an idle slot keeps its backend sampler chain attached (see _detach_idle)
+CHAIN_IDLE_S = 0.25
 
 
 class Scheduler(SlotMemory):
@@ -141,7 +150,12 @@ class Scheduler(SlotMemory):
                 idle = not self.waiting and not self._active()
                 if idle:
                     self._flush()
-                    self._handle_msg(self.inbox.get())
+                    try:
+                        msg = self.inbox.get(timeout=CHAIN_IDLE_S)
+                    except queue.Empty:
+                        self._detach_idle(0.0)
+                        msg = self.inbox.get()
+                    self._handle_msg(msg)
                 while True:
                     try:
                         self._handle_msg(self.inbox.get_nowait())
@@ -150,6 +164,7 @@ class Scheduler(SlotMemory):
                 if self._closed:
                     break
                 self._admit()
+                self._detach_idle(CHAIN_IDLE_S)
                 if self._build_batch():
                     self._step()
                 else:
@@ -180,6 +195,7 @@ class Scheduler(SlotMemory):
                 req = slot.req
                 self._release(slot)
                 req.handle._deliver(err)
+            self._detach_sampler(slot)
 
     # --- one step --------------------------------------------------------------------------
 
@@ -421,7 +437,46 @@ class Scheduler(SlotMemory):
         s.stream = None
         s.last_used = time.perf_counter()
 
+    def _attach_sampler(self, slot: Slot, req: Request) -> None:
+        """Give a backend-sampled request the slot's chain in llama.cpp's graph: the attached
+        one reset when it was built for the same parameters (a reset re-seeds the draw from the
+        request's seed and clears the penalty history), else a new one. Where llama.cpp cannot
+        offload the chain, the request samples on the host with it."""
+        key = chain_key(req.params)
+        if slot.chain and slot.chain_key == key:
+            llama_cpp.llama_sampler_reset(slot.chain)
+        else:
+            self._detach_sampler(slot)
+            chain = build_chain(req.params, self.model.vocab, self.n_vocab)
+            if not llama_cpp.llama_set_sampler(self.ctx, slot.seq, chain):
+                logger.debug("request %s: chain not offloaded; sampling on the host", req.id)
+                req.chain = chain
+                return
+            slot.chain, slot.chain_key = chain, key
+        req.chain = slot.chain
+        req.attached = slot.seq
+
+    def _detach_sampler(self, slot: Slot) -> None:
+        if not slot.chain:
+            return
+        llama_cpp.llama_set_sampler(self.ctx, slot.seq, None)
+        # a decode still in flight (pipelined) may use the chain's device tensors
+        llama_cpp.llama_synchronize(self.ctx)
+        free_chain(slot.chain)
+        slot.chain, slot.chain_key = 0, None
+
+    def _detach_idle(self, idle_for: float) -> None:
+        """Detach the chains of slots idle for ``idle_for`` seconds: an attached chain works on
+        a placeholder row in every step, so it is kept only while a next request is likely."""
+        now = time.perf_counter()
+        for s in self.slots:
+            if s.chain and s.req is None and now - s.last_used >= idle_for:
+                self._detach_sampler(s)
+
     def _retire(self, req: Request, n_prompt: int, n_gen: int, n_cached: int = 0) -> None:
+        if req.attached >= 0:  # the chain is the slot's; it stays attached for the next request
+            req.attached = -1
+            req.chain = 0
         free_chain(req.chain)
         req.chain = 0
         self._on_finish(n_prompt, n_gen, n_cached)

@@ -32,6 +32,11 @@ class Request:
     # Sampled without a grammar: drawn with every such row of the step at once in numpy
     # (engine/batch_sampling.py) instead of a llama.cpp chain per request.
     sampler: RowSampler | None = None
+    # Sampled by a chain inside llama.cpp's graph (backend sampling): the scheduler gives it
+    # the slot's attached chain at admission (``chain`` then belongs to the slot, not to the
+    # request); ``attached`` is that slot's sequence id, -1 when not attached.
+    backend: bool = False
+    attached: int = -1
 
 
 @dataclass(eq=False)
@@ -53,6 +58,11 @@ class Slot:
     last_used: float = 0.0
     # Sampled token whose text and event are not made yet: (token, logprob, top, time).
     pending: tuple | None = None
+    # Backend sampling: the chain attached to this sequence id in llama.cpp's graph (0: none)
+    # and the parameters it was built for. It stays attached between requests with the same
+    # parameters: attaching or detaching makes llama.cpp re-plan its compute graph.
+    chain: int = 0
+    chain_key: tuple | None = None
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

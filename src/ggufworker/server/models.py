@@ -72,6 +72,7 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         embedding=spec.embedding,
         max_queue=settings.max_queue,
         kv_layout=settings.kv_layout,
+        backend_sampling=settings.backend_sampling,
     )
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)

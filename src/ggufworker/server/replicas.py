@@ -234,6 +234,14 @@ class ReplicaSet:
     def pipelined(self) -> bool:
         return self.replicas[0].engine.pipelined
 
+    @property
+    def kv_layout(self) -> str:
+        return str(self.replicas[0].engine.kv_layout)
+
+    @property
+    def sampling(self) -> str:
+        return str(self.replicas[0].engine.sampling)
+
     def stats(self) -> EngineStats:
         """The replicas' loads and totals added up."""
         from ggufworker.engine.handle import EngineStats

@@ -46,6 +46,8 @@ def list_models(manager: ModelManager) -> ModelList:
                 "memory": info.memory,
                 # per-slot: greedy output independent of other traffic (engine/kv_layout.py)
                 "kv_layout": getattr(model.engine, "kv_layout", "unified"),
+                # where sampled requests are drawn: backend (llama.cpp's graph) or host (numpy)
+                "sampling": getattr(model.engine, "sampling", "host"),
             }
             if not model.spec.embedding:  # per-replica (per-GPU) slots, see server/replicas.py
                 card.meta["replicas"] = [asdict(r) for r in replica_stats(model.engine)]
