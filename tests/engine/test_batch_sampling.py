@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.batch_sampling import RowSampler, sample_rows
+from ggufworker.engine.batch_sampling import BLOCK, RowSampler, _top_candidates, sample_rows
 from ggufworker.engine.sampling import build_chain, free_chain
 from ggufworker.engine.types import SamplingParams
 
@@ -172,3 +172,53 @@ def test_many_rows_at_vocabulary_scale():
     for r, t in enumerate(toks):
         top = set(np.argsort(-logits[r])[:40].tolist())
         assert t in top
+
+
+def _adversarial_rows(v: int) -> list[np.ndarray]:
+    """Rows that stress a block-maximum threshold (``v`` not a multiple of the block size)."""
+    rng = np.random.default_rng(17)
+    rows = [rng.normal(0.0, 2.0, size=v)]
+    rows.append(rng.integers(-3, 4, size=v).astype(np.float64))  # heavy ties at the k-th value
+    few = np.full(v, -np.inf)
+    few[rng.choice(v, size=5, replace=False)] = rng.normal(size=5)  # fewer finite than k
+    rows.append(few)
+    dense = rng.normal(0.0, 1.0, size=v)
+    dense[BLOCK : 2 * BLOCK] += 50.0  # the whole top-k inside one block
+    rows.append(dense)
+    tail = rng.normal(0.0, 1.0, size=v)
+    tail[-(v % BLOCK) :] += 50.0  # ... or inside the tail past the last whole block
+    rows.append(tail)
+    flat = np.zeros(v)
+    flat[::7] = 1.0  # every block maximum equal: all of them reach the threshold
+    rows.append(flat)
+    rows.append(np.full(v, -np.inf))
+    return rows
+
+
+@pytest.mark.parametrize("v", [BLOCK * 40 + 77, 3001, 60])
+def test_candidates_hold_the_exact_top_k(v):
+    """Every row's top k (np.argsort, any tie order) is in its candidate set, k per row."""
+    assert v % BLOCK  # a tail past the last whole block
+    base = _adversarial_rows(v)
+    # some above the block count; k >= v (no cut) only in the last call
+    ks = [k for k in (1, 3, 40, 41, 200, v // 2, v - 1) if k < v] + [v, v + 5]
+    rows = np.array([r for r in base for _ in ks], dtype=np.float32)
+    k = np.array([k for _ in base for k in ks], dtype=np.int64)
+    cut = k < v
+    for sel in (cut, np.flatnonzero(cut)[:1], cut & (np.arange(len(k)) < 3 * len(ks)), ~cut):
+        block = rows[sel]
+        got = _top_candidates(block, k[sel])
+        assert len(got) == len(block)
+        for row, kk, cand in zip(block, k[sel], got, strict=True):
+            kk = min(int(kk), v)
+            assert np.all(np.diff(cand) > 0) and 0 <= cand[0] and cand[-1] < v
+            order = np.argsort(-row, kind="stable")
+            assert np.isin(order[:kk], cand).all()
+            # ties with the k-th value: every token at or above it, whichever order wins
+            assert np.isin(np.flatnonzero(row >= row[order[kk - 1]]), cand).all()
+    # rows strided in memory (every other row of a matrix), as a row group can be
+    wide = np.repeat(rows[:: len(ks)], 2, axis=0)[::2]
+    got = _top_candidates(wide, np.full(len(wide), 40))
+    for row, cand in zip(wide, got, strict=True):
+        order = np.argsort(-row, kind="stable")
+        assert np.isin(order[: min(40, v)], cand).all()
