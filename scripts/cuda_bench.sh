@@ -136,7 +136,7 @@ peer() {
       name=peer${TAG:-}_t${temp}_c${c}
       timeout 200 python3 -m ggufworker.cli bench --http --model "$L1B" \
         --targets "${TARGETS:-ggufworker,llama-server}" --backend-sampling "${BACKEND_SAMPLING:-auto}" \
-        --llama-server "$bin" --llama-server-args "${PEER_ARGS:-}" --clients $c --max-tokens 128 \
+        --llama-server "$bin" --llama-server-args="${PEER_ARGS:-}" --clients $c --max-tokens 128 \
         --runs "${RUNS:-3}" --temperature $temp --ctx-size 16384 --json > "$OUT/$name.json" 2> "$OUT/$name.err"
       python3 - "$OUT/$name.json" <<'PY'
 import json, sys

@@ -217,6 +217,30 @@ def sample_rows(
     return out
 
 
+def draw_candidates(
+    values: np.ndarray, ids: np.ndarray, samplers: Sequence[RowSampler]
+) -> list[int]:
+    """Draw one token per row from candidates already cut to the row's top-k, with the logit
+    bias and penalties applied (llama.cpp's top-k in the decode graph: backend sampling).
+
+    Args:
+        values: (rows, width) candidate logits, in no particular order, ``-inf`` padded.
+        ids: (rows, width) their token ids.
+        samplers: each row's :class:`RowSampler` (its parameters and generator; the penalties
+            were the graph's, so its history is not used).
+
+    Returns:
+        The token ids drawn, one uniform per row from each request's generator, as
+        :func:`sample_rows` draws from its own exact top-k.
+    """
+    order = np.lexsort((ids, -values), axis=1)  # by value descending, then by id
+    vals = np.take_along_axis(values, order, axis=1)
+    toks = np.take_along_axis(ids, order, axis=1)
+    u = np.array([s.rng.random() for s in samplers])
+    cols = _pick(vals, [s.params for s in samplers], u)
+    return toks[np.arange(len(cols)), cols].tolist()
+
+
 #: rows one task of the thread pool draws (a step of 64 sequences: 8 tasks)
 ROWS_PER_TASK = 8
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None

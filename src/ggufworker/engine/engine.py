@@ -259,16 +259,16 @@ class Engine:
             self._outstanding += 1
         greedy = is_plain_greedy(request.params)
         sampler = None
+        params = request.params
+        backend = ""
         # logprobs need the raw logits, which llama.cpp does not copy back for a sequence that
         # has a backend sampler
-        backend = (
-            not greedy
-            and self.backend_sampling
-            and vectorised(request.params)
-            and request.params.logprobs is None
-        )
-        if not greedy and not backend and self.batched_sampling and vectorised(request.params):
-            sampler = RowSampler(request.params)
+        if not greedy and self.backend_sampling and vectorised(params) and params.logprobs is None:
+            backend = "top-k" if params.temperature > 0 and params.top_k > 0 else "chain"
+        if backend == "top-k" or (
+            not greedy and not backend and self.batched_sampling and vectorised(params)
+        ):
+            sampler = RowSampler(params)
         try:
             # (a backend-sampled request gets its slot's chain at admission)
             chain = (

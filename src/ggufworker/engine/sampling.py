@@ -153,8 +153,14 @@ def biased_argmax(row: np.ndarray, ids: np.ndarray, bias: np.ndarray) -> int:
     return j
 
 
-def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> int:
+def build_chain(
+    params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab: int, *, cut_only: bool = False
+) -> int:
     """Build a llama.cpp sampler chain for one request; the caller frees it.
+
+    Args:
+        cut_only: only the samplers up to top-k (logit bias, penalties, top-k): for backend
+            sampling that cuts each row to its top-k in the graph and draws on the host.
 
     Returns:
         The chain pointer (``llama_sampler *``) as an int.
@@ -184,14 +190,16 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
                     params.presence_penalty,
                 ),
             )
+        if cut_only:
+            add(chain, llama_cpp.llama_sampler_init_top_k(min(params.top_k, n_vocab)))
+            return chain
         gbnf = grammar_for(params)
         tool = params.tool_grammar
         if gbnf is not None and tool is not None and tool.lazy:
             patterns = [p.encode("utf-8") for p in tool.triggers]
             triggers = (ctypes.c_char_p * len(patterns))(*patterns)
-            g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                vocab, gbnf.encode("utf-8"), b"root", triggers, len(patterns), None, 0  # type: ignore[arg-type]
-            )
+            lazy = llama_cpp.llama_sampler_init_grammar_lazy_patterns
+            g = lazy(vocab, gbnf.encode("utf-8"), b"root", triggers, len(patterns), None, 0)  # type: ignore[arg-type]
             if not g:
                 raise InvalidRequestError("tool-call grammar does not parse", param="tools")
             add(chain, g)
@@ -204,7 +212,8 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
             if params.top_k > 0:
-                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+                # (no cut past the vocabulary; the graph's top-k cannot take a larger k)
+                add(chain, llama_cpp.llama_sampler_init_top_k(min(params.top_k, n_vocab)))
             if params.top_p < 1.0:
                 add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
@@ -218,8 +227,17 @@ def build_chain(params: SamplingParams, vocab: llama_cpp.llama_vocab_p, n_vocab:
     return chain
 
 
-def chain_key(params: SamplingParams) -> tuple:
+def chain_key(params: SamplingParams, *, cut_only: bool = False) -> tuple:
     """What :func:`build_chain` builds a grammar-free chain from: equal keys, equal chains."""
+    bias = tuple(sorted((int(t), float(b)) for t, b in params.logit_bias.items()))
+    penalties = (
+        params.repeat_penalty,
+        params.repeat_last_n,
+        params.presence_penalty,
+        params.frequency_penalty,
+    )
+    if cut_only:
+        return ("top-k", params.top_k, penalties, bias)
     return (
         params.temperature,
         params.top_k,
@@ -230,7 +248,7 @@ def chain_key(params: SamplingParams) -> tuple:
         params.presence_penalty,
         params.frequency_penalty,
         params.seed,
-        tuple(sorted((int(t), float(b)) for t, b in params.logit_bias.items())),
+        bias,
     )
 
 

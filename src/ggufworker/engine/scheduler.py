@@ -37,7 +37,7 @@ import numpy as np
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.admission import SlotMemory
 from ggufworker.engine.batch import Batch
-from ggufworker.engine.batch_sampling import sample_rows
+from ggufworker.engine.batch_sampling import draw_candidates, sample_rows
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import (
@@ -280,9 +280,13 @@ class Scheduler(SlotMemory):
         now = time.perf_counter()
         logits: np.ndarray | None = None
         batched: list[Slot] = []
+        cut: list[Slot] = []
         for s in active:
             req = s.req
             if req is None or s.out_idx < 0:
+                continue
+            if req.attached >= 0 and req.backend == "top-k":
+                cut.append(s)
                 continue
             if req.sampler is not None:
                 batched.append(s)
@@ -308,6 +312,8 @@ class Scheduler(SlotMemory):
                 req.handle._deliver(GenerationError(f"generation failed: {exc}"))
         if batched:
             self._sample_batched(batched, logits, now)
+        if cut:
+            self._sample_cut(cut, now)
         if not self.pipeline:
             self._emit_pending(active)
 
@@ -329,18 +335,51 @@ class Scheduler(SlotMemory):
         try:
             toks = sample_rows(logits, [s.out_row for s in slots], samplers)  # type: ignore[arg-type]
         except Exception as exc:  # the step's sampled requests fail; greedy ones go on
-            logger.exception("batched sampling failed")
-            for s in slots:
-                req = s.req
-                assert req is not None
-                self._release(s)
-                req.handle._deliver(GenerationError(f"generation failed: {exc}"))
+            self._fail_all(slots, exc)
             return
         for s, tok in zip(slots, toks, strict=True):
             req = s.req
             assert req is not None and req.sampler is not None
             req.sampler.accept(tok)
             self._sample(s, req, tok, now)
+
+    def _sample_cut(self, slots: list[Slot], now: float) -> None:
+        """Draw for the sequences whose rows the graph cut to their top-k (backend sampling):
+        read each row's candidates, then one vectorised draw over all of them."""
+        ctx = self.ctx
+        try:
+            rows = []
+            for s in slots:
+                i = s.out_idx
+                n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
+                vals = np.ctypeslib.as_array(llama_cpp.llama_get_sampled_logits_ith(ctx, i), (n,))
+                ids = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_sampled_candidates_ith(ctx, i), (n,)
+                )
+                rows.append((vals, ids))
+            width = max(len(v) for v, _ in rows)
+            values = np.full((len(rows), width), -np.inf, dtype=np.float32)
+            tokens = np.zeros((len(rows), width), dtype=np.int32)
+            for j, (vals, ids) in enumerate(rows):
+                values[j, : len(vals)] = vals
+                tokens[j, : len(ids)] = ids
+            toks = draw_candidates(values, tokens, [s.req.sampler for s in slots])  # type: ignore[misc, union-attr]
+        except Exception as exc:  # the step's backend-cut requests fail; the others go on
+            self._fail_all(slots, exc)
+            return
+        for s, tok in zip(slots, toks, strict=True):
+            req = s.req
+            assert req is not None
+            llama_cpp.llama_sampler_accept(req.chain, tok)  # the graph's penalty history
+            self._sample(s, req, tok, now)
+
+    def _fail_all(self, slots: list[Slot], exc: Exception) -> None:
+        logger.exception("sampling failed")
+        for s in slots:
+            req = s.req
+            assert req is not None
+            self._release(s)
+            req.handle._deliver(GenerationError(f"generation failed: {exc}"))
 
     def _decode_failed(self, rc: int) -> None:
         logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)
@@ -442,15 +481,20 @@ class Scheduler(SlotMemory):
         one reset when it was built for the same parameters (a reset re-seeds the draw from the
         request's seed and clears the penalty history), else a new one. Where llama.cpp cannot
         offload the chain, the request samples on the host with it."""
-        key = chain_key(req.params)
+        cut = req.backend == "top-k"
+        key = chain_key(req.params, cut_only=cut)
         if slot.chain and slot.chain_key == key:
             llama_cpp.llama_sampler_reset(slot.chain)
         else:
             self._detach_sampler(slot)
-            chain = build_chain(req.params, self.model.vocab, self.n_vocab)
+            chain = build_chain(req.params, self.model.vocab, self.n_vocab, cut_only=cut)
             if not llama_cpp.llama_set_sampler(self.ctx, slot.seq, chain):
                 logger.debug("request %s: chain not offloaded; sampling on the host", req.id)
-                req.chain = chain
+                if cut:  # its RowSampler draws from the copied logits instead
+                    free_chain(chain)
+                    req.backend = ""
+                else:
+                    req.chain = chain
                 return
             slot.chain, slot.chain_key = chain, key
         req.chain = slot.chain

@@ -32,10 +32,12 @@ class Request:
     # Sampled without a grammar: drawn with every such row of the step at once in numpy
     # (engine/batch_sampling.py) instead of a llama.cpp chain per request.
     sampler: RowSampler | None = None
-    # Sampled by a chain inside llama.cpp's graph (backend sampling): the scheduler gives it
-    # the slot's attached chain at admission (``chain`` then belongs to the slot, not to the
-    # request); ``attached`` is that slot's sequence id, -1 when not attached.
-    backend: bool = False
+    # Backend sampling (the scheduler gives the request its slot's chain in llama.cpp's graph
+    # at admission; ``chain`` then belongs to the slot): "top-k" cuts each row to its top-k in
+    # the graph (after bias and penalties) and ``sampler`` draws from those candidates on the
+    # host; "chain" runs the whole chain in the graph (top-k off, or greedy with penalties).
+    # ``attached`` is the slot's sequence id, -1 when not attached.
+    backend: str = ""
     attached: int = -1
 
 
