@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,19 @@ class Stream:
         return (self.tokens - 1) / (t[-1] - t[0])
 
 
+async def _sse_lines(r: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an event stream. Only CR and LF end a line in SSE; httpx's ``aiter_lines``
+    also splits at U+2028, U+0085 and the like, which raw UTF-8 JSON may hold in a string."""
+    buf = b""
+    async for part in r.aiter_bytes():
+        buf += part
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            yield raw.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Stream:
     sent = time.perf_counter()
     times: list[float] = []
@@ -50,7 +64,7 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict) -> Strea
     n_tokens: int | None = None
     async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
+        async for line in _sse_lines(r):
             if not line.startswith("data: "):
                 continue
             data = line[6:]

@@ -25,6 +25,7 @@ accounting (engine/admission.py) only limits each sequence to ``n_ctx`` position
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 import threading
@@ -56,6 +57,15 @@ logger = logging.getLogger(__name__)
 
 #: seconds an idle slot keeps its backend sampler chain attached (see _detach_idle)
 CHAIN_IDLE_S = 0.25
+
+
+def _view(ptr: object, ctype: type, n: int) -> np.ndarray:
+    """``n`` values at a C pointer as a numpy array, without a copy (``np.ctypeslib.as_array``
+    builds a new ctypes type per call: ~60 us against ~2 us for this)."""
+    addr = ctypes.cast(ptr, ctypes.c_void_p).value  # type: ignore[call-overload]
+    if not addr:
+        raise GenerationError("llama.cpp returned no sampled candidates")
+    return np.frombuffer((ctype * n).from_address(addr), dtype=ctype)
 
 
 class Scheduler(SlotMemory):
@@ -352,10 +362,8 @@ class Scheduler(SlotMemory):
             for s in slots:
                 i = s.out_idx
                 n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
-                vals = np.ctypeslib.as_array(llama_cpp.llama_get_sampled_logits_ith(ctx, i), (n,))
-                ids = np.ctypeslib.as_array(
-                    llama_cpp.llama_get_sampled_candidates_ith(ctx, i), (n,)
-                )
+                vals = _view(llama_cpp.llama_get_sampled_logits_ith(ctx, i), ctypes.c_float, n)
+                ids = _view(llama_cpp.llama_get_sampled_candidates_ith(ctx, i), ctypes.c_int32, n)
                 rows.append((vals, ids))
             width = max(len(v) for v, _ in rows)
             values = np.full((len(rows), width), -np.inf, dtype=np.float32)
