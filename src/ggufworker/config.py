@@ -107,8 +107,9 @@ class ServerSettings(BaseSettings):
     backend_sampling: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="where sampled requests (temperature > 0, no grammar or logprobs) are "
-        "drawn: on (inside llama.cpp's graph, on the GPU with the model), off (on the host, "
-        "every sequence of a step at once in numpy), auto (on when layers run on a GPU)",
+        "drawn: on (llama.cpp's graph cuts each row to its top-k, the host draws from those), "
+        "off (the host, from the copied logits), auto (on when layers run on a GPU); a seed "
+        "gives the same tokens either way",
     )
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads (default: llama.cpp's choice)"
