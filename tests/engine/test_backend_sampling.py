@@ -144,6 +144,28 @@ def test_backend_sampling_shares_steps_with_other_paths(
     assert len(attached) == 4 and min(attached) >= 0
 
 
+def test_a_slot_drops_its_chain_for_a_request_without_one(smollm2_path: Path) -> None:
+    """A greedy or grammar request in a slot that still holds a sampled request's chain: the
+    chain is detached first (attached, llama.cpp would keep the sequence's logits in the graph
+    and the greedy argmax would read rows it never copied)."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=N_TOKENS, ignore_eos=True)
+    engine = Engine.load(smollm2_path, n_ctx=1024, n_parallel=1, backend_sampling="on")
+    try:
+        want = engine.generate(GenerationRequest(PROMPTS[2], greedy)).token_ids
+        _tokens(engine, [_params(0)])  # leaves its chain attached to the only slot
+        got = engine.generate(GenerationRequest(PROMPTS[2], greedy)).token_ids
+        _tokens(engine, [_params(0)])
+        lp = engine.generate(
+            GenerationRequest(
+                PROMPTS[3], SamplingParams(temperature=0.8, seed=5, max_tokens=4, logprobs=1)
+            )
+        )
+    finally:
+        engine.close()
+    assert got == want
+    assert lp.logprobs is not None and all(ev.logprob is not None for ev in lp.logprobs)
+
+
 def test_backend_sampling_flag_is_checked(smollm2_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="backend_sampling"):
         Engine.load(smollm2_path, backend_sampling="gpu")  # type: ignore[arg-type]

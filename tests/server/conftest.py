@@ -146,6 +146,17 @@ def cached_server(
     )
 
 
+def chat_reply(server: ServerProcess, content: str, **params: Any) -> str:
+    """One user message to SmolLM2 through the openai client; the reply's text."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    out = client.chat.completions.create(
+        model=SMOLLM2, messages=[{"role": "user", "content": content}], **params
+    )
+    return out.choices[0].message.content or ""
+
+
 @contextlib.contextmanager
 def running(server: ServerProcess) -> Iterator[ServerProcess]:
     """Wait for a started server to be ready; stop it when the block ends, whatever happens."""

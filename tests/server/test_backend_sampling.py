@@ -9,11 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from tests.conftest import SMOLLM2
-from tests.server.conftest import ServerProcess, cached_server, running
+from tests.server.conftest import ServerProcess, cached_server, chat_reply, running
 
 PROMPTS = [
     "Tell me about the sea.",
@@ -24,17 +23,10 @@ PROMPTS = [
 
 
 def _reply(server: ServerProcess, content: str, seed: int) -> str:
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-    out = client.chat.completions.create(
-        model=SMOLLM2,
-        messages=[{"role": "user", "content": content}],
-        temperature=0.9,
-        top_p=0.95,
-        seed=seed,
-        max_tokens=24,
+    return chat_reply(
+        server, content, temperature=0.9, top_p=0.95, seed=seed, max_tokens=24,
         extra_body={"top_k": 40, "min_p": 0.05},
-    )
-    return out.choices[0].message.content or ""
+    )  # fmt: skip
 
 
 def _replies(server: ServerProcess) -> tuple[list[str], list[str], str]:

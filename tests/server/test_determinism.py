@@ -16,11 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
-from tests.conftest import SMOLLM2
-from tests.server.conftest import ServerProcess, cached_server, running
+from tests.server.conftest import ServerProcess, cached_server, chat_reply, running
 
 PROMPTS = [
     "The capital of France is",
@@ -45,14 +43,7 @@ def server(
 
 
 def _reply(server: ServerProcess, content: str) -> str:
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-    out = client.chat.completions.create(
-        model=SMOLLM2,
-        messages=[{"role": "user", "content": content}],
-        temperature=0,
-        max_tokens=40,
-    )
-    return out.choices[0].message.content or ""
+    return chat_reply(server, content, temperature=0, max_tokens=40)
 
 
 def _together(server: ServerProcess, prompts: list[str]) -> list[str]:

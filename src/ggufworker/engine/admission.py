@@ -38,6 +38,9 @@ class SlotMemory:
     def _attach_sampler(self, slot: Slot, req: Request) -> None:
         raise NotImplementedError  # the scheduler's (it owns the context)
 
+    def _detach_sampler(self, slot: Slot) -> None:
+        raise NotImplementedError
+
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.req is not None)
 
@@ -141,6 +144,8 @@ class SlotMemory:
             slot.first_event = True
             if req.backend:
                 self._attach_sampler(slot, req)
+            else:  # a chain left attached would take this sequence's logits into the graph
+                self._detach_sampler(slot)
             logger.debug(
                 "request %s -> slot %d (%d prompt tokens, %d cached)",
                 req.id,
