@@ -70,12 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "send --top-p, top_k 40 and min_p 0.05, the same to every target",
     )
     g.add_argument("--top-p", type=float, default=0.95, help="top_p when --temperature > 0")
-    g.add_argument(
-        "--backend-sampling",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="our server's --backend-sampling (where sampled requests are drawn)",
-    )
+    modes = ("auto", "on", "off")
+    g.add_argument("--backend-sampling", choices=modes, default="auto", help="our server's flag")
     g.add_argument(
         "--llama-server-args",
         default="",
