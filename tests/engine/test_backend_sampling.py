@@ -177,7 +177,7 @@ def test_a_slot_keeps_its_chain_for_the_same_parameters(
     """Attaching re-plans llama.cpp's graph, so a slot's chain serves the next request with the
     same parameters, reset: the same seed then draws the same tokens again (penalty history
     cleared too), and an idle slot lets its chain go."""
-    from ggufworker.engine import scheduler
+    from ggufworker.engine import backend_sampling
     from ggufworker.engine._native import llama_cpp
 
     calls: list[bool] = []
@@ -199,7 +199,7 @@ def test_a_slot_keeps_its_chain_for_the_same_parameters(
         assert hotter != first
         other = _tokens(engine, [_params(0)])
         assert calls == [True, False, True]  # another key: detach, attach a new chain
-        time.sleep(scheduler.CHAIN_IDLE_S * 4)
+        time.sleep(backend_sampling.CHAIN_IDLE_S * 4)
         assert calls == [True, False, True, False]  # detached while idle
     finally:
         engine.close()

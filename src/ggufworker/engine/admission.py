@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any
 
 from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.backend_sampling import AttachedChains
 from ggufworker.engine.model import Model
 from ggufworker.engine.slots import Request, Slot, common_prefix
 from ggufworker.engine.text import TextStream
@@ -22,7 +23,7 @@ from ggufworker.engine.text import TextStream
 logger = logging.getLogger(__name__)
 
 
-class SlotMemory:
+class SlotMemory(AttachedChains):
     """Slot choice and KV accounting, mixed into the scheduler (scheduler thread only)."""
 
     slots: list[Slot]
@@ -34,12 +35,6 @@ class SlotMemory:
     kv_cells: bool
     #: fixed-size per-sequence state (recurrent or hybrid): reuse only by extension
     state_memory: bool
-
-    def _attach_sampler(self, slot: Slot, req: Request) -> None:
-        raise NotImplementedError  # the scheduler's (it owns the context)
-
-    def _detach_sampler(self, slot: Slot) -> None:
-        raise NotImplementedError
 
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.req is not None)

@@ -13,11 +13,13 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.backend_sampling import BackendSampling, request_mode
+from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
@@ -27,6 +29,7 @@ from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
+from ggufworker.engine.slots import common_prefix
 from ggufworker.engine.threads import ThreadTuner, available_cpus
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
@@ -39,10 +42,6 @@ from ggufworker.errors import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: where sampled requests are drawn: ``on`` in llama.cpp's graph (backend sampling), ``off``
-#: on the host (numpy, all rows of a step at once), ``auto`` on for GPU backends
-BackendSampling = Literal["auto", "on", "off"]
 
 
 class Engine:
@@ -181,7 +180,7 @@ class Engine:
             embedding=embedding,
             kv_unified=kv_unified,
             swa_full=swa_full,
-            one_output_per_seq=not embedding and _backend_sampling(backend_sampling, model),
+            one_output_per_seq=not embedding and backend_enabled(backend_sampling, model.backend),
         )
         try:
             return cls(
@@ -260,11 +259,7 @@ class Engine:
         greedy = is_plain_greedy(request.params)
         sampler = None
         params = request.params
-        backend = ""
-        # logprobs need the raw logits, which llama.cpp does not copy back for a sequence that
-        # has a backend sampler
-        if not greedy and self.backend_sampling and vectorised(params) and params.logprobs is None:
-            backend = "top-k" if params.temperature > 0 and params.top_k > 0 else "chain"
+        backend = "" if greedy or not self.backend_sampling else request_mode(params)
         if backend == "top-k" or (
             not greedy and not backend and self.batched_sampling and vectorised(params)
         ):
@@ -421,7 +416,7 @@ class Engine:
         for slot in self._sched.slots:
             if slot.req is None and slot.cache:
                 # list() copies in one step under the GIL while the scheduler may append
-                best = max(best, _prefix_length(list(slot.cache), wanted))
+                best = max(best, common_prefix(list(slot.cache), wanted))
         return best
 
     def clear_cache(self) -> None:
@@ -491,25 +486,6 @@ class Engine:
                 self.close()
         except Exception:
             pass
-
-
-def _backend_sampling(mode: BackendSampling, model: Model) -> bool:
-    """Whether ``mode`` puts sampling into llama.cpp's graph for this model: ``auto`` does on
-    GPU backends only (measured on the 2-core VM, SmolLM2, 8 sampled streams: 192 tok/s with
-    it against 200 with the host sampler, single stream equal; docs/ENGINE.md)."""
-    return mode == "on" or (mode == "auto" and model.backend == "gpu")
-
-
-def _prefix_length(a: list[int], b: list[int], chunk: int = 256) -> int:
-    """Length of the common prefix of two token lists: whole chunks compared as slices
-    (C speed), then token by token inside the first chunk that differs."""
-    n = min(len(a), len(b))
-    i = 0
-    while i + chunk <= n and a[i : i + chunk] == b[i : i + chunk]:
-        i += chunk
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 __all__ = ["Engine"]

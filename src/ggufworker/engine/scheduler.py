@@ -25,7 +25,6 @@ accounting (engine/admission.py) only limits each sequence to ``n_ctx`` position
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -37,35 +36,18 @@ import numpy as np
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.admission import SlotMemory
+from ggufworker.engine.backend_sampling import CHAIN_IDLE_S
 from ggufworker.engine.batch import Batch
-from ggufworker.engine.batch_sampling import draw_candidates, sample_rows
+from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
-from ggufworker.engine.sampling import (
-    biased_argmax,
-    build_chain,
-    chain_key,
-    free_chain,
-    logprobs_of,
-)
+from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
 from ggufworker.engine.slots import Request, Slot
 from ggufworker.engine.threads import ThreadTuner
 from ggufworker.engine.types import TokenEvent, Usage
 from ggufworker.errors import EngineClosedError, GenerationError
 
 logger = logging.getLogger(__name__)
-
-#: seconds an idle slot keeps its backend sampler chain attached (see _detach_idle)
-CHAIN_IDLE_S = 0.25
-
-
-def _view(ptr: object, ctype: type, n: int) -> np.ndarray:
-    """``n`` values at a C pointer as a numpy array, without a copy (``np.ctypeslib.as_array``
-    builds a new ctypes type per call: ~60 us against ~2 us for this)."""
-    addr = ctypes.cast(ptr, ctypes.c_void_p).value  # type: ignore[call-overload]
-    if not addr:
-        raise GenerationError("llama.cpp returned no sampled candidates")
-    return np.frombuffer((ctype * n).from_address(addr), dtype=ctype)
 
 
 class Scheduler(SlotMemory):
@@ -353,34 +335,6 @@ class Scheduler(SlotMemory):
             req.sampler.accept(tok)
             self._sample(s, req, tok, now)
 
-    def _sample_cut(self, slots: list[Slot], now: float) -> None:
-        """Draw for the sequences whose rows the graph cut to their top-k (backend sampling):
-        read each row's candidates, then one vectorised draw over all of them."""
-        ctx = self.ctx
-        try:
-            rows = []
-            for s in slots:
-                i = s.out_idx
-                n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
-                vals = _view(llama_cpp.llama_get_sampled_logits_ith(ctx, i), ctypes.c_float, n)
-                ids = _view(llama_cpp.llama_get_sampled_candidates_ith(ctx, i), ctypes.c_int32, n)
-                rows.append((vals, ids))
-            width = max(len(v) for v, _ in rows)
-            values = np.full((len(rows), width), -np.inf, dtype=np.float32)
-            tokens = np.zeros((len(rows), width), dtype=np.int32)
-            for j, (vals, ids) in enumerate(rows):
-                values[j, : len(vals)] = vals
-                tokens[j, : len(ids)] = ids
-            toks = draw_candidates(values, tokens, [s.req.sampler for s in slots])  # type: ignore[misc, union-attr]
-        except Exception as exc:  # the step's backend-cut requests fail; the others go on
-            self._fail_all(slots, exc)
-            return
-        for s, tok in zip(slots, toks, strict=True):
-            req = s.req
-            assert req is not None
-            llama_cpp.llama_sampler_accept(req.chain, tok)  # the graph's penalty history
-            self._sample(s, req, tok, now)
-
     def _fail_all(self, slots: list[Slot], exc: Exception) -> None:
         logger.exception("sampling failed")
         for s in slots:
@@ -483,47 +437,6 @@ class Scheduler(SlotMemory):
         s.pending = None
         s.stream = None
         s.last_used = time.perf_counter()
-
-    def _attach_sampler(self, slot: Slot, req: Request) -> None:
-        """Give a backend-sampled request the slot's chain in llama.cpp's graph: the attached
-        one reset when it was built for the same parameters (a reset re-seeds the draw from the
-        request's seed and clears the penalty history), else a new one. Where llama.cpp cannot
-        offload the chain, the request samples on the host with it."""
-        cut = req.backend == "top-k"
-        key = chain_key(req.params, cut_only=cut)
-        if slot.chain and slot.chain_key == key:
-            llama_cpp.llama_sampler_reset(slot.chain)
-        else:
-            self._detach_sampler(slot)
-            chain = build_chain(req.params, self.model.vocab, self.n_vocab, cut_only=cut)
-            if not llama_cpp.llama_set_sampler(self.ctx, slot.seq, chain):
-                logger.debug("request %s: chain not offloaded; sampling on the host", req.id)
-                if cut:  # its RowSampler draws from the copied logits instead
-                    free_chain(chain)
-                    req.backend = ""
-                else:
-                    req.chain = chain
-                return
-            slot.chain, slot.chain_key = chain, key
-        req.chain = slot.chain
-        req.attached = slot.seq
-
-    def _detach_sampler(self, slot: Slot) -> None:
-        if not slot.chain:
-            return
-        llama_cpp.llama_set_sampler(self.ctx, slot.seq, None)
-        # a decode still in flight (pipelined) may use the chain's device tensors
-        llama_cpp.llama_synchronize(self.ctx)
-        free_chain(slot.chain)
-        slot.chain, slot.chain_key = 0, None
-
-    def _detach_idle(self, idle_for: float) -> None:
-        """Detach the chains of slots idle for ``idle_for`` seconds: an attached chain works on
-        a placeholder row in every step, so it is kept only while a next request is likely."""
-        now = time.perf_counter()
-        for s in self.slots:
-            if s.chain and s.req is None and now - s.last_used >= idle_for:
-                self._detach_sampler(s)
 
     def _retire(self, req: Request, n_prompt: int, n_gen: int, n_cached: int = 0) -> None:
         if req.attached >= 0:  # the chain is the slot's; it stays attached for the next request
