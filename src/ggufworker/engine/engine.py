@@ -66,9 +66,9 @@ class Engine:
         #: sample (non-greedy, grammar-free) requests together in numpy; False: one llama.cpp
         #: sampler chain per request, as before (kept for comparisons)
         self.batched_sampling = True
-        #: draw those requests inside llama.cpp's graph instead (their chain attached to the
-        #: slot's sequence: the device does top-k/top-p/min-p/temperature/dist and only the
-        #: token comes back); needs the context made with ``one_output_per_seq``
+        #: backend sampling: those requests' chains go into llama.cpp's graph (which cuts each
+        #: row to its top-k; engine/backend_sampling.py); needs the context made with
+        #: ``one_output_per_seq``
         self.backend_sampling = opts.one_output_per_seq
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not finished (running or queued)
@@ -256,14 +256,12 @@ class Engine:
                     "are already waiting"
                 )
             self._outstanding += 1
-        greedy = is_plain_greedy(request.params)
-        sampler = None
         params = request.params
+        greedy = is_plain_greedy(params)
         backend = "" if greedy or not self.backend_sampling else request_mode(params)
-        if backend == "top-k" or (
-            not greedy and not backend and self.batched_sampling and vectorised(params)
-        ):
-            sampler = RowSampler(params)
+        # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
+        host_draw = not greedy and not backend and self.batched_sampling and vectorised(params)
+        sampler = RowSampler(params) if backend == "top-k" or host_draw else None
         try:
             # (a backend-sampled request gets its slot's chain at admission)
             chain = (

@@ -14,6 +14,11 @@ string is found that way has one more token in flight; it is decoded and dropped
 still a correct continuation, kept for prefix reuse). On the CPU ``llama_decode`` computes
 before it returns, so there is nothing to overlap and each token's event is made at once.
 
+Sampling per step: greedy rows are an argmax over the copied logits; sampled grammar-free rows
+are drawn together in numpy (engine/batch_sampling.py), from the copied logits or, with backend
+sampling, from the top-k the graph cut each row to (engine/backend_sampling.py); the rest run
+their llama.cpp chain.
+
 Recurrent and hybrid models (``Model.memory`` is ``"recurrent"`` or ``"hybrid"``) keep a
 fixed-size state per sequence that has consumed every token of the slot's cache; llama.cpp
 cannot cut it back to an earlier position (``seq_rm`` of a partial range returns false). For
