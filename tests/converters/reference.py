@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,52 @@ def random_prompt(tokenizer_dir: Path, seed: int, n: int = 40) -> list[int]:
 
     n_vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
     return np.random.default_rng(seed).integers(3, n_vocab, size=n).tolist()
+
+
+def transformers_config(name: str, **kwargs: Any) -> Callable[[], Any]:
+    """A maker of ``transformers.<name>(**kwargs)``, built only when a test needs it (importing
+    transformers and building configs at collection time would slow every run)."""
+
+    def make() -> Any:
+        import transformers
+
+        return getattr(transformers, name)(**kwargs)
+
+    return make
+
+
+def gguf_fields(path: Path) -> dict[str, Any]:
+    """Every metadata key of a GGUF file with its value."""
+    import gguf
+
+    return {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
+
+
+def family_builder(
+    tmp_path_factory: Any,
+    tokenizer_dir: Path,
+    prompt: list[int],
+    families: dict[str, tuple[str, Callable[[], Any], Callable[[Path], None] | None]],
+    prefix: str,
+    outtypes: Iterable[str],
+    **options: Any,
+) -> Callable[[str], tuple[Path, dict[str, Path], np.ndarray]]:
+    """``get(variant)`` -> (checkpoint, {outtype: GGUF path}, reference logits), each variant
+    built, edited, run through transformers and converted once (``families[variant]`` is
+    (family, config maker, checkpoint edit or None))."""
+    from . import builders
+
+    @functools.cache
+    def get(variant: str) -> tuple[Path, dict[str, Path], np.ndarray]:
+        family, make_config, edit = families[variant]
+        root = tmp_path_factory.mktemp(f"{prefix}{list(families).index(variant)}")
+        src = builders.build_tiny(variant, root / "src", tokenizer_dir, config=make_config())
+        if edit is not None:
+            edit(src)
+        want = hf_logits(src, prompt)
+        return src, convert_recorded(family, variant, src, root, outtypes, **options), want
+
+    return get
 
 
 def convert_recorded(

@@ -15,7 +15,6 @@ entry and checked in :func:`test_written_metadata_follows_the_config`).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +30,13 @@ from tests.support import record
 from . import builders
 from .reference import (
     batched_and_alone,
-    convert_recorded,
+    family_builder,
+    gguf_fields,
     hf_logits,
     random_prompt,
     recorded_errors,
     rel_err,
+    transformers_config,
 )
 
 # Relative max-abs-error bounds (error / largest reference logit magnitude).
@@ -49,12 +50,7 @@ GELU_FAMILIES = {"phi2", "falcon", "starcoder2", "gpt2", "starcoder", "mpt"}
 
 
 def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
-    def make() -> Any:
-        import transformers
-
-        return getattr(transformers, name)(**{"bos_token_id": 1, "eos_token_id": 2, **kwargs})
-
-    return make
+    return transformers_config(name, **{"bos_token_id": 1, "eos_token_id": 2, **kwargs})
 
 
 def _edit_config(**changes: Any) -> Callable[[Path], None]:
@@ -151,19 +147,15 @@ def prompt(tiny_tokenizer) -> list[int]:
 @pytest.fixture(scope="module")
 def family_files(tmp_path_factory, tiny_tokenizer, prompt):
     """``family_files(variant)`` -> (checkpoint, {outtype: GGUF path}, reference logits)."""
-
-    @functools.cache
-    def get(variant: str) -> tuple[Path, dict[str, Path], np.ndarray]:
-        family, make_config, edit = FAMILIES[variant]
-        root = tmp_path_factory.mktemp(f"classic{list(FAMILIES).index(variant)}")
-        src = builders.build_tiny(variant, root / "src", tiny_tokenizer, config=make_config())
-        if edit is not None:
-            edit(src)
-        want = hf_logits(src, prompt)
-        outs = convert_recorded(family, variant, src, root, TOLERANCE, pre_tokenizer="gpt-2")
-        return src, outs, want
-
-    return get
+    return family_builder(
+        tmp_path_factory,
+        tiny_tokenizer,
+        prompt,
+        FAMILIES,
+        "classic",
+        TOLERANCE,
+        pre_tokenizer="gpt-2",
+    )
 
 
 @pytest.mark.parametrize("variant", list(FAMILIES))
@@ -189,12 +181,6 @@ def test_engine_batched_equals_alone(variant, family_files, prompt):
     assert ok, f"{variant}: batched {together} != alone {alone}"
 
 
-def _fields(path: Path) -> dict[str, Any]:
-    import gguf
-
-    return {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
-
-
 def test_written_metadata_follows_the_config(family_files):
     """Where llama.cpp's converter drops, misreads or hard-codes a value, ours writes the model's.
 
@@ -213,39 +199,41 @@ def test_written_metadata_follows_the_config(family_files):
     src, outs, _ = family_files("falcon-7b")
     cfg = json.loads((src / "config.json").read_text())
     assert cfg["multi_query"] and cfg["num_kv_heads"] == cfg["num_attention_heads"] == 4
-    falcon = _fields(outs["f32"])
+    falcon = gguf_fields(outs["f32"])
     assert falcon["falcon.attention.head_count_kv"] == 1
     assert falcon["falcon.rope.freq_base"] == 500000.0
     assert falcon["falcon.feed_forward_length"] == cfg["ffn_hidden_size"] == 160
     assert falcon["falcon.context_length"] == cfg["max_position_embeddings"] == 128
-    assert _fields(family_files("falcon-40b")[1]["f32"])["falcon.attention.head_count_kv"] == 2
+    assert gguf_fields(family_files("falcon-40b")[1]["f32"])["falcon.attention.head_count_kv"] == 2
 
     src, outs, _ = family_files("gpt2")
     cfg = json.loads((src / "config.json").read_text())
     assert "n_ctx" not in cfg
-    gpt2 = _fields(outs["f32"])
+    gpt2 = gguf_fields(outs["f32"])
     assert gpt2["gpt2.context_length"] == cfg["n_positions"]
     assert gpt2["gpt2.feed_forward_length"] == cfg["n_inner"] != 4 * cfg["n_embd"]
 
-    mha = _fields(family_files("gpt-bigcode-mha")[1]["f32"])
+    mha = gguf_fields(family_files("gpt-bigcode-mha")[1]["f32"])
     assert mha["starcoder.attention.head_count_kv"] == mha["starcoder.attention.head_count"] == 4
-    assert _fields(family_files("gpt-bigcode")[1]["f32"])["starcoder.attention.head_count_kv"] == 1
+    assert (
+        gguf_fields(family_files("gpt-bigcode")[1]["f32"])["starcoder.attention.head_count_kv"] == 1
+    )
 
     src, outs, _ = family_files("mpt")
     cfg = json.loads((src / "config.json").read_text())
-    mpt = _fields(outs["f32"])
+    mpt = gguf_fields(outs["f32"])
     assert mpt["mpt.feed_forward_length"] == 4 * cfg["d_model"] != cfg["expansion_ratio"] * 64
     src, outs, _ = family_files("mpt-clip-6-heads")
     cfg = json.loads((src / "config.json").read_text())
-    clipped = _fields(outs["f32"])
+    clipped = gguf_fields(outs["f32"])
     assert cfg["attn_config"]["alibi_bias_max"] == 4
     assert clipped["mpt.attention.max_alibi_bias"] == 8.0
     assert clipped["mpt.attention.clamp_kqv"] == pytest.approx(0.5)
     src, outs, _ = family_files("mpt-alibi-flag-off")
     assert json.loads((src / "config.json").read_text())["attn_config"]["alibi"] is False
-    assert _fields(outs["f32"])["mpt.attention.max_alibi_bias"] == 8.0
+    assert gguf_fields(outs["f32"])["mpt.attention.max_alibi_bias"] == 8.0
 
-    phi = _fields(family_files("phi2")[1]["f32"])
+    phi = gguf_fields(family_files("phi2")[1]["f32"])
     assert phi["phi2.attention.head_count_kv"] == 2
     assert phi["phi2.feed_forward_length"] == 160
     assert phi["phi2.rope.dimension_count"] == 8

@@ -15,13 +15,11 @@ small Command-R models with q/k norms) must be refused with an error naming the 
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from converters.st2gguf import convert
@@ -31,10 +29,11 @@ from tests.support import record
 from . import builders
 from .reference import (
     batched_and_alone,
-    convert_recorded,
-    hf_logits,
+    family_builder,
+    gguf_fields,
     random_prompt,
     recorded_errors,
+    transformers_config,
 )
 
 # Relative max-abs-error bounds (error / largest reference logit magnitude); same as the
@@ -49,12 +48,7 @@ _DIMS = dict(
 
 
 def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
-    def make() -> Any:
-        import transformers
-
-        return getattr(transformers, name)(**{**_DIMS, **kwargs})
-
-    return make
+    return transformers_config(name, **{**_DIMS, **kwargs})
 
 
 def _drop_keys(*keys: str) -> Callable[[Path], None]:
@@ -122,19 +116,7 @@ def prompt(tiny_tokenizer) -> list[int]:
 @pytest.fixture(scope="module")
 def family_files(tmp_path_factory, tiny_tokenizer, prompt):
     """``family_files(variant)`` -> (checkpoint, {outtype: GGUF path}, reference logits)."""
-
-    @functools.cache
-    def get(variant: str) -> tuple[Path, dict[str, Path], np.ndarray]:
-        family, make_config, edit = FAMILIES[variant]
-        root = tmp_path_factory.mktemp(f"fam{list(FAMILIES).index(variant)}")
-        src = builders.build_tiny(variant, root / "src", tiny_tokenizer, config=make_config())
-        if edit is not None:
-            edit(src)
-        want = hf_logits(src, prompt)
-        outs = convert_recorded(family, variant, src, root, TOLERANCE)
-        return src, outs, want
-
-    return get
+    return family_builder(tmp_path_factory, tiny_tokenizer, prompt, FAMILIES, "fam", TOLERANCE)
 
 
 @pytest.mark.parametrize("variant", list(FAMILIES))
@@ -168,16 +150,12 @@ def test_written_metadata_follows_the_config(family_files):
     """
     import gguf
 
-    def fields(path: Path) -> dict[str, Any]:
-        reader = gguf.GGUFReader(path)
-        return {k: f.contents() for k, f in reader.fields.items()}
-
     src, outs, _ = family_files("glm")
     cfg = json.loads((src / "config.json").read_text())
-    glm = fields(outs["f32"])
+    glm = gguf_fields(outs["f32"])
     assert glm["chatglm.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg["rms_norm_eps"])
     assert glm["chatglm.context_length"] == cfg["max_position_embeddings"] != cfg["hidden_size"]
-    granite = fields(family_files("granite-defaults")[1]["f32"])
+    granite = gguf_fields(family_files("granite-defaults")[1]["f32"])
     assert granite["granite.logit_scale"] == 1.0
     assert granite["granite.embedding_scale"] == 1.0
     olmo2 = gguf.GGUFReader(family_files("olmo2")[1]["f32"])

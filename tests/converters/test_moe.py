@@ -42,9 +42,11 @@ from .moe_reference import (
 from .reference import (
     batched_and_alone,
     convert_recorded,
+    gguf_fields,
     llama_logits,
     random_prompt,
     rel_err,
+    transformers_config,
 )
 
 PROMPT_LEN = 48
@@ -70,12 +72,7 @@ _DIMS = dict(
 
 
 def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
-    def make() -> Any:
-        import transformers
-
-        return getattr(transformers, name)(**{**_DIMS, **kwargs})
-
-    return make
+    return transformers_config(name, **{**_DIMS, **kwargs})
 
 
 # variant -> (models.yaml family, config factory)
@@ -476,8 +473,7 @@ def test_routing_metadata_follows_the_config(family_files):
     import gguf
 
     def fields(variant: str) -> dict[str, Any]:
-        reader = gguf.GGUFReader(family_files(variant)[1]["f32"])
-        return {k: f.contents() for k, f in reader.fields.items()}
+        return gguf_fields(family_files(variant)[1]["f32"])
 
     v3 = fields("deepseek-v3")
     assert v3["deepseek2.expert_count"] == 4 and v3["deepseek2.expert_used_count"] == 2
