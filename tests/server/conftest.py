@@ -40,6 +40,19 @@ def _die_with_parent() -> None:
         pass
 
 
+#: Prompts with distinct first words, so that none starts from another's cached prefix.
+DISTINCT_PROMPTS = [
+    "Zebras on the savanna",
+    "Quantum computers will",
+    "Volcanoes erupt because",
+    "Jellyfish can live",
+    "Knitting a scarf takes",
+    "Umbrellas were invented",
+    "Xylophones sound",
+    "Yesterday the mayor",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import SMOLLM2
-from tests.server.conftest import ServerProcess
+from tests.server.conftest import DISTINCT_PROMPTS, ServerProcess
 
 PROMPTS = [
     "Name a color.",
@@ -165,18 +165,8 @@ def test_models_lists_both_and_each_answers_under_its_name(
     assert alone.choices[0].message.content == smol.choices[0].message.content
 
 
-# Distinct first words, so no prompt starts from another's cached prefix. The concurrent run
-# goes first on a fresh server (cold prompts), then each prompt alone.
-CONCURRENT = [
-    "Zebras on the savanna",
-    "Quantum computers will",
-    "Volcanoes erupt because",
-    "Jellyfish can live",
-    "Knitting a scarf takes",
-    "Umbrellas were invented",
-    "Xylophones sound",
-    "Yesterday the mayor",
-]
+# The concurrent run goes first on a fresh server (cold prompts), then each prompt alone.
+CONCURRENT = DISTINCT_PROMPTS
 
 
 def test_eight_concurrent_streams_equal_alone(batch_server: ServerProcess) -> None:

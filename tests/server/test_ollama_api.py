@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import SMOLLM2
-from tests.server.conftest import KEYS, ServerProcess
+from tests.server.conftest import DISTINCT_PROMPTS, KEYS, ServerProcess
 from tests.server.ollama_fixtures import BROKEN_NAME, PULL_ALIAS, PULL_NAME
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # models.yaml
@@ -331,16 +331,7 @@ def test_same_keys_body_limit_and_metrics_as_v1(
     assert after == tokens + r.eval_count
 
 
-PROMPTS = [
-    "Zebras on the savanna",
-    "Quantum computers will",
-    "Volcanoes erupt because",
-    "Jellyfish can live",
-    "Knitting a scarf takes",
-    "Umbrellas were invented",
-    "Xylophones sound",
-    "Yesterday the mayor",
-]
+PROMPTS = DISTINCT_PROMPTS
 
 
 def test_eight_clients_are_decoded_together(ollama_server: ServerProcess) -> None:
