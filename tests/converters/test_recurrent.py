@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from converters.st2gguf import convert
-from tests.server.conftest import ServerProcess, cached_server, running
+from tests.server.conftest import ServerProcess, serving_files
 from tests.support import record
 
 from . import builders
@@ -207,10 +207,9 @@ def served_files(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(served_files, model_cache, tmp_path_factory) -> Iterator[ServerProcess]:
-    args = [a for path in served_files.values() for a in ("--model", str(path))]
-    proc = cached_server(tmp_path_factory, "recurrent-families", model_cache, *args,
-                         "--parallel", "4")  # fmt: skip
-    with running(proc):
+    with serving_files(
+        tmp_path_factory, "recurrent-families", model_cache, served_files, "--parallel", "4"
+    ) as proc:
         yield proc
 
 

@@ -171,6 +171,20 @@ def chat_reply(server: ServerProcess, content: str, **params: Any) -> str:
 
 
 @contextlib.contextmanager
+def serving_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    model_cache: Path,
+    files: dict[str, Path],
+    *args: str,
+) -> Iterator[ServerProcess]:
+    """A running server for GGUF files (each served under its file name), stopped afterwards."""
+    models = [a for path in files.values() for a in ("--model", str(path))]
+    with running(cached_server(tmp_path_factory, name, model_cache, *models, *args)) as server:
+        yield server
+
+
+@contextlib.contextmanager
 def running(server: ServerProcess) -> Iterator[ServerProcess]:
     """Wait for a started server to be ready; stop it when the block ends, whatever happens."""
     try:
