@@ -66,10 +66,6 @@ class Engine:
         #: sample (non-greedy, grammar-free) requests together in numpy; False: one llama.cpp
         #: sampler chain per request, as before (kept for comparisons)
         self.batched_sampling = True
-        #: backend sampling: those requests' chains go into llama.cpp's graph (which cuts each
-        #: row to its top-k; engine/backend_sampling.py); needs the context made with
-        #: ``one_output_per_seq``
-        self.backend_sampling = opts.one_output_per_seq
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not finished (running or queued)
         self._closed = False
@@ -180,7 +176,7 @@ class Engine:
             embedding=embedding,
             kv_unified=kv_unified,
             swa_full=swa_full,
-            one_output_per_seq=not embedding and backend_enabled(backend_sampling, model.backend),
+            backend_sampling=not embedding and backend_enabled(backend_sampling, model.backend),
         )
         try:
             return cls(
@@ -258,7 +254,7 @@ class Engine:
             self._outstanding += 1
         params = request.params
         greedy = is_plain_greedy(params)
-        backend = "" if greedy or not self.backend_sampling else request_mode(params)
+        backend = "" if greedy or not self._opts.backend_sampling else request_mode(params)
         # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
         host_draw = not greedy and not backend and self.batched_sampling and vectorised(params)
         sampler = RowSampler(params) if backend == "top-k" or host_draw else None
@@ -437,7 +433,7 @@ class Engine:
     def sampling(self) -> str:
         """Where sampled grammar-free requests are drawn: ``backend`` (llama.cpp's graph) or
         ``host`` (numpy)."""
-        return "backend" if self.backend_sampling else "host"
+        return "backend" if self._opts.backend_sampling else "host"
 
     @property
     def pipelined(self) -> bool:

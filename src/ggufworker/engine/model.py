@@ -36,9 +36,10 @@ class ContextOptions:
     embedding: bool = False
     kv_unified: bool = True
     swa_full: bool = True
-    # backend sampling: at most one output row per sequence in a step (what the scheduler
-    # makes); llama.cpp then sizes each sequence's sampler graph for one row
-    one_output_per_seq: bool = False
+    # backend sampling (engine/backend_sampling.py): the context is told to expect at most one
+    # output row per sequence in a step (what the scheduler makes), and llama.cpp sizes each
+    # sequence's sampler graph for one row
+    backend_sampling: bool = False
 
 
 class Model:
@@ -270,7 +271,7 @@ class Model:
         params.kv_unified = opts.kv_unified
         params.swa_full = opts.swa_full
         params.no_perf = True
-        if opts.one_output_per_seq:
+        if opts.backend_sampling:
             params.n_outputs_max_per_seq = 1
         if opts.embedding:
             pooling = self.metadata.get(f"{self.architecture}.pooling_type")
