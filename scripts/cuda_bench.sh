@@ -20,6 +20,7 @@ SDIST=${SDIST:-$(ls .carry/llama_cpp_python-*.tar.gz 2>/dev/null | head -1)}
 WHEELS=${WHEELS:-.carry/whl}
 CHECKPOINT_CFG=${CHECKPOINT_CFG:-.carry/l1b}
 CUDA_ARCH=${CUDA_ARCH:-90}
+PREBUILT=${PREBUILT:-.carry/prebuilt}
 mkdir -p "$WORK" "$OUT"
 export PYTHONPATH=$WORK/site:$PWD/src:$PWD PYTHONUNBUFFERED=1
 # On a Python whose numpy is imported before llama_cpp (pytest plugins do it), loading a model
@@ -38,6 +39,11 @@ build() {
   rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$SDIST" -C "$WORK/src"
   local t0=$(date +%s) sd
   sd=$(echo "$WORK"/src/llama_cpp_python-*)
+  if ls "$PREBUILT"/cuda-build.tar.xz.* > /dev/null 2>&1; then
+    # the libraries and llama-server of an earlier build (`pack`), for the same sdist
+    cat "$PREBUILT"/cuda-build.tar.xz.* | tar xJf - -C "$WORK" || return 1
+    echo "cuda build restored from $PREBUILT: $(( $(date +%s) - t0 )) s"
+  else
   # One CUDA build of the vendored llama.cpp as shared libraries: llama-cpp-python's package
   # loads them (the wheel holds the same libraries), and llama-server, the bench peer, links
   # the same ones; the CUDA kernels, most of the build time, are compiled once.
@@ -48,13 +54,19 @@ build() {
     cmake --build "$WORK/build" --target llama llama-server -j "$(nproc)" >> "$OUT/cuda_build.log" 2>&1 ||
     { echo "build failed"; tail -30 "$OUT/cuda_build.log"; return 1; }
   echo "cuda build (libllama + llama-server): $(( $(date +%s) - t0 )) s"
+  fi
   mkdir -p "$WORK/site/llama_cpp/lib"
   cp -r "$sd"/llama_cpp/. "$WORK/site/llama_cpp/"
   cp -P "$WORK"/build/bin/*.so* "$WORK/site/llama_cpp/lib/"
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
     "$WHEELS"/*.whl || return 1
   python3 -m ggufworker.engine.selfcheck || return 1
-  python3 - "$CHECKPOINT_CFG" "$WORK/llama-1b-shape" <<'PY'
+  local cfg=$CHECKPOINT_CFG
+  if [ -e "$cfg/tokenizer.json.xz" ]; then  # carried compressed (17 MB -> 1.7 MB)
+    mkdir -p "$WORK/cfg" && cp "$cfg"/*.json "$WORK/cfg/" && xz -dc "$cfg/tokenizer.json.xz" > "$WORK/cfg/tokenizer.json"
+    cfg=$WORK/cfg
+  fi
+  python3 - "$cfg" "$WORK/llama-1b-shape" <<'PY'
 import shutil, sys, torch, transformers
 src, dst = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
@@ -69,6 +81,26 @@ print("random checkpoint:", sum(p.numel() for p in model.parameters()), "paramet
 PY
   /usr/bin/time -f "convert to q4_k_m: %e s, peak RSS %M kB" \
     python3 -m converters.st2gguf "$WORK/llama-1b-shape" --outfile "$L1B" --outtype q4_k_m --no-progress --force
+}
+
+# The build's shared libraries and llama-server, compressed in pieces that fit the device tool's
+# file limits: put them in $PREBUILT and `build` restores them instead of compiling.
+pack() {
+  ( cd "$WORK" && tar cf - build/bin/*.so* build/bin/llama-server | xz -T0 -6 ) |
+    split -b 15m -d - "$OUT/cuda-build.tar.xz." && ls -l "$OUT"/cuda-build.tar.xz.*
+}
+
+# Where a 64-stream step's time goes (scripts/step_profile.py), greedy and sampled, backend
+# sampling on and off, with and without a wait after each decode. Stops starting runs after
+# $DEADLINE seconds of this script.
+profile() {
+  local spec
+  for spec in ${PROFILE_SPECS:-0:on 0.8:on 0.8:off 0:on:--sync 0.8:on:--sync 0.8:off:--sync}; do
+    [ "$SECONDS" -lt "${DEADLINE:-100000}" ] || { echo "deadline: skipped $spec"; continue; }
+    set -- ${spec//:/ }
+    timeout 90 python3 scripts/step_profile.py "$L1B" --streams ${STREAMS:-64} --temperature $1 \
+      --backend-sampling $2 ${3:-} ${PROFILE_ARGS:-} 2>/dev/null | tee -a "$OUT/cuda_step_profile.jsonl"
+  done
 }
 
 # The raw loop's step split into the llama_decode call, the wait for the GPU and the argmax.
@@ -168,7 +200,7 @@ support() {
 }
 
 case "${1:-}" in
-  build | timing | matrix | bench | tests | http | peer | sampling | support) for step in "$@"; do "$step" || exit 1; done ;;
+  build | pack | profile | timing | matrix | bench | tests | http | peer | sampling | support) for step in "$@"; do "$step" || exit 1; done ;;
   run) tests && bench && http ;;
   *) echo "usage: $0 build|timing|matrix|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac

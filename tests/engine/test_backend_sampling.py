@@ -1,12 +1,15 @@
 """Backend sampling: each sampled request's llama.cpp chain runs inside the decode graph.
 
-Two modes, each checked against the host path it replaces, with the same seeds and so the same
-tokens, request by request:
+Three modes, each checked against the host path it replaces, with the same seeds and so the
+same tokens, request by request:
 
-- "top-k" (temperature > 0, top-k on): the graph applies logit bias, penalties and top-k, and
-  the host draws from those candidates with the request's numpy generator, exactly as the
+- "cut" (temperature > 0, top-k up to 64, no penalties, a bias only of bans): one cut of all
+  such rows in the graph (engine/graph_cut.py) keeps each row's top 64, and the host adds the
+  bias, keeps the row's top-k and draws with the request's numpy generator, exactly as the
   host's batched sampler (engine/batch_sampling.py) draws from its own top-k of the copied
   logits;
+- "top-k" (the other requests with temperature > 0 and top-k on): the graph applies the
+  request's logit bias, penalties and top-k to its row, and the host draws the same way;
 - "chain" (top-k off, or greedy with penalties): the whole chain runs in the graph; its
   ``dist`` draws its uniform from the same seeded generator as the host chain's, and its
   top-p sorts the candidates, so it picks what ``llama_sampler_sample`` over the copied
@@ -39,7 +42,7 @@ def _params(i: int) -> SamplingParams:
         dict(top_k=40, min_p=0.05),
         dict(top_p=0.9, top_k=0, min_p=0.0),  # "chain": top-p over the whole vocabulary
         dict(top_p=1.0, top_k=20, min_p=0.1),
-        dict(temperature=1.3, top_k=40, min_p=0.05),
+        dict(temperature=1.3, top_k=40, min_p=0.05, logit_bias={13: -100.0, 28: -2.5}),
         dict(repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2, repeat_last_n=32),
         dict(logit_bias={13: 5.0, 28: -100.0}),
         dict(top_p=0.5, top_k=100, min_p=0.0),
@@ -57,14 +60,14 @@ def _tokens(engine: Engine, params: list[SamplingParams]) -> list[list[int]]:
 
 
 @pytest.fixture
-def attached(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Sequence ids whose request got its chain into the graph."""
-    seen: list[int] = []
+def modes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """(sequence id, mode) of each request that got its chain into the graph."""
+    seen: list[tuple[int, str]] = []
     original = Scheduler._attach_sampler
 
     def spy(self, slot, req):  # type: ignore[no-untyped-def]
         original(self, slot, req)
-        seen.append(req.attached)
+        seen.append((req.attached, req.backend))
 
     monkeypatch.setattr(Scheduler, "_attach_sampler", spy)
     return seen
@@ -80,11 +83,13 @@ def _host_tokens(path: Path, params: list[SamplingParams], *, chain: bool) -> li
         engine.close()
 
 
-def test_backend_draws_equal_the_host_paths(smollm2_path: Path, attached: list[int]) -> None:
+def test_backend_draws_equal_the_host_paths(
+    smollm2_path: Path, modes: list[tuple[int, str]]
+) -> None:
     params = [_params(i) for i in range(len(PROMPTS))]
     batched = _host_tokens(smollm2_path, params, chain=False)
     chained = _host_tokens(smollm2_path, params, chain=True)
-    assert not attached
+    assert not modes
     engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=8, backend_sampling="on")
     try:
         assert engine.sampling == "backend"
@@ -94,7 +99,11 @@ def test_backend_draws_equal_the_host_paths(smollm2_path: Path, attached: list[i
         alone = _tokens(engine, params[:1])
     finally:
         engine.close()
-    assert len(attached) == len(PROMPTS) + 1 and min(attached) >= 0, "chains were not offloaded"
+    assert len(modes) == len(PROMPTS) + 1 and min(modes)[0] >= 0, "chains were not offloaded"
+    # bans only: the shared cut; a positive bias, penalties or top-k 100: the row's own top-k
+    assert [m for _, m in modes[: len(PROMPTS)]] == ["cut", "chain", "cut", "cut"] + [
+        "top-k"
+    ] * 3 + ["chain"]
     assert all(len(t) == N_TOKENS for t in together)
     for i, got in enumerate(together):
         whole_chain = params[i].top_k == 0 or params[i].temperature <= 0
@@ -106,7 +115,7 @@ def test_backend_draws_equal_the_host_paths(smollm2_path: Path, attached: list[i
 
 
 def test_backend_sampling_shares_steps_with_other_paths(
-    smollm2_path: Path, attached: list[int]
+    smollm2_path: Path, modes: list[tuple[int, str]]
 ) -> None:
     """Greedy, grammar and logprobs requests keep their paths in steps with backend draws."""
     greedy = SamplingParams(temperature=0.0, max_tokens=N_TOKENS, ignore_eos=True)
@@ -141,7 +150,7 @@ def test_backend_sampling_shares_steps_with_other_paths(
     assert len(lp_events) == 8
     assert all(ev.logprob is not None and len(ev.top_logprobs) == 2 for ev in lp_events)
     # only the four plain sampled requests went into the graph
-    assert len(attached) == 4 and min(attached) >= 0
+    assert len(modes) == 4 and min(modes)[0] >= 0
 
 
 def test_a_slot_drops_its_chain_for_a_request_without_one(smollm2_path: Path) -> None:
@@ -204,3 +213,39 @@ def test_a_slot_keeps_its_chain_for_the_same_parameters(
     finally:
         engine.close()
     assert first == again and first != other
+
+
+def test_the_cut_pads_a_vocabulary_of_partial_blocks(
+    smollm2_path: Path, modes: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vocabulary that is no whole number of blocks (SmolLM2's 49,152 in blocks of 700: 71
+    blocks, the last one padded with logits that never win) cuts to the same candidates: the
+    same tokens as the host sampler's exact top-k."""
+    from ggufworker.engine import graph_cut
+
+    monkeypatch.setattr(graph_cut, "BLOCKS", (700,))
+    params = [_params(i) for i in (0, 2, 3)]
+    want = _host_tokens(smollm2_path, params, chain=False)
+    engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=3, backend_sampling="on")
+    try:
+        assert engine._sched.cutter.block == 700  # type: ignore[attr-defined]
+        got = _tokens(engine, params)
+    finally:
+        engine.close()
+    assert [m for _, m in modes] == ["cut"] * 3
+    assert got == want
+
+
+def test_which_requests_the_shared_cut_serves() -> None:
+    from ggufworker.engine.graph_cut import K, serves
+
+    def p(**kw: object) -> SamplingParams:
+        return SamplingParams(**{"temperature": 0.8, "top_k": 40, **kw})  # type: ignore[arg-type]
+
+    assert serves(p(), 49152) and serves(p(top_k=K), 128257)
+    assert not serves(p(top_k=0), 49152) and not serves(p(top_k=K + 1), 49152)
+    assert serves(p(logit_bias={i: -100.0 for i in range(K - 40)}), 49152)
+    assert not serves(p(logit_bias={i: -100.0 for i in range(K - 39)}), 49152)  # too many
+    assert not serves(p(logit_bias={5: 0.5}), 49152)  # could lift a token into the top-k
+    assert not serves(p(repeat_penalty=1.1), 49152) and not serves(p(presence_penalty=0.2), 49152)
+    assert not serves(p(), 64 * 63)  # a vocabulary too small for K blocks

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.batch_sampling import BLOCK, RowSampler, _top_candidates, sample_rows
+from ggufworker.engine.batch_sampling import (
+    BLOCK,
+    RowSampler,
+    _top_candidates,
+    draw_candidates,
+    sample_rows,
+)
 from ggufworker.engine.sampling import build_chain, free_chain
 from ggufworker.engine.types import SamplingParams
 
@@ -222,3 +228,35 @@ def test_candidates_hold_the_exact_top_k(v):
     for row, cand in zip(wide, got, strict=True):
         order = np.argsort(-row, kind="stable")
         assert np.isin(order[: min(40, v)], cand).all()
+
+
+def test_candidate_draws_add_the_bias_as_the_host_sampler_does():
+    """Backend sampling's shared cut is over the raw logits: ``draw_candidates(bias=True)``
+    adds each row's bias to its candidates and then keeps the row's own top-k, which must draw
+    what the host sampler draws from the whole (biased) row, seed for seed."""
+    rows = 6
+    logits = _logits(11, rows)
+    width = 64
+    cand = np.argsort(-logits, axis=1, kind="stable")[:, :width].astype(np.int32)
+    values = np.take_along_axis(logits, cand, axis=1)
+    params = [
+        SamplingParams(
+            temperature=0.9,
+            top_k=k,
+            top_p=0.95,
+            min_p=0.02,
+            seed=70 + j,
+            # bans on some of the row's strongest tokens (and one the cut does not hold)
+            logit_bias={int(t): b for t, b in zip(cand[j, :3], (-100.0, -2.0, -0.5), strict=True)}
+            | {int(cand[j, -1]) + 1 if j % 2 else 0: -1.0},
+        )
+        for j, k in enumerate((40, 20, 1, 40, 8, 30))
+    ]
+    params[3] = SamplingParams(temperature=0.9, top_k=40, seed=73)  # a row without bias
+    for draw in range(20):
+        host = sample_rows(logits, list(range(rows)), [RowSampler(p) for p in params])
+        cut = draw_candidates(values.copy(), cand, [RowSampler(p) for p in params], bias=True)
+        assert cut == host, f"draw {draw}"
+        params = [SamplingParams(**{**p.__dict__, "seed": p.seed + 100}) for p in params]
+    banned = [int(cand[j, 0]) for j in (0, 1, 2, 4, 5)]
+    assert all(t != b for t, b in zip([cut[j] for j in (0, 1, 2, 4, 5)], banned, strict=True))

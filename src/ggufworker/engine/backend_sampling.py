@@ -2,13 +2,19 @@
 
 The pinned llama.cpp can run a sequence's sampler chain inside the decode graph
 (``llama_set_sampler``; its samplers for logit bias, penalties, top-k, top-p, min-p,
-temperature and dist have graph versions). A whole chain is ~35 graph nodes per sequence, so a
-sampled request's chain stops at top-k ("top-k" mode): the graph applies the bias and penalties,
-cuts the row to its top-k, and copies back only those k logits and ids; the host draws from
-them for all such rows of a step at once (:func:`~ggufworker.engine.batch_sampling.draw_candidates`)
-with the request's own generator, as the host sampler draws from its own top-k of the copied
-logits. Requests with top-k off, or greedy with penalties, run the whole chain in the graph
-("chain" mode; its ``dist`` draws the host chain's uniforms).
+temperature and dist have graph versions). Three modes:
+
+- "cut" (sampled, ``0 < top_k <= 64``, no penalties, a logit bias only of bans; most
+  traffic): the graph cuts
+  every such row of the step to its top 64 at once (engine/graph_cut.py) and copies back only
+  those; the host cuts each row to its top-k and draws, for all rows together
+  (:func:`~ggufworker.engine.batch_sampling.draw_candidates`), with the request's own generator,
+  as the host sampler draws from its own exact top-k of the copied logits.
+- "top-k" (the other sampled requests with top-k on): the request's chain stops at top-k, so
+  the graph applies its bias and penalties and cuts its row to its top-k (one sort per row);
+  the host draws the same way.
+- "chain" (top-k off, or greedy with penalties): the whole chain runs in the graph (~35 nodes
+  per sequence); its ``dist`` draws the host chain's uniforms.
 
 Attaching or detaching a chain makes llama.cpp re-plan its graph, so a slot keeps its chain for
 the next request whose graph part is the same (reset: the seed and the penalty history start
@@ -25,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ggufworker.engine import graph_cut
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch_sampling import draw_candidates, vectorised
 from ggufworker.engine.sampling import build_chain, chain_key, free_chain
@@ -50,13 +57,17 @@ def enabled(mode: str, backend: str) -> bool:
     return mode == "on" or (mode == "auto" and backend == "gpu")
 
 
-def request_mode(params: SamplingParams) -> str:
-    """How a request is sampled with backend sampling on: ``top-k``, ``chain``, or ``""``
-    (greedy, grammars and logprobs keep the host paths: llama.cpp does not copy back the raw
-    logits of a sequence that has a backend sampler)."""
+def request_mode(params: SamplingParams, n_vocab: int) -> str:
+    """How a request is sampled with backend sampling on: ``cut``, ``top-k``, ``chain``, or
+    ``""`` (greedy, grammars and logprobs keep the host paths: llama.cpp does not copy back the
+    raw logits of a sequence that has a backend sampler)."""
     if not vectorised(params) or params.logprobs is not None:
         return ""
-    return "top-k" if params.temperature > 0 and params.top_k > 0 else "chain"
+    if params.temperature <= 0 or params.top_k <= 0:
+        return "chain"
+    if graph_cut.serves(params, n_vocab):
+        return "cut"
+    return "top-k"
 
 
 def _view(ptr: Any, ctype: Any, n: int) -> np.ndarray:
@@ -76,19 +87,24 @@ class AttachedChains:
     model: Any
     n_vocab: int
     slots: list[Slot]
+    cutter: graph_cut.GraphCut
 
     def _attach_sampler(self, slot: Slot, req: Request) -> None:
         """Give a backend-sampled request the slot's chain in llama.cpp's graph: the attached
         one reset when it was built for the same parameters (a reset re-seeds the draw from the
         request's seed and clears the penalty history), else a new one. Where llama.cpp cannot
         offload the chain, the request samples on the host with it."""
-        cut = req.backend == "top-k"
-        key = chain_key(req.params, cut_only=cut)
+        cut = req.backend in ("cut", "top-k")
+        key = ("cut",) if req.backend == "cut" else chain_key(req.params, cut_only=cut)
         if slot.chain and slot.chain_key == key:
             llama_cpp.llama_sampler_reset(slot.chain)
         else:
             self._detach_sampler(slot)
-            chain = build_chain(req.params, self.model.vocab, self.n_vocab, cut_only=cut)
+            chain = (
+                self.cutter.new_chain()
+                if req.backend == "cut"
+                else build_chain(req.params, self.model.vocab, self.n_vocab, cut_only=cut)
+            )
             if not llama_cpp.llama_set_sampler(self.ctx, slot.seq, chain):
                 logger.debug("request %s: chain not offloaded; sampling on the host", req.id)
                 if cut:  # its RowSampler draws from the copied logits instead
@@ -119,32 +135,49 @@ class AttachedChains:
                 self._detach_sampler(s)
 
     def _sample_cut(self, slots: list[Slot], now: float) -> None:
-        """Draw for the sequences whose rows the graph cut to their top-k (backend sampling):
-        read each row's candidates, then one vectorised draw over all of them."""
-        ctx = self.ctx
+        """Draw for the sequences whose rows the graph cut (backend sampling): read the
+        candidates, then one vectorised draw per mode over all of its rows."""
+        graph = [s for s in slots if s.req.backend == "cut"]  # type: ignore[union-attr]
+        own = [s for s in slots if s.req.backend != "cut"]  # type: ignore[union-attr]
+        drawn: list[tuple[Slot, int]] = []
         try:
-            rows = []
-            for s in slots:
-                i = s.out_idx
-                n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
-                vals = _view(llama_cpp.llama_get_sampled_logits_ith(ctx, i), ctypes.c_float, n)
-                ids = _view(llama_cpp.llama_get_sampled_candidates_ith(ctx, i), ctypes.c_int32, n)
-                rows.append((vals, ids))
-            width = max(len(v) for v, _ in rows)
-            values = np.full((len(rows), width), -np.inf, dtype=np.float32)
-            tokens = np.zeros((len(rows), width), dtype=np.int32)
-            for j, (vals, ids) in enumerate(rows):
-                values[j, : len(vals)] = vals
-                tokens[j, : len(ids)] = ids
-            toks = draw_candidates(values, tokens, [s.req.sampler for s in slots])  # type: ignore[misc, union-attr]
+            for group, read in ((graph, self._read_graph_cut), (own, self._read_own_cuts)):
+                if group:
+                    values, tokens = read(group)
+                    samplers = [s.req.sampler for s in group]  # type: ignore[union-attr]
+                    # the shared cut saw no bias: the host adds it to the candidates
+                    toks = draw_candidates(values, tokens, samplers, bias=group is graph)  # type: ignore[arg-type]
+                    drawn.extend(zip(group, toks, strict=True))
         except Exception as exc:  # the step's backend-cut requests fail; the others go on
             self._fail_all(slots, exc)
             return
-        for s, tok in zip(slots, toks, strict=True):
+        for s, tok in drawn:
             req = s.req
             assert req is not None
-            llama_cpp.llama_sampler_accept(req.chain, tok)  # the graph's penalty history
+            if req.backend == "top-k":
+                llama_cpp.llama_sampler_accept(req.chain, tok)  # the graph's penalty history
             self._sample(s, req, tok, now)
+
+    def _read_graph_cut(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:
+        return graph_cut.read_cut(self.ctx, [s.out_idx for s in slots])
+
+    def _read_own_cuts(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates of rows that llama.cpp's own top-k cut, one row each."""
+        ctx = self.ctx
+        rows = []
+        for s in slots:
+            i = s.out_idx
+            n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
+            vals = _view(llama_cpp.llama_get_sampled_logits_ith(ctx, i), ctypes.c_float, n)
+            ids = _view(llama_cpp.llama_get_sampled_candidates_ith(ctx, i), ctypes.c_int32, n)
+            rows.append((vals, ids))
+        width = max(len(v) for v, _ in rows)
+        values = np.full((len(rows), width), -np.inf, dtype=np.float32)
+        tokens = np.zeros((len(rows), width), dtype=np.int32)
+        for j, (vals, ids) in enumerate(rows):
+            values[j, : len(vals)] = vals
+            tokens[j, : len(ids)] = ids
+        return values, tokens
 
     def _sample(self, s: Slot, req: Request, tok: int, now: float) -> None:
         raise NotImplementedError  # the scheduler's

@@ -218,27 +218,53 @@ def sample_rows(
 
 
 def draw_candidates(
-    values: np.ndarray, ids: np.ndarray, samplers: Sequence[RowSampler]
+    values: np.ndarray, ids: np.ndarray, samplers: Sequence[RowSampler], *, bias: bool = False
 ) -> list[int]:
-    """Draw one token per row from candidates already cut to the row's top-k, with the logit
-    bias and penalties applied (llama.cpp's top-k in the decode graph: backend sampling).
+    """Draw one token per row from candidates that hold the row's top-k, with the logit bias
+    and penalties applied (backend sampling's cut in the decode graph).
 
     Args:
-        values: (rows, width) candidate logits, in no particular order, ``-inf`` padded.
+        values: (rows, width) candidate logits, in no particular order, ``-inf`` padded; a
+            row's top-k (its request's) of them are kept.
         ids: (rows, width) their token ids.
         samplers: each row's :class:`RowSampler` (its parameters and generator; the penalties
             were the graph's, so its history is not used).
+        bias: add each row's logit bias to its candidates here (the graph's cut was over the
+            raw logits); ``values`` is modified.
 
     Returns:
         The token ids drawn, one uniform per row from each request's generator, as
         :func:`sample_rows` draws from its own exact top-k.
     """
+    if bias:
+        _add_bias(values, ids, samplers)
     order = np.lexsort((ids, -values), axis=1)  # by value descending, then by id
     vals = np.take_along_axis(values, order, axis=1)
     toks = np.take_along_axis(ids, order, axis=1)
+    width = vals.shape[1]
+    k = np.array([min(s.params.top_k, width) for s in samplers])
+    if (k < width).any():  # a row cut to more candidates than its top-k
+        vals[np.arange(width)[None, :] >= k[:, None]] = -np.inf
     u = np.array([s.rng.random() for s in samplers])
     cols = _pick(vals, [s.params for s in samplers], u)
     return toks[np.arange(len(cols)), cols].tolist()
+
+
+def _add_bias(values: np.ndarray, ids: np.ndarray, samplers: Sequence[RowSampler]) -> None:
+    """Each row's logit bias added to its candidates, for all rows at once: the (row, token)
+    pairs of the biases as one sorted key array, looked up for every candidate (float32 adds,
+    as :meth:`RowSampler.modify` makes)."""
+    rows = [j for j, s in enumerate(samplers) if len(s.bias_ids)]
+    if not rows:
+        return
+    span = np.int64(max(int(ids.max()), max(int(samplers[j].bias_ids[-1]) for j in rows)) + 1)
+    keys = np.concatenate([samplers[j].bias_ids + j * span for j in rows])
+    amounts = np.concatenate([samplers[j].bias for j in rows])
+    cand = (ids.astype(np.int64) + np.arange(len(ids), dtype=np.int64)[:, None] * span).ravel()
+    pos = np.minimum(np.searchsorted(keys, cand), len(keys) - 1)
+    hit = keys[pos] == cand
+    flat = values.reshape(-1)
+    flat[hit] += amounts[pos[hit]]
 
 
 #: rows one task of the thread pool draws (a step of 64 sequences: 8 tasks)

@@ -254,10 +254,14 @@ class Engine:
             self._outstanding += 1
         params = request.params
         greedy = is_plain_greedy(params)
-        backend = "" if greedy or not self._opts.backend_sampling else request_mode(params)
+        backend = (
+            ""
+            if greedy or not self._opts.backend_sampling
+            else request_mode(params, self._model.n_vocab)
+        )
         # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
         host_draw = not greedy and not backend and self.batched_sampling and vectorised(params)
-        sampler = RowSampler(params) if backend == "top-k" or host_draw else None
+        sampler = RowSampler(params) if backend in ("cut", "top-k") or host_draw else None
         try:
             # (a backend-sampled request gets its slot's chain at admission)
             chain = (

@@ -44,6 +44,7 @@ from ggufworker.engine.admission import SlotMemory
 from ggufworker.engine.backend_sampling import CHAIN_IDLE_S
 from ggufworker.engine.batch import Batch
 from ggufworker.engine.batch_sampling import sample_rows
+from ggufworker.engine.graph_cut import GraphCut
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
@@ -90,6 +91,7 @@ class Scheduler(SlotMemory):
         # (per-slot streams: each sequence has its own cells, limited to n_ctx positions)
         self.kv_cells = model.memory != "recurrent" and shared
         self.n_vocab = model.n_vocab
+        self.cutter = GraphCut(self.n_vocab)  # backend sampling's shared top-k cut
         self._on_finish = on_finish  # (prompt, generated, cached tokens) for engine stats
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
         self._n_out = 0
@@ -282,7 +284,7 @@ class Scheduler(SlotMemory):
             req = s.req
             if req is None or s.out_idx < 0:
                 continue
-            if req.attached >= 0 and req.backend == "top-k":
+            if req.attached >= 0 and req.backend in ("cut", "top-k"):
                 cut.append(s)
                 continue
             if req.sampler is not None:
