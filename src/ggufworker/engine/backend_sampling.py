@@ -5,9 +5,9 @@ The pinned llama.cpp can run a sequence's sampler chain inside the decode graph
 temperature and dist have graph versions). Three modes:
 
 - "cut" (sampled, ``0 < top_k <= 64``, no penalties, a logit bias only of bans; most
-  traffic): the graph cuts
-  every such row of the step to its top 64 at once (engine/graph_cut.py) and copies back only
-  those; the host cuts each row to its top-k and draws, for all rows together
+  traffic): the graph cuts every such row of the step to its top 64 at once
+  (engine/graph_cut.py) and copies back only those; the host adds the bans, cuts each row to
+  its top-k and draws, for all rows together
   (:func:`~ggufworker.engine.batch_sampling.draw_candidates`), with the request's own generator,
   as the host sampler draws from its own exact top-k of the copied logits.
 - "top-k" (the other sampled requests with top-k on): the request's chain stops at top-k, so
@@ -159,6 +159,7 @@ class AttachedChains:
             self._sample(s, req, tok, now)
 
     def _read_graph_cut(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates of rows that the shared cut served."""
         return graph_cut.read_cut(self.ctx, [s.out_idx for s in slots])
 
     def _read_own_cuts(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:

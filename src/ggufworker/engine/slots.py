@@ -33,9 +33,11 @@ class Request:
     # (engine/batch_sampling.py) instead of a llama.cpp chain per request.
     sampler: RowSampler | None = None
     # Backend sampling (the scheduler gives the request its slot's chain in llama.cpp's graph
-    # at admission; ``chain`` then belongs to the slot): "top-k" cuts each row to its top-k in
-    # the graph (after bias and penalties) and ``sampler`` draws from those candidates on the
-    # host; "chain" runs the whole chain in the graph (top-k off, or greedy with penalties).
+    # at admission; ``chain`` then belongs to the slot): "cut" takes the row's top 64 from the
+    # graph's shared cut of all such rows (engine/graph_cut.py), "top-k" cuts the row to its
+    # top-k in the graph (after bias and penalties), and ``sampler`` draws from those
+    # candidates on the host; "chain" runs the whole chain in the graph (top-k off, or greedy
+    # with penalties).
     # ``attached`` is the slot's sequence id, -1 when not attached.
     backend: str = ""
     attached: int = -1
