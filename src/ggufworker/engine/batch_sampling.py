@@ -49,7 +49,7 @@ def vectorised(params: SamplingParams) -> bool:
 class RowSampler:
     """One request's sampling state: its random generator and its penalty history."""
 
-    __slots__ = ("params", "rng", "history", "bias_ids", "bias")
+    __slots__ = ("params", "rng", "history", "bias_ids", "bias", "bias_key")
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
@@ -68,6 +68,8 @@ class RowSampler:
         self.bias_ids = np.array([t for t, _ in items], dtype=np.int64)
         # -inf bans a token; llama.cpp clamps the bias to a finite value (see build_chain)
         self.bias = np.array([max(b, -1e30) for _, b in items], dtype=np.float32)
+        # equal keys, equal biases: rows that share one are biased together (_add_bias)
+        self.bias_key = (self.bias_ids.tobytes(), self.bias.tobytes())
 
     def accept(self, token: int) -> None:
         """Record a generated token (the penalty window), as llama.cpp's chain accepts it."""
@@ -251,20 +253,22 @@ def draw_candidates(
 
 
 def _add_bias(values: np.ndarray, ids: np.ndarray, samplers: Sequence[RowSampler]) -> None:
-    """Each row's logit bias added to its candidates, for all rows at once: the (row, token)
-    pairs of the biases as one sorted key array, looked up for every candidate (float32 adds,
-    as :meth:`RowSampler.modify` makes)."""
-    rows = [j for j, s in enumerate(samplers) if len(s.bias_ids)]
-    if not rows:
-        return
-    span = np.int64(max(int(ids.max()), max(int(samplers[j].bias_ids[-1]) for j in rows)) + 1)
-    keys = np.concatenate([samplers[j].bias_ids + j * span for j in rows])
-    amounts = np.concatenate([samplers[j].bias for j in rows])
-    cand = (ids.astype(np.int64) + np.arange(len(ids), dtype=np.int64)[:, None] * span).ravel()
-    pos = np.minimum(np.searchsorted(keys, cand), len(keys) - 1)
-    hit = keys[pos] == cand
-    flat = values.reshape(-1)
-    flat[hit] += amounts[pos[hit]]
+    """Each row's logit bias added to its candidates (float32 adds, as
+    :meth:`RowSampler.modify` makes), one lookup for all the rows that share a bias (commonly
+    every row: clients ban the same end-of-sequence token)."""
+    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    for j, s in enumerate(samplers):
+        if len(s.bias_ids):
+            groups.setdefault(s.bias_key, []).append(j)
+    for rows in groups.values():
+        first = samplers[rows[0]]
+        sub = ids[rows]
+        pos = np.minimum(np.searchsorted(first.bias_ids, sub), len(first.bias_ids) - 1)
+        hit = first.bias_ids[pos] == sub
+        if hit.any():
+            block = values[rows]
+            block[hit] += first.bias[pos[hit]]
+            values[rows] = block
 
 
 #: rows one task of the thread pool draws (a step of 64 sequences: 8 tasks)
