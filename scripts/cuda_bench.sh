@@ -6,12 +6,18 @@
 #                                 # Llama-3.2-1B-shape random checkpoint, convert it to Q4_K_M
 #   scripts/cuda_bench.sh run     # tests + benchmarks; JSON results in $OUT (default ./out)
 #   scripts/cuda_bench.sh build timing bench   # or any steps in order (build is skipped when done)
+#   scripts/cuda_bench.sh build pack           # also leave the CUDA build in $OUT as pieces
+#                                              # (cuda-build.tar.xz.NN): in $PREBUILT, `build`
+#                                              # restores them instead of compiling (~2 s)
+#   scripts/cuda_bench.sh build profile        # where a 64-stream step's time goes
 #
 # Inputs (environment): SDIST (llama-cpp-python sdist, default .carry/llama_cpp_python-*.tar.gz),
 # WHEELS (folder of wheels the machine lacks: gguf, diskcache, fastapi + starlette + pydantic(-core,
 # -settings), opentelemetry-api, uvicorn, openai + jiter, sse-starlette, starlette-context; default .carry/whl), CHECKPOINT_CFG
 # (folder with config.json + tokenizer files of the 1B shape, default .carry/l1b),
-# SMOLLM2_PARTS (glob of the SmolLM2 GGUF's pieces, concatenated in order), CUDA_ARCH (default 90).
+# SMOLLM2_PARTS (glob of the SmolLM2 GGUF's pieces, concatenated in order), CUDA_ARCH (default 90),
+# PREBUILT (default .carry/prebuilt). With a prebuilt build, SDIST may be a tarball of the sdist's
+# llama_cpp/ package alone, and CHECKPOINT_CFG may hold tokenizer.json.xz instead of tokenizer.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/gw-cuda}
