@@ -74,9 +74,7 @@ def instrument(sync: bool) -> None:
     scheduler.sample_rows = _timed("sample_rows", scheduler.sample_rows)
     llama_cpp.llama_get_logits = _timed("get_logits", llama_cpp.llama_get_logits)
     llama_cpp.llama_sampler_accept = _timed("sampler_accept", llama_cpp.llama_sampler_accept)
-    llama_cpp.llama_get_sampled_candidates_count_ith = _timed(
-        "read_candidates", llama_cpp.llama_get_sampled_candidates_count_ith
-    )
+    backend_sampling.read_candidates = _timed("read_candidates", backend_sampling.read_candidates)
 
 
 def per_step(n_streams: int) -> dict[str, float]:

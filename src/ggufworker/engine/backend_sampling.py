@@ -24,20 +24,17 @@ chain takes the slot (an attached chain would keep that sequence's logits in the
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from typing import Any, Literal
 
-import numpy as np
-
 from ggufworker.engine import graph_cut
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch_sampling import draw_candidates, vectorised
+from ggufworker.engine.graph_cut import read_candidates
 from ggufworker.engine.sampling import build_chain, chain_key, free_chain
 from ggufworker.engine.slots import Request, Slot
 from ggufworker.engine.types import SamplingParams
-from ggufworker.errors import GenerationError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +44,8 @@ BackendSampling = Literal["auto", "on", "off"]
 
 #: seconds an idle slot keeps its backend sampler chain attached (see ``_detach_idle``)
 CHAIN_IDLE_S = 0.25
+#: modes whose rows the graph cuts and the host draws from (with the request's RowSampler)
+HOST_DRAWN = frozenset({"cut", "top-k"})
 
 
 def enabled(mode: str, backend: str) -> bool:
@@ -70,15 +69,6 @@ def request_mode(params: SamplingParams, n_vocab: int) -> str:
     return "top-k"
 
 
-def _view(ptr: Any, ctype: Any, n: int) -> np.ndarray:
-    """``n`` values at a C pointer as a numpy array, without a copy (``np.ctypeslib.as_array``
-    builds a new ctypes type per call: ~60 us against ~2 us for this)."""
-    addr = ctypes.cast(ptr, ctypes.c_void_p).value
-    if not addr:
-        raise GenerationError("llama.cpp returned no sampled candidates")
-    return np.frombuffer((ctype * n).from_address(addr), dtype=ctype)
-
-
 class AttachedChains:
     """Chains attached to the slots' sequences, mixed into the scheduler (scheduler thread
     only)."""
@@ -94,7 +84,7 @@ class AttachedChains:
         one reset when it was built for the same parameters (a reset re-seeds the draw from the
         request's seed and clears the penalty history), else a new one. Where llama.cpp cannot
         offload the chain, the request samples on the host with it."""
-        cut = req.backend in ("cut", "top-k")
+        cut = req.backend in HOST_DRAWN
         key = ("cut",) if req.backend == "cut" else chain_key(req.params, cut_only=cut)
         if slot.chain and slot.chain_key == key:
             llama_cpp.llama_sampler_reset(slot.chain)
@@ -141,9 +131,9 @@ class AttachedChains:
         own = [s for s in slots if s.req.backend != "cut"]  # type: ignore[union-attr]
         drawn: list[tuple[Slot, int]] = []
         try:
-            for group, read in ((graph, self._read_graph_cut), (own, self._read_own_cuts)):
+            for group in (graph, own):
                 if group:
-                    values, tokens = read(group)
+                    values, tokens = read_candidates(self.ctx, [s.out_idx for s in group])
                     samplers = [s.req.sampler for s in group]  # type: ignore[union-attr]
                     # the shared cut saw no bias: the host adds it to the candidates
                     toks = draw_candidates(values, tokens, samplers, bias=group is graph)  # type: ignore[arg-type]
@@ -157,28 +147,6 @@ class AttachedChains:
             if req.backend == "top-k":
                 llama_cpp.llama_sampler_accept(req.chain, tok)  # the graph's penalty history
             self._sample(s, req, tok, now)
-
-    def _read_graph_cut(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates of rows that the shared cut served."""
-        return graph_cut.read_cut(self.ctx, [s.out_idx for s in slots])
-
-    def _read_own_cuts(self, slots: list[Slot]) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates of rows that llama.cpp's own top-k cut, one row each."""
-        ctx = self.ctx
-        rows = []
-        for s in slots:
-            i = s.out_idx
-            n = int(llama_cpp.llama_get_sampled_candidates_count_ith(ctx, i))
-            vals = _view(llama_cpp.llama_get_sampled_logits_ith(ctx, i), ctypes.c_float, n)
-            ids = _view(llama_cpp.llama_get_sampled_candidates_ith(ctx, i), ctypes.c_int32, n)
-            rows.append((vals, ids))
-        width = max(len(v) for v, _ in rows)
-        values = np.full((len(rows), width), -np.inf, dtype=np.float32)
-        tokens = np.zeros((len(rows), width), dtype=np.int32)
-        for j, (vals, ids) in enumerate(rows):
-            values[j, : len(vals)] = vals
-            tokens[j, : len(ids)] = ids
-        return values, tokens
 
     def _sample(self, s: Slot, req: Request, tok: int, now: float) -> None:
         raise NotImplementedError  # the scheduler's

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.backend_sampling import BackendSampling, request_mode
+from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, request_mode
 from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.chat import render_chat
@@ -261,7 +261,7 @@ class Engine:
         )
         # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
         host_draw = not greedy and not backend and self.batched_sampling and vectorised(params)
-        sampler = RowSampler(params) if backend in ("cut", "top-k") or host_draw else None
+        sampler = RowSampler(params) if backend in HOST_DRAWN or host_draw else None
         try:
             # (a backend-sampled request gets its slot's chain at admission)
             chain = (

@@ -188,17 +188,22 @@ class GraphCut:
         return vals, _cast(ctx, ids, _GGML_TYPE_I32)
 
 
-def read_cut(ctx: Any, out_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The K candidate logits and ids of each batch index in ``out_idx`` after a decode."""
-    n = len(out_idx)
-    vals = np.empty((n, K), dtype=np.float32)
-    ids = np.empty((n, K), dtype=np.int32)
+def read_candidates(ctx: Any, out_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate logits and ids the graph left for each batch index in ``out_idx`` after a
+    decode (the shared cut's K, or a per-sequence top-k's k), as ``-inf``-padded rows.
+
+    Raises:
+        GenerationError: a row came back without candidates (its graph part was not built).
+    """
+    counts = [int(_count_ith(ctx, i)) for i in out_idx]
+    width = max(counts, default=0)
+    vals = np.full((len(out_idx), width), -np.inf, dtype=np.float32)
+    ids = np.zeros((len(out_idx), width), dtype=np.int32)
     vp, ip = vals.ctypes.data, ids.ctypes.data
-    row = K * 4
-    for j, i in enumerate(out_idx):
+    for j, (i, n) in enumerate(zip(out_idx, counts, strict=True)):
         lp, cp = _logits_ith(ctx, i), _candidates_ith(ctx, i)
-        if _count_ith(ctx, i) != K or not lp or not cp:
-            raise GenerationError("llama.cpp returned no cut candidates for a sampled row")
-        ctypes.memmove(vp + j * row, lp, row)
-        ctypes.memmove(ip + j * row, cp, row)
+        if not n or not lp or not cp:
+            raise GenerationError("llama.cpp returned no sampled candidates for a row")
+        ctypes.memmove(vp + j * width * 4, lp, n * 4)
+        ctypes.memmove(ip + j * width * 4, cp, n * 4)
     return vals, ids

@@ -41,7 +41,7 @@ import numpy as np
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.admission import SlotMemory
-from ggufworker.engine.backend_sampling import CHAIN_IDLE_S
+from ggufworker.engine.backend_sampling import CHAIN_IDLE_S, HOST_DRAWN
 from ggufworker.engine.batch import Batch
 from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.graph_cut import GraphCut
@@ -284,7 +284,7 @@ class Scheduler(SlotMemory):
             req = s.req
             if req is None or s.out_idx < 0:
                 continue
-            if req.attached >= 0 and req.backend in ("cut", "top-k"):
+            if req.attached >= 0 and req.backend in HOST_DRAWN:
                 cut.append(s)
                 continue
             if req.sampler is not None:
