@@ -105,7 +105,7 @@ profile() {
     [ "$SECONDS" -lt "${DEADLINE:-100000}" ] || { echo "deadline: skipped $spec"; continue; }
     set -- ${spec//:/ }
     timeout 90 python3 scripts/step_profile.py "$L1B" --streams ${STREAMS:-64} --temperature $1 \
-      --backend-sampling $2 ${3:-} ${PROFILE_ARGS:-} 2>/dev/null | tee -a "$OUT/cuda_step_profile.jsonl"
+      --backend-sampling $2 "${@:3}" ${PROFILE_ARGS:-} 2>/dev/null | tee -a "$OUT/cuda_step_profile.jsonl"
   done
 }
 

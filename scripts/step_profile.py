@@ -2,13 +2,17 @@
 
     python scripts/step_profile.py MODEL.gguf [--streams 64] [--tokens 128]
         [--temperature 0.8] [--top-k 40] [--backend-sampling auto|on|off] [--sync]
+        [--mode cut|top-k|chain] [--direct-rows N]
 
 Runs ``--streams`` requests at once through the engine and times the scheduler's parts in
 each step in which every stream decodes one token: the llama_decode call, the wait for the
 device (only with ``--sync``, which waits right after the decode and so turns pipelining off),
 building the batch, the greedy argmax (the rest of the step), the batched host draw, the
 backend-cut draw and the per-token bookkeeping. Prints one JSON line of medians per step in
-microseconds, and tokens per second from the median step interval.
+microseconds, and tokens per second from the median step interval. ``--mode`` makes every
+sampled request take one backend-sampling mode (where it qualifies: a top-k request in
+``chain`` mode draws with llama.cpp's RNG), to compare them on one shape; ``--direct-rows``
+sets the cut's :data:`~ggufworker.engine.graph_cut.DIRECT_ROWS`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from collections import defaultdict
 from typing import Any
 
 from ggufworker.bench.prompts import PROMPTS
-from ggufworker.engine import Engine, GenerationRequest, SamplingParams, backend_sampling, scheduler
+from ggufworker.engine import (
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+    backend_sampling,
+    graph_cut,
+    scheduler,
+)
+from ggufworker.engine import engine as engine_module
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.batch import Batch
 
@@ -113,8 +125,19 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=16384)
     ap.add_argument("--backend-sampling", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--sync", action="store_true", help="wait for the device after each decode")
+    ap.add_argument("--mode", choices=("cut", "top-k", "chain"), default=None)
+    ap.add_argument("--direct-rows", type=int, default=None)
     args = ap.parse_args()
+    if args.direct_rows is not None:
+        graph_cut.DIRECT_ROWS = args.direct_rows
     instrument(args.sync)
+    if args.mode:
+        chosen = backend_sampling.request_mode
+
+        def forced(params: SamplingParams, n_vocab: int) -> str:
+            return args.mode if chosen(params, n_vocab) else ""
+
+        engine_module.request_mode = forced  # type: ignore[attr-defined]
     engine = Engine.load(
         args.model,
         n_ctx=args.ctx,
@@ -153,6 +176,8 @@ def main() -> None:
             "temperature": args.temperature,
             "top_k": args.top_k,
             "sync": args.sync,
+            "mode": args.mode,
+            "direct_rows": graph_cut.DIRECT_ROWS,
             "tokens": n_tok,
             "events_with_text": n_text,
             "wall_tps": round(n_tok / wall, 1),

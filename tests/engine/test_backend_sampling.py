@@ -215,24 +215,40 @@ def test_a_slot_keeps_its_chain_for_the_same_parameters(
     assert first == again and first != other
 
 
-def test_the_cut_pads_a_vocabulary_of_partial_blocks(
-    smollm2_path: Path, modes: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("shape", ["padded blocks", "whole rows"])
+def test_the_cut_by_blocks_or_whole_rows_equals_the_host(
+    smollm2_path: Path, modes: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch, shape: str
 ) -> None:
-    """A vocabulary that is no whole number of blocks (SmolLM2's 49,152 in blocks of 700: 71
-    blocks, the last one padded with logits that never win) cuts to the same candidates: the
-    same tokens as the host sampler's exact top-k."""
+    """Both ways to cut a step's rows give the same candidates, so the same tokens as the host
+    sampler's exact top-k: blocks whose last one is padded with logits that never win
+    (SmolLM2's 49,152 in blocks of 700: 71 blocks), and one top-K of each whole row (steps of
+    up to ``DIRECT_ROWS`` rows)."""
     from ggufworker.engine import graph_cut
 
-    monkeypatch.setattr(graph_cut, "BLOCKS", (700,))
+    if shape == "padded blocks":
+        monkeypatch.setattr(graph_cut, "BLOCKS", (700,))
+        monkeypatch.setattr(graph_cut, "DIRECT_ROWS", 0)
+    else:
+        monkeypatch.setattr(graph_cut, "DIRECT_ROWS", 8)
+    built: list[int] = []
+    build = graph_cut.GraphCut._build
+
+    def spy(self, ctx, logits):  # type: ignore[no-untyped-def]
+        built.append(int(graph_cut._Tensor.from_address(logits).ne[1]))
+        return build(self, ctx, logits)
+
+    monkeypatch.setattr(graph_cut.GraphCut, "_build", spy)
     params = [_params(i) for i in (0, 2, 3)]
     want = _host_tokens(smollm2_path, params, chain=False)
     engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=3, backend_sampling="on")
     try:
-        assert engine._sched.cutter.block == 700  # type: ignore[attr-defined]
+        if shape == "padded blocks":
+            assert engine._sched.cutter.block == 700  # type: ignore[attr-defined]
         got = _tokens(engine, params)
     finally:
         engine.close()
     assert [m for _, m in modes] == ["cut"] * 3
+    assert 3 in built, "no step cut the three rows together"
     assert got == want
 
 
@@ -249,3 +265,31 @@ def test_which_requests_the_shared_cut_serves() -> None:
     assert not serves(p(logit_bias={5: 0.5}), 49152)  # could lift a token into the top-k
     assert not serves(p(repeat_penalty=1.1), 49152) and not serves(p(presence_penalty=0.2), 49152)
     assert not serves(p(), 64 * 63)  # a vocabulary too small for K blocks
+
+
+def test_a_cut_that_fails_to_build_fails_only_its_requests(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C callback cannot raise: when the cut's graph part fails, its rows come back without
+    candidates, the cut requests end with a generation error, and a greedy request in the same
+    steps still gives its tokens."""
+    from ggufworker.engine import graph_cut
+    from ggufworker.errors import GenerationError
+
+    def broken(self, ctx, logits):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no graph part")
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=N_TOKENS, ignore_eos=True)
+    engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=4, backend_sampling="on")
+    try:
+        alone = engine.generate(GenerationRequest(PROMPTS[0], greedy)).token_ids
+        engine.clear_cache()
+        monkeypatch.setattr(graph_cut.GraphCut, "_build", broken)
+        kept = engine.submit(GenerationRequest(PROMPTS[0], greedy))
+        cut = [engine.submit(GenerationRequest(p, _params(0))) for p in PROMPTS[1:3]]
+        for h in cut:
+            with pytest.raises(GenerationError, match="no sampled candidates"):
+                list(h)
+        assert [ev.token_id for ev in kept if ev.token_id is not None] == alone
+    finally:
+        engine.close()

@@ -133,7 +133,11 @@ class AttachedChains:
         try:
             for group in (graph, own):
                 if group:
-                    values, tokens = read_candidates(self.ctx, [s.out_idx for s in group])
+                    values, tokens = read_candidates(
+                        self.ctx,
+                        [s.out_idx for s in group],
+                        graph_cut.K if group is graph else None,
+                    )
                     samplers = [s.req.sampler for s in group]  # type: ignore[union-attr]
                     # the shared cut saw no bias: the host adds it to the candidates
                     toks = draw_candidates(values, tokens, samplers, bias=group is graph)  # type: ignore[arg-type]

@@ -18,6 +18,9 @@ maximum does. Only K logits and ids per row come back; the host then cuts each r
 request's top-k and draws (:func:`~ggufworker.engine.batch_sampling.draw_candidates`), the same
 distribution as the host sampler's exact top-k.
 
+A step of at most :data:`DIRECT_ROWS` rows takes one top-K of each whole row instead: for one
+row, the three steps' ~40 small kernels cost more than a single sort.
+
 It serves requests with ``0 < top_k <= K``, without penalties, and with a logit bias only of
 negative values on at most ``K - top_k`` tokens (:func:`serves`): the cut is over the raw
 logits, so the host adds the bias to the candidates. A bias that only lowers logits cannot
@@ -45,6 +48,10 @@ logger = logging.getLogger(__name__)
 K = 64
 #: block sizes tried in order: the first that gives at least K blocks (the last one padded)
 BLOCKS = (256, 128, 64)
+#: up to this many rows, one top-K over each whole row instead of the blocks: on the H200 one
+#: row's block cut cost the GPU 163 µs over greedy's step (~40 small kernels), which a single
+#: sort of the row undercuts; at 64 rows the 64 row sorts cost 3.4 ms (docs/ENGINE.md)
+DIRECT_ROWS = 2
 
 _GGML_TYPE_I32 = 26
 _P = ctypes.c_void_p
@@ -163,6 +170,9 @@ class GraphCut:
         """The cut of every row of ``logits`` (n_vocab x rows): K values and ids per row."""
         t = _Tensor.from_address(logits)
         n_vocab, rows = int(t.ne[0]), int(t.ne[1])
+        if rows <= DIRECT_ROWS:  # few rows: each row's top K at once
+            ids = _top_k(ctx, logits, K)
+            return _get_rows(ctx, _reshape_3d(ctx, logits, 1, n_vocab, rows), ids), ids
         blk = self.block
         nb = -(-n_vocab // blk)
         if nb * blk != n_vocab:  # pad each row to whole blocks with logits that never win
@@ -188,22 +198,36 @@ class GraphCut:
         return vals, _cast(ctx, ids, _GGML_TYPE_I32)
 
 
-def read_candidates(ctx: Any, out_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def read_candidates(
+    ctx: Any, out_idx: list[int], width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The candidate logits and ids the graph left for each batch index in ``out_idx`` after a
     decode (the shared cut's K, or a per-sequence top-k's k), as ``-inf``-padded rows.
+
+    Args:
+        ctx: the llama_context.
+        out_idx: the batch index of each row's output.
+        width: every row's count where it is known (the shared cut's :data:`K`: one graph
+            build cuts all of its rows or none, so the first row's count stands for all);
+            None reads each row's count.
 
     Raises:
         GenerationError: a row came back without candidates (its graph part was not built).
     """
-    counts = [int(_count_ith(ctx, i)) for i in out_idx]
-    width = max(counts, default=0)
-    vals = np.full((len(out_idx), width), -np.inf, dtype=np.float32)
-    ids = np.zeros((len(out_idx), width), dtype=np.int32)
+    n = len(out_idx)
+    if width is None:
+        counts = [int(_count_ith(ctx, i)) for i in out_idx]
+        width = max(counts, default=0)
+        vals = np.full((n, width), -np.inf, dtype=np.float32)
+    else:
+        counts = [width if n and _count_ith(ctx, out_idx[0]) == width else 0] * n
+        vals = np.empty((n, width), dtype=np.float32)
+    ids = np.zeros((n, width), dtype=np.int32)
     vp, ip = vals.ctypes.data, ids.ctypes.data
-    for j, (i, n) in enumerate(zip(out_idx, counts, strict=True)):
+    for j, (i, c) in enumerate(zip(out_idx, counts, strict=True)):
         lp, cp = _logits_ith(ctx, i), _candidates_ith(ctx, i)
-        if not n or not lp or not cp:
+        if not c or not lp or not cp:
             raise GenerationError("llama.cpp returned no sampled candidates for a row")
-        ctypes.memmove(vp + j * width * 4, lp, n * 4)
-        ctypes.memmove(ip + j * width * 4, cp, n * 4)
+        ctypes.memmove(vp + j * width * 4, lp, c * 4)
+        ctypes.memmove(ip + j * width * 4, cp, c * 4)
     return vals, ids
