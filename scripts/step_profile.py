@@ -2,7 +2,7 @@
 
     python scripts/step_profile.py MODEL.gguf [--streams 64] [--tokens 128]
         [--temperature 0.8] [--top-k 40] [--backend-sampling auto|on|off] [--sync]
-        [--mode cut|top-k|chain] [--direct-rows N]
+        [--mode cut|top-k|chain]
 
 Runs ``--streams`` requests at once through the engine and times the scheduler's parts in
 each step in which every stream decodes one token: the llama_decode call, the wait for the
@@ -11,8 +11,7 @@ building the batch, the greedy argmax (the rest of the step), the batched host d
 backend-cut draw and the per-token bookkeeping. Prints one JSON line of medians per step in
 microseconds, and tokens per second from the median step interval. ``--mode`` makes every
 sampled request take one backend-sampling mode (where it qualifies: a top-k request in
-``chain`` mode draws with llama.cpp's RNG), to compare them on one shape; ``--direct-rows``
-sets the cut's :data:`~ggufworker.engine.graph_cut.DIRECT_ROWS`.
+``chain`` mode draws with llama.cpp's RNG), to compare them on one shape.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from ggufworker.engine import (
     GenerationRequest,
     SamplingParams,
     backend_sampling,
-    graph_cut,
     scheduler,
 )
 from ggufworker.engine import engine as engine_module
@@ -126,10 +124,7 @@ def main() -> None:
     ap.add_argument("--backend-sampling", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--sync", action="store_true", help="wait for the device after each decode")
     ap.add_argument("--mode", choices=("cut", "top-k", "chain"), default=None)
-    ap.add_argument("--direct-rows", type=int, default=None)
     args = ap.parse_args()
-    if args.direct_rows is not None:
-        graph_cut.DIRECT_ROWS = args.direct_rows
     instrument(args.sync)
     if args.mode:
         chosen = backend_sampling.request_mode
@@ -177,7 +172,6 @@ def main() -> None:
             "top_k": args.top_k,
             "sync": args.sync,
             "mode": args.mode,
-            "direct_rows": graph_cut.DIRECT_ROWS,
             "tokens": n_tok,
             "events_with_text": n_text,
             "wall_tps": round(n_tok / wall, 1),

@@ -215,40 +215,24 @@ def test_a_slot_keeps_its_chain_for_the_same_parameters(
     assert first == again and first != other
 
 
-@pytest.mark.parametrize("shape", ["padded blocks", "whole rows"])
-def test_the_cut_by_blocks_or_whole_rows_equals_the_host(
-    smollm2_path: Path, modes: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch, shape: str
+def test_the_cut_pads_a_vocabulary_of_partial_blocks(
+    smollm2_path: Path, modes: list[tuple[int, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both ways to cut a step's rows give the same candidates, so the same tokens as the host
-    sampler's exact top-k: blocks whose last one is padded with logits that never win
-    (SmolLM2's 49,152 in blocks of 700: 71 blocks), and one top-K of each whole row (steps of
-    up to ``DIRECT_ROWS`` rows)."""
+    """A vocabulary that is no whole number of blocks (SmolLM2's 49,152 in blocks of 700: 71
+    blocks, the last one padded with logits that never win) cuts to the same candidates: the
+    same tokens as the host sampler's exact top-k."""
     from ggufworker.engine import graph_cut
 
-    if shape == "padded blocks":
-        monkeypatch.setattr(graph_cut, "BLOCKS", (700,))
-        monkeypatch.setattr(graph_cut, "DIRECT_ROWS", 0)
-    else:
-        monkeypatch.setattr(graph_cut, "DIRECT_ROWS", 8)
-    built: list[int] = []
-    build = graph_cut.GraphCut._build
-
-    def spy(self, ctx, logits):  # type: ignore[no-untyped-def]
-        built.append(int(graph_cut._Tensor.from_address(logits).ne[1]))
-        return build(self, ctx, logits)
-
-    monkeypatch.setattr(graph_cut.GraphCut, "_build", spy)
+    monkeypatch.setattr(graph_cut, "BLOCKS", (700,))
     params = [_params(i) for i in (0, 2, 3)]
     want = _host_tokens(smollm2_path, params, chain=False)
     engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=3, backend_sampling="on")
     try:
-        if shape == "padded blocks":
-            assert engine._sched.cutter.block == 700  # type: ignore[attr-defined]
+        assert engine._sched.cutter.block == 700  # type: ignore[attr-defined]
         got = _tokens(engine, params)
     finally:
         engine.close()
     assert [m for _, m in modes] == ["cut"] * 3
-    assert 3 in built, "no step cut the three rows together"
     assert got == want
 
 

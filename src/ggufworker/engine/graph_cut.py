@@ -12,14 +12,14 @@ result:
    values: one small kernel for all rows),
 3. the exact top :data:`K` of those blocks' ``K * block`` logits (one segmented sort).
 
+This beats one sort of each whole row even for a single row: on the H200, ggml's top-k of one
+128k row cost the step ~590 µs more than these three steps (scripts/step_profile.py).
+
 The row's true top-K lie in those blocks: K blocks reach the K-th largest block maximum, so
 the K-th largest logit reaches it too, and every logit at or above it sits in a block whose
 maximum does. Only K logits and ids per row come back; the host then cuts each row to its
 request's top-k and draws (:func:`~ggufworker.engine.batch_sampling.draw_candidates`), the same
 distribution as the host sampler's exact top-k.
-
-A step of at most :data:`DIRECT_ROWS` rows takes one top-K of each whole row instead: for one
-row, the three steps' ~40 small kernels cost more than a single sort.
 
 It serves requests with ``0 < top_k <= K``, without penalties, and with a logit bias only of
 negative values on at most ``K - top_k`` tokens (:func:`serves`): the cut is over the raw
@@ -48,10 +48,6 @@ logger = logging.getLogger(__name__)
 K = 64
 #: block sizes tried in order: the first that gives at least K blocks (the last one padded)
 BLOCKS = (256, 128, 64)
-#: up to this many rows, one top-K over each whole row instead of the blocks: on the H200 one
-#: row's block cut cost the GPU 163 µs over greedy's step (~40 small kernels), which a single
-#: sort of the row undercuts; at 64 rows the 64 row sorts cost 3.4 ms (docs/ENGINE.md)
-DIRECT_ROWS = 2
 
 _GGML_TYPE_I32 = 26
 _P = ctypes.c_void_p
@@ -170,9 +166,6 @@ class GraphCut:
         """The cut of every row of ``logits`` (n_vocab x rows): K values and ids per row."""
         t = _Tensor.from_address(logits)
         n_vocab, rows = int(t.ne[0]), int(t.ne[1])
-        if rows <= DIRECT_ROWS:  # few rows: each row's top K at once
-            ids = _top_k(ctx, logits, K)
-            return _get_rows(ctx, _reshape_3d(ctx, logits, 1, n_vocab, rows), ids), ids
         blk = self.block
         nb = -(-n_vocab // blk)
         if nb * blk != n_vocab:  # pad each row to whole blocks with logits that never win
