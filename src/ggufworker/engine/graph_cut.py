@@ -90,9 +90,19 @@ _pad = _fn("ggml_pad", _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int, cty
 _add = _fn("ggml_add", _P, _P, _P, _P)
 _scale_bias = _fn("ggml_scale_bias", _P, _P, _P, ctypes.c_float, ctypes.c_float)
 _step = _fn("ggml_step", _P, _P, _P)
-_logits_ith = _fn("llama_get_sampled_logits_ith", _P, _P, ctypes.c_int32)
-_candidates_ith = _fn("llama_get_sampled_candidates_ith", _P, _P, ctypes.c_int32)
-_count_ith = _fn("llama_get_sampled_candidates_count_ith", ctypes.c_uint32, _P, ctypes.c_int32)
+
+
+def _held(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A foreign function that keeps the GIL (``PYFUNCTYPE``), for the getters read_candidates
+    calls after one ``llama_synchronize``: each GIL release is a chance for another thread (the
+    server's event loop) to take it, and the draw for the next decode then waits for it back."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, llama_cpp.llama_cpp._lib))
+
+
+_logits_ith = _held("llama_get_sampled_logits_ith", _P, _P, ctypes.c_int32)
+_candidates_ith = _held("llama_get_sampled_candidates_ith", _P, _P, ctypes.c_int32)
+_count_ith = _held("llama_get_sampled_candidates_count_ith", ctypes.c_uint32, _P, ctypes.c_int32)
+_memmove = ctypes.PYFUNCTYPE(_P, _P, _P, ctypes.c_size_t)(ctypes.cast(ctypes.memmove, _P).value)
 
 _NAME = b"ggufworker-cut"
 
@@ -208,6 +218,7 @@ def read_candidates(
         GenerationError: a row came back without candidates (its graph part was not built).
     """
     n = len(out_idx)
+    llama_cpp.llama_synchronize(ctx)  # the wait for the device, without the GIL
     if width is None:
         counts = [int(_count_ith(ctx, i)) for i in out_idx]
         width = max(counts, default=0)
@@ -221,6 +232,6 @@ def read_candidates(
         lp, cp = _logits_ith(ctx, i), _candidates_ith(ctx, i)
         if not c or not lp or not cp:
             raise GenerationError("llama.cpp returned no sampled candidates for a row")
-        ctypes.memmove(vp + j * width * 4, lp, c * 4)
-        ctypes.memmove(ip + j * width * 4, cp, c * 4)
+        _memmove(vp + j * width * 4, lp, c * 4)
+        _memmove(ip + j * width * 4, cp, c * 4)
     return vals, ids
