@@ -102,7 +102,9 @@ def _held(name: str, restype: Any, *argtypes: Any) -> Any:
 _logits_ith = _held("llama_get_sampled_logits_ith", _P, _P, ctypes.c_int32)
 _candidates_ith = _held("llama_get_sampled_candidates_ith", _P, _P, ctypes.c_int32)
 _count_ith = _held("llama_get_sampled_candidates_count_ith", ctypes.c_uint32, _P, ctypes.c_int32)
-_memmove = ctypes.PYFUNCTYPE(_P, _P, _P, ctypes.c_size_t)(ctypes.cast(ctypes.memmove, _P).value)
+_memmove = ctypes.PYFUNCTYPE(_P, _P, _P, ctypes.c_size_t)(
+    int(ctypes.cast(ctypes.memmove, _P).value or 0)
+)
 
 _NAME = b"ggufworker-cut"
 
