@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from ggufworker.engine.threads import (
+    ForeignLoad,
     ThreadTuner,
     available_cpus,
     candidate_counts,
@@ -92,3 +95,51 @@ def test_a_machine_slower_for_every_count_does_not_thrash():
     used = _drive(tuner, {2: 0.030, 1: 0.054}.__getitem__, 1000)
     assert tuner.current == 2
     assert used.count(1) / len(used) < 0.03
+
+
+class _Load(ForeignLoad):
+    """Other processes' CPU use set by the test, in cores."""
+
+    def __init__(self, cores: float | None) -> None:
+        self.value = cores
+        self.ticks = 0
+
+    def tick(self, now: float | None = None) -> None:
+        self.ticks += 1
+
+    def cores(self, now: float | None = None) -> float | None:
+        return self.value
+
+
+def test_tuner_runs_no_trial_while_nothing_else_runs():
+    load = _Load(0.05)
+    tuner = ThreadTuner(2, foreign=load)
+    quiet = {2: 0.010, 1: 0.018}.__getitem__
+    used = _drive(tuner, quiet, 2000)
+    assert used.count(1) == 0 and load.ticks == 2000
+    # a neighbour arrives: its steps slow down, its CPU shows, and the switch comes as before
+    load.value = 1.0
+    used = _drive(tuner, {2: 0.140, 1: 0.020}.__getitem__, 400)
+    assert tuner.current == 1 and used.count(1) / len(used) > 0.8
+    # unknown load (no /proc): trials run as without the gate
+    tuner = ThreadTuner(2, foreign=_Load(None))
+    assert 0 < _drive(tuner, quiet, 2000).count(1) / 2000 < 0.02
+
+
+def test_foreign_load_is_the_machine_less_this_process(tmp_path):
+    (tmp_path / "self").mkdir()
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def write(busy: int, mine: int) -> None:
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        (tmp_path / "stat").write_text(f"cpu  {busy} 0 0 99999 7 0 0 0 0 0\ncpu0 1 2 3\n")
+        fields = ["S"] + ["0"] * 10 + [str(mine), "0"] + ["0"] * 30
+        (tmp_path / "self" / "stat").write_text("123 (python (x)) " + " ".join(fields))
+
+    write(1000, 400)
+    load = ForeignLoad(tmp_path, now=0.0)
+    assert load.cores(now=0.0) is None  # one sample: no window yet
+    write(1000 + 3 * hz // 2, 400 + hz)  # one second later: 1.5 cores busy, 1 of them ours
+    load.tick(now=ForeignLoad.PERIOD / 2)  # too soon: no sample
+    assert load.cores(now=1.0) == pytest.approx(0.5)
+    assert ForeignLoad(tmp_path / "missing").cores() is None

@@ -30,7 +30,7 @@ from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.slots import common_prefix
-from ggufworker.engine.threads import ThreadTuner, available_cpus
+from ggufworker.engine.threads import ForeignLoad, ThreadTuner, available_cpus
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
     ContextLengthExceededError,
@@ -86,7 +86,7 @@ class Engine:
         """A tuner when llama.cpp computes on the CPU with a thread count we chose."""
         if opts.n_threads or model.backend == "gpu":
             return None
-        return ThreadTuner(available_cpus())
+        return ThreadTuner(available_cpus(), foreign=ForeignLoad())
 
     @classmethod
     def load(

@@ -14,6 +14,10 @@ busy, 2 threads ran at ~7% of their quiet speed while 1 thread kept ~50%. So:
   almost nothing for the watching. A sudden slowdown (steps twice as long as this count's usual
   time at that batch size) starts a trial at once. ``llama_set_n_threads`` may change between
   decodes.
+- A trial is skipped while other processes use under :data:`ThreadTuner.QUIET_CORES` of CPU
+  (:class:`ForeignLoad`, from ``/proc``): then fewer threads can only lose, and each lost trial
+  cost a fresh server a few slow steps in its first minutes (4 steps at one thread every 32 to
+  256 steps: ~4% of a 64-token stream on the 2-core VM).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from collections import deque
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,59 @@ def candidate_counts(n_max: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
+class ForeignLoad:
+    """CPU time that other processes took lately, in cores, from Linux's ``/proc`` (the whole
+    machine's busy time, ``/proc/stat``, less this process's, ``/proc/self/stat``). Inside a
+    container ``/proc/stat`` is the host's, so neighbours there count too.
+
+    :meth:`tick` takes a sample at most every :data:`PERIOD` seconds (cheap to call every
+    step); :meth:`cores` averages over the last second or so.
+    """
+
+    PERIOD = 0.25
+
+    def __init__(self, proc: Path = Path("/proc"), now: float | None = None) -> None:
+        self._proc = proc
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._samples: deque[tuple[float, float]] = deque(maxlen=8)  # (time, foreign seconds)
+        self.tick(now)
+
+    def _read(self) -> float | None:
+        try:
+            cpu = (self._proc / "stat").read_text().split("\n", 1)[0].split()
+            # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+            v = [int(x) for x in cpu[1:9]]
+            busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+            own = (self._proc / "self" / "stat").read_text()
+            f = own[own.rindex(")") + 2 :].split()
+            mine = int(f[11]) + int(f[12])  # utime + stime of all threads
+        except (OSError, ValueError, IndexError):
+            return None
+        return (busy - mine) / self._hz
+
+    def tick(self, now: float | None = None) -> None:
+        """Take a sample if the last one is :data:`PERIOD` old."""
+        now = time.monotonic() if now is None else now
+        if self._samples and now - self._samples[-1][0] < self.PERIOD:
+            return
+        value = self._read()
+        if value is not None:
+            self._samples.append((now, value))
+
+    def cores(self, now: float | None = None) -> float | None:
+        """Cores other processes used, on average since the newest sample at least half a
+        second older than the latest; None without two such samples (or without ``/proc``)."""
+        self.tick(now)
+        if not self._samples:
+            return None
+        t1, v1 = self._samples[-1]
+        older = [(t, v) for t, v in self._samples if t1 - t >= 0.5]
+        if not older:
+            return None
+        t0, v0 = older[-1]
+        return max(0.0, (v1 - v0) / (t1 - t0))
+
+
 class ThreadTuner:
     """Pick the thread count with the shortest decode steps, re-checking now and then.
 
@@ -84,8 +143,16 @@ class ThreadTuner:
     MARGIN = 0.9
     #: steps this much slower than usual (several in a row) start a trial at once
     SLOWDOWN = 2.0
+    #: below this much CPU taken by other processes (cores), no trial: nothing competes
+    QUIET_CORES = 0.25
 
-    def __init__(self, n_max: int) -> None:
+    def __init__(self, n_max: int, foreign: ForeignLoad | None = None) -> None:
+        """Args:
+        n_max: the most threads to use (the CPUs available).
+        foreign: what other processes take (sampled each step); without it, or where it
+            cannot tell, every trial runs.
+        """
+        self.foreign = foreign
         self.counts = candidate_counts(max(1, n_max))
         self.current = self.counts[0]
         self._gap = self.FIRST_GAP
@@ -143,6 +210,8 @@ class ThreadTuner:
                 self._gap = min(self._gap * 2, self.MAX_GAP)
             self._since = 0
             return self.current
+        if self.foreign is not None:
+            self.foreign.tick()
         self._recent.append((n_seqs, seconds))
         del self._recent[: -4 * self.TRIAL_STEPS]
         self._since += 1
@@ -159,6 +228,10 @@ class ThreadTuner:
             self._usual[n_seqs] = seconds if usual is None else 0.9 * usual + 0.1 * seconds
         same = sum(1 for b, _ in self._recent if b == n_seqs)
         if self._since >= self._gap and same >= self.TRIAL_STEPS:
+            load = self.foreign.cores() if self.foreign is not None else None
+            if load is not None and load < self.QUIET_CORES:
+                self._since = 0  # nothing else runs: look again after the same gap
+                return self.current
             self._trial = self._alternative()
             self._trial_times = []
             self._trial_batch = n_seqs
