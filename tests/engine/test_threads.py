@@ -121,6 +121,10 @@ def test_tuner_runs_no_trial_while_nothing_else_runs():
     load.value = 1.0
     used = _drive(tuner, {2: 0.140, 1: 0.020}.__getitem__, 400)
     assert tuner.current == 1 and used.count(1) / len(used) > 0.8
+    # it leaves: its CPU no longer shows, and trials at two threads still bring the count back
+    load.value = 0.0
+    _drive(tuner, quiet, 3000)
+    assert tuner.current == 2
     # unknown load (no /proc): trials run as without the gate
     tuner = ThreadTuner(2, foreign=_Load(None))
     assert 0 < _drive(tuner, quiet, 2000).count(1) / 2000 < 0.02

@@ -14,8 +14,9 @@ busy, 2 threads ran at ~7% of their quiet speed while 1 thread kept ~50%. So:
   almost nothing for the watching. A sudden slowdown (steps twice as long as this count's usual
   time at that batch size) starts a trial at once. ``llama_set_n_threads`` may change between
   decodes.
-- A trial is skipped while other processes use under :data:`ThreadTuner.QUIET_CORES` of CPU
-  (:class:`ForeignLoad`, from ``/proc``): then fewer threads can only lose, and each lost trial
+- At the most threads, a trial is skipped while other processes use under
+  :data:`ThreadTuner.QUIET_CORES` of CPU (:class:`ForeignLoad`, from ``/proc``): then fewer
+  threads can only lose (below the most, trials go on: they are the way back), and each lost trial
   cost a fresh server a few slow steps in its first minutes (4 steps at one thread every 32 to
   256 steps: ~4% of a 64-token stream on the 2-core VM).
 """
@@ -165,6 +166,10 @@ class ThreadTuner:
         self._usual: dict[int, float] = {}  # batch size -> usual step time at the current count
         self._slow = 0
 
+    def _quiet(self) -> bool:
+        load = self.foreign.cores() if self.foreign is not None else None
+        return load is not None and load < self.QUIET_CORES
+
     @property
     def in_use(self) -> int:
         """The thread count last returned by :meth:`observe` (a trial's, during one)."""
@@ -228,9 +233,10 @@ class ThreadTuner:
             self._usual[n_seqs] = seconds if usual is None else 0.9 * usual + 0.1 * seconds
         same = sum(1 for b, _ in self._recent if b == n_seqs)
         if self._since >= self._gap and same >= self.TRIAL_STEPS:
-            load = self.foreign.cores() if self.foreign is not None else None
-            if load is not None and load < self.QUIET_CORES:
-                self._since = 0  # nothing else runs: look again after the same gap
+            # nothing else runs: at the most threads, a trial of fewer could only lose (look
+            # again after the same gap); below it, trials are the way back up
+            if self.current == self.counts[0] and self._quiet():
+                self._since = 0
                 return self.current
             self._trial = self._alternative()
             self._trial_times = []
