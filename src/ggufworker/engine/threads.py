@@ -144,7 +144,7 @@ class ThreadTuner:
     MARGIN = 0.9
     #: steps this much slower than usual (several in a row) start a trial at once
     SLOWDOWN = 2.0
-    #: below this much CPU taken by other processes (cores), no trial: nothing competes
+    #: below this much CPU taken by other processes (cores), no trial at the most threads
     QUIET_CORES = 0.25
 
     def __init__(self, n_max: int, foreign: ForeignLoad | None = None) -> None:
