@@ -144,10 +144,11 @@ def _top_candidates(rows: np.ndarray, k: np.ndarray) -> list[np.ndarray]:
     return [keys[bounds[i] : bounds[i + 1]] - i * v for i in range(n)]
 
 
-def _full_row(values: np.ndarray, p: SamplingParams, u: float) -> int:
-    """The exact chain over a whole (modified) row: for rows without a top-k cut."""
+def _full_row(values: np.ndarray, conf: np.ndarray, u: float) -> int:
+    """The exact chain over a whole (modified) row under its ``conf`` row (:func:`_conf`):
+    for rows without a top-k cut."""
     order = np.argsort(-values, kind="stable")
-    return int(order[_pick(values[order][None, :], _conf([p]), np.array([u]))[0]])
+    return int(order[_pick(values[order][None, :], conf, np.array([u]))[0]])
 
 
 def _conf(params: Sequence[SamplingParams]) -> np.ndarray:
@@ -159,6 +160,10 @@ def _conf(params: Sequence[SamplingParams]) -> np.ndarray:
     # `where` skips log(0)
     conf[:, 1] = np.log(min_p, out=np.full_like(min_p, -np.inf), where=min_p > 0.0)
     return conf
+
+
+#: _pick's settings for greedy rows with penalties (their first column always wins)
+_GREEDY_CONF = _conf([_GREEDY])
 
 
 def _pick(vals: np.ndarray, conf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -215,7 +220,7 @@ def sample_rows(
         values = row.astype(np.float32, copy=True)
         if len(ids):
             values[ids] = s.modify(ids, row[ids])
-        out[i] = _full_row(values, s.params, float(u[i]))
+        out[i] = _full_row(values, s.conf, float(u[i]))
     if not cut:
         return out
     groups = [cut[g : g + ROWS_PER_TASK] for g in range(0, len(cut), ROWS_PER_TASK)]
@@ -352,7 +357,9 @@ def _draw(
     mat = np.full((len(cut), width), -np.inf, dtype=np.float32)
     for j, v in enumerate(val_rows):
         mat[j, : len(v)] = v
-    params = [samplers[i].params for i in cut]
     # greedy rows (penalties only) take their first column whatever u is
-    cols = _pick(mat, _conf([p if p.temperature > 0 else _GREEDY for p in params]), u[cut])
+    conf = np.concatenate(
+        [samplers[i].conf if samplers[i].params.temperature > 0 else _GREEDY_CONF for i in cut]
+    )
+    cols = _pick(mat, conf, u[cut])
     return [int(ids_rows[j][cols[j]]) for j in range(len(cut))]

@@ -71,10 +71,14 @@ class _Tensor(ctypes.Structure):
     ]
 
 
-def _fn(name: str, restype: Any, *argtypes: Any) -> Any:
+def _fn(name: str, restype: Any, *argtypes: Any, keep_gil: bool = False) -> Any:
     """A foreign function of its own (not llama-cpp-python's shared attribute): ggml's symbols
-    resolve through libllama, which links them."""
-    return ctypes.CFUNCTYPE(restype, *argtypes)((name, llama_cpp.llama_cpp._lib))
+    resolve through libllama, which links them. ``keep_gil`` (``PYFUNCTYPE``) is for the getters
+    read_candidates calls after one ``llama_synchronize``: each GIL release is a chance for
+    another thread (the server's event loop) to take it, and the draw for the next decode then
+    waits for it back."""
+    proto = ctypes.PYFUNCTYPE if keep_gil else ctypes.CFUNCTYPE
+    return proto(restype, *argtypes)((name, llama_cpp.llama_cpp._lib))
 
 
 _reshape_1d = _fn("ggml_reshape_1d", _P, _P, _P, _I64)
@@ -91,17 +95,11 @@ _add = _fn("ggml_add", _P, _P, _P, _P)
 _scale_bias = _fn("ggml_scale_bias", _P, _P, _P, ctypes.c_float, ctypes.c_float)
 _step = _fn("ggml_step", _P, _P, _P)
 
-
-def _held(name: str, restype: Any, *argtypes: Any) -> Any:
-    """A foreign function that keeps the GIL (``PYFUNCTYPE``), for the getters read_candidates
-    calls after one ``llama_synchronize``: each GIL release is a chance for another thread (the
-    server's event loop) to take it, and the draw for the next decode then waits for it back."""
-    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, llama_cpp.llama_cpp._lib))
-
-
-_logits_ith = _held("llama_get_sampled_logits_ith", _P, _P, ctypes.c_int32)
-_candidates_ith = _held("llama_get_sampled_candidates_ith", _P, _P, ctypes.c_int32)
-_count_ith = _held("llama_get_sampled_candidates_count_ith", ctypes.c_uint32, _P, ctypes.c_int32)
+_logits_ith = _fn("llama_get_sampled_logits_ith", _P, _P, ctypes.c_int32, keep_gil=True)
+_candidates_ith = _fn("llama_get_sampled_candidates_ith", _P, _P, ctypes.c_int32, keep_gil=True)
+_count_ith = _fn(
+    "llama_get_sampled_candidates_count_ith", ctypes.c_uint32, _P, ctypes.c_int32, keep_gil=True
+)
 _memmove = ctypes.PYFUNCTYPE(_P, _P, _P, ctypes.c_size_t)(
     int(ctypes.cast(ctypes.memmove, _P).value or 0)
 )
