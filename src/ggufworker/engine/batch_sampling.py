@@ -49,7 +49,7 @@ def vectorised(params: SamplingParams) -> bool:
 class RowSampler:
     """One request's sampling state: its random generator and its penalty history."""
 
-    __slots__ = ("params", "rng", "history", "bias_ids", "bias", "bias_key", "conf")
+    __slots__ = ("params", "rng", "history", "bias_ids", "bias", "bias_key", "conf", "top_k")
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
@@ -70,7 +70,11 @@ class RowSampler:
         self.bias = np.array([max(b, -1e30) for _, b in items], dtype=np.float32)
         # equal keys, equal biases: rows that share one are biased together (_add_bias)
         self.bias_key = (self.bias_ids.tobytes(), self.bias.tobytes())
-        self.conf = _conf([params])  # its row of _pick's settings, made once
+        # its row of _pick's settings, made once; greedy rows (penalties only) take their first
+        # column whatever the uniform is
+        self.conf = _GREEDY_CONF if params.temperature <= 0 else _conf([params])
+        # how many top candidates its draw looks at: one for greedy
+        self.top_k = 1 if params.temperature <= 0 else params.top_k
 
     def accept(self, token: int) -> None:
         """Record a generated token (the penalty window), as llama.cpp's chain accepts it."""
@@ -210,7 +214,7 @@ def sample_rows(
         return []
     out = [0] * n
     u = np.array([s.rng.random() for s in samplers])
-    cut = [i for i, s in enumerate(samplers) if s.params.top_k > 0 or s.params.temperature <= 0]
+    cut = [i for i, s in enumerate(samplers) if s.top_k > 0]  # top-k rows, greedy ones too
     in_cut = set(cut)
     full = [i for i in range(n) if i not in in_cut]
     for i in full:
@@ -258,7 +262,7 @@ def draw_candidates(
         _add_bias(values, ids, samplers)
     order = np.lexsort((ids, -values), axis=1)  # by value descending, then by id
     width = values.shape[1]
-    ks = [min(s.params.top_k, width) for s in samplers]
+    ks = [min(s.top_k, width) for s in samplers]
     kmax = max(ks)
     # the rows' top-k, as wide as the widest (the host sampler's own width)
     order = order[:, :kmax]
@@ -328,13 +332,8 @@ def _draw(
     else:
         block = logits[np.asarray(idx, dtype=np.int64)]
     touched = [samplers[i].touched() for i in cut]
-    # temperature <= 0 with penalties: greedy over the modified logits (top-1)
     ks = np.array(
-        [
-            (1 if samplers[i].params.temperature <= 0 else samplers[i].params.top_k) + len(t)
-            for i, t in zip(cut, touched, strict=True)
-        ],
-        dtype=np.int64,
+        [samplers[i].top_k + len(t) for i, t in zip(cut, touched, strict=True)], dtype=np.int64
     )
     cands = _top_candidates(block, ks)
     width = 0
@@ -347,8 +346,7 @@ def _draw(
         vals = block[j, ids]
         if len(t):
             vals = s.modify(ids, vals)
-        k = 1 if s.params.temperature <= 0 else s.params.top_k
-        k = min(k, len(ids))
+        k = min(s.top_k, len(ids))
         top = np.argpartition(-vals, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
         top = top[np.argsort(-vals[top], kind="stable")]
         ids_rows.append(ids[top])
@@ -357,9 +355,5 @@ def _draw(
     mat = np.full((len(cut), width), -np.inf, dtype=np.float32)
     for j, v in enumerate(val_rows):
         mat[j, : len(v)] = v
-    # greedy rows (penalties only) take their first column whatever u is
-    conf = np.concatenate(
-        [samplers[i].conf if samplers[i].params.temperature > 0 else _GREEDY_CONF for i in cut]
-    )
-    cols = _pick(mat, conf, u[cut])
+    cols = _pick(mat, np.concatenate([samplers[i].conf for i in cut]), u[cut])
     return [int(ids_rows[j][cols[j]]) for j in range(len(cut))]
