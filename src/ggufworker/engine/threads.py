@@ -87,18 +87,18 @@ class ForeignLoad:
     PERIOD = 0.25
 
     def __init__(self, proc: Path = Path("/proc"), now: float | None = None) -> None:
-        self._proc = proc
+        self._stat, self._own = proc / "stat", proc / "self" / "stat"
         self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._samples: deque[tuple[float, float]] = deque(maxlen=8)  # (time, foreign seconds)
         self.tick(now)
 
     def _read(self) -> float | None:
         try:
-            cpu = (self._proc / "stat").read_text().split("\n", 1)[0].split()
+            cpu = self._stat.read_text().split("\n", 1)[0].split()
             # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
             v = [int(x) for x in cpu[1:9]]
             busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-            own = (self._proc / "self" / "stat").read_text()
+            own = self._own.read_text()
             f = own[own.rindex(")") + 2 :].split()
             mine = int(f[11]) + int(f[12])  # utime + stime of all threads
         except (OSError, ValueError, IndexError):
