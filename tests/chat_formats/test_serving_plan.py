@@ -9,8 +9,8 @@ import pytest
 
 from ggufworker.config import ServerSettings
 from ggufworker.errors import InvalidRequestError
-from ggufworker.server.protocol import ChatCompletionRequest
-from ggufworker.server.serving_chat import message_of, plan_chat
+from ggufworker.server.openai.protocol import ChatCompletionRequest
+from ggufworker.server.openai.serving_chat import message_of, plan_chat
 
 from .helpers import TOOLS
 

@@ -12,7 +12,7 @@ import pytest
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
-from ggufworker.server.ollama_chat import plan_chat, template_features
+from ggufworker.server.ollama.chat import plan_chat, template_features
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOLS = [

@@ -15,8 +15,8 @@ import pytest
 
 from converters.verify import vocab_only_model
 from ggufworker.errors import InvalidRequestError
-from ggufworker.server.ollama_facts import _engine_fim, _gguf_facts
-from ggufworker.server.ollama_serving import _fim_prompt
+from ggufworker.server.ollama.facts import _engine_fim, _gguf_facts
+from ggufworker.server.ollama.serving import _fim_prompt
 
 
 class VocabEngine:

@@ -21,7 +21,7 @@ from ggufworker.config import add_settings_arguments, resolve_settings, settings
 from ggufworker.engine.handle import EngineStats
 from ggufworker.engine.types import GenerationRequest, SamplingParams
 from ggufworker.errors import EngineClosedError, InvalidRequestError
-from ggufworker.server.replicas import (
+from ggufworker.server.core.replicas import (
     Replica,
     ReplicaLoad,
     ReplicaSet,

@@ -11,23 +11,26 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ggufworker import __version__
 from ggufworker.config import ServerSettings
-from ggufworker.server.api_router import public, router
-from ggufworker.server.auth import APIKeyMiddleware
-from ggufworker.server.errors import install_error_handlers
-from ggufworker.server.limits import BodyLimitMiddleware
-from ggufworker.server.metrics import Metrics, RequestMetricsMiddleware
-from ggufworker.server.models import (
+from ggufworker.server.core.auth import APIKeyMiddleware
+from ggufworker.server.core.errors import install_error_handlers
+from ggufworker.server.core.limits import BodyLimitMiddleware
+from ggufworker.server.core.metrics import Metrics, RequestMetricsMiddleware
+from ggufworker.server.core.models import (
     EngineFactory,
     ModelManager,
     Resolver,
     load_engine,
     resolve_source,
 )
-from ggufworker.server.ollama_router import router as ollama_router
-from ggufworker.server.openapi import install_openapi
-from ggufworker.server.serving_chat import ChatServing
-from ggufworker.server.serving_completion import CompletionServing
-from ggufworker.server.worker import ReadinessCallback
+from ggufworker.server.core.openapi import install_openapi
+from ggufworker.server.core.routes import public
+from ggufworker.server.core.routes import router as lifecycle_router
+from ggufworker.server.ollama.router import router as ollama_router
+from ggufworker.server.openai.router import router as openai_router
+from ggufworker.server.openai.serving_chat import ChatServing
+from ggufworker.server.openai.serving_completion import CompletionServing
+from ggufworker.server.worker.router import router as worker_router
+from ggufworker.server.worker.serving import ReadinessCallback
 
 
 def create_app(
@@ -79,12 +82,11 @@ def create_app(
     app.state.metrics = Metrics(lambda: getattr(app.state, "manager", None))
     install_error_handlers(app)
     install_openapi(app)  # every route's real statuses and content types (server/openapi.py)
-    app.include_router(public)
-    app.include_router(router)
-    app.include_router(ollama_router)  # Ollama's /api/* and /, same keys, limits, metrics
-    endpoints = {
-        getattr(r, "path", "") for r in [*public.routes, *router.routes, *ollama_router.routes]
-    }
+    # one router per API surface over the shared core; same keys, limits and metrics for all
+    routers = [public, lifecycle_router, openai_router, worker_router, ollama_router]
+    for r in routers:
+        app.include_router(r)
+    endpoints = {getattr(route, "path", "") for r in routers for route in r.routes}
     # add_middleware wraps: the last added runs first. Order of a request: metrics, CORS,
     # API key, body limit, then the routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

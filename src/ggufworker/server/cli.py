@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ggufworker.server.app import create_app
-    from ggufworker.server.replicas import plan_placements
+    from ggufworker.server.core.replicas import plan_placements
 
     settings = settings_from_args(args)
     # GPU flags are checked against the devices before serving: a bad one is a start-up error

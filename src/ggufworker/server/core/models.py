@@ -57,9 +57,9 @@ def resolve_source(source: str, settings: ServerSettings) -> Path:
 
 def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
     """Load a GGUF into a batched engine with the server's engine settings (several
-    engines behind one :class:`~ggufworker.server.replicas.ReplicaSet` with ``--replicas``)."""
+    engines behind one :class:`~ggufworker.server.core.replicas.ReplicaSet` with ``--replicas``)."""
     from ggufworker.engine import Engine
-    from ggufworker.server.replicas import ReplicaSet, plan_placements
+    from ggufworker.server.core.replicas import ReplicaSet, plan_placements
 
     placements = plan_placements(settings, embedding=spec.embedding)
     options: dict[str, Any] = dict(

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ggufworker import paths
-from ggufworker.server.models import ModelManager, ServedModel
-from ggufworker.server.ollama_protocol import ModelDetails
+from ggufworker.server.core.models import ModelManager, ServedModel
+from ggufworker.server.ollama.protocol import ModelDetails
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def details(facts: ModelFacts) -> ModelDetails:
 
 def capabilities(manager: ModelManager, name: str, facts: ModelFacts) -> list[str]:
     """Ollama's capability words for a served name, from the model's template and tokens."""
-    from ggufworker.server.ollama_chat import template_features
+    from ggufworker.server.ollama.chat import template_features
 
     caps: list[str] = []
     served = {m.spec.embedding for m in manager.all_models() if m.spec.name == name}

@@ -23,11 +23,11 @@ import httpx
 
 from ggufworker.engine.types import GenerationRequest
 from ggufworker.errors import error_spec
-from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import ModelManager, ServedModel
-from ggufworker.server.protocol import ExecuteRequest
-from ggufworker.server.serving import Generation, start_generation
-from ggufworker.server.sse import error_payload, sse_event
+from ggufworker.server.core.generation import Generation, start_generation
+from ggufworker.server.core.metrics import Metrics
+from ggufworker.server.core.models import ModelManager, ServedModel
+from ggufworker.server.core.sse import error_payload, sse_event
+from ggufworker.server.worker.protocol import ExecuteRequest
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ggufworker.errors import RequestTooLargeError
-from ggufworker.server.sse import send_asgi_error
+from ggufworker.server.core.sse import send_asgi_error
 
 
 class BodyLimitMiddleware:

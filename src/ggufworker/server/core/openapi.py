@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from ggufworker.server.auth import PUBLIC_PATHS
+from ggufworker.server.core.auth import PUBLIC_PATHS
 
 Responses = dict[int | str, dict[str, Any]]
 

@@ -23,19 +23,19 @@ from ggufworker import chat_formats as cf
 from ggufworker.config import ServerSettings
 from ggufworker.engine.types import GenerationRequest, SamplingParams
 from ggufworker.errors import ContextLengthExceededError, InvalidRequestError
-from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import Lease, ModelManager, ServedModel
-from ggufworker.server.ollama_chat import ChatPlan, plan_chat
-from ggufworker.server.ollama_facts import fim_ids, now_iso
-from ggufworker.server.ollama_protocol import (
+from ggufworker.server.core.generation import Generation, start_generation
+from ggufworker.server.core.metrics import Metrics
+from ggufworker.server.core.models import Lease, ModelManager, ServedModel
+from ggufworker.server.ollama.chat import ChatPlan, plan_chat
+from ggufworker.server.ollama.facts import fim_ids, now_iso
+from ggufworker.server.ollama.protocol import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
     GenerationFields,
 )
-from ggufworker.server.ollama_stream import NS, Timings, ndjson_response
-from ggufworker.server.serving import Generation, start_generation
+from ggufworker.server.ollama.stream import NS, Timings, ndjson_response
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ class OllamaServing:
     async def _embed(
         self, name: str, keep_alive: Any, texts: list[str]
     ) -> tuple[list[list[float]], int, float]:
-        from ggufworker.server.ollama_protocol import parse_keep_alive
+        from ggufworker.server.ollama.protocol import parse_keep_alive
 
         model = self.manager.lookup(name, embedding=True)
         self._set_keep_alive(model, parse_keep_alive(keep_alive))
@@ -417,7 +417,7 @@ def _fim_prompt(engine: Any, name: str, prompt: str, suffix: str, add_bos: bool)
     Raises:
         InvalidRequestError: the model has no fill-in-the-middle tokens.
     """
-    from ggufworker.server.ollama_facts import typed
+    from ggufworker.server.ollama.facts import typed
 
     meta = {k: typed(v) for k, v in engine.info.metadata.items()}
 

@@ -11,11 +11,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ggufworker.engine.types import GenerationRequest, TokenEvent
-from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import Lease, ModelManager
-from ggufworker.server.protocol import CompletionRequest, new_id
-from ggufworker.server.serving import Generation, collect, seeded, start_generation
-from ggufworker.server.sse import sse_event, sse_response
+from ggufworker.server.core.generation import Generation, collect, seeded, start_generation
+from ggufworker.server.core.metrics import Metrics
+from ggufworker.server.core.models import Lease, ModelManager
+from ggufworker.server.core.protocol import new_id
+from ggufworker.server.core.sse import sse_event, sse_response
+from ggufworker.server.openai.protocol import CompletionRequest
 
 
 class CompletionServing:

@@ -15,17 +15,18 @@ from fastapi.responses import JSONResponse, Response
 from ggufworker import chat_formats as cf
 from ggufworker.config import ServerSettings
 from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
-from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import Lease, ModelManager
-from ggufworker.server.protocol import ChatCompletionRequest, new_id
-from ggufworker.server.serving import (
+from ggufworker.server.core.generation import (
     Generation,
     chat_logprob,
     collect,
     seeded,
     start_generation,
 )
-from ggufworker.server.sse import sse_event, sse_response
+from ggufworker.server.core.metrics import Metrics
+from ggufworker.server.core.models import Lease, ModelManager
+from ggufworker.server.core.protocol import new_id
+from ggufworker.server.core.sse import sse_event, sse_response
+from ggufworker.server.openai.protocol import ChatCompletionRequest
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ggufworker.server.replicas import replica_stats
+from ggufworker.server.core.replicas import replica_stats
 
 if TYPE_CHECKING:
-    from ggufworker.server.models import ModelManager
+    from ggufworker.server.core.models import ModelManager
 
 logger = logging.getLogger(__name__)
 

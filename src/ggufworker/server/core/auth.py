@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ggufworker.errors import AuthenticationError
-from ggufworker.server.sse import send_asgi_error
+from ggufworker.server.core.sse import send_asgi_error
 
 PUBLIC_PATHS = frozenset({"/health"})
 

@@ -18,9 +18,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from ggufworker.errors import GGUFWorkerError, error_spec
-from ggufworker.server import ollama_models
-from ggufworker.server.errors import retry_headers
-from ggufworker.server.ollama_protocol import (
+from ggufworker.server.core.errors import retry_headers
+from ggufworker.server.ollama import models as ollama_models
+from ggufworker.server.ollama.protocol import (
     ChatRequest,
     CopyRequest,
     EmbeddingsRequest,
@@ -35,8 +35,8 @@ from ggufworker.server.ollama_protocol import (
     StatusResponse,
     VersionResponse,
 )
-from ggufworker.server.ollama_serving import OllamaServing
-from ggufworker.server.ollama_stream import ndjson_response
+from ggufworker.server.ollama.serving import OllamaServing
+from ggufworker.server.ollama.stream import ndjson_response
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ggufworker.errors import InvalidRequestError, ModelNotFoundError
-from ggufworker.server.models import ModelManager, ServedModel
-from ggufworker.server.ollama_facts import (
+from ggufworker.server.core.models import ModelManager, ServedModel
+from ggufworker.server.ollama.facts import (
     capabilities,
     details,
     home_of,
@@ -20,7 +20,7 @@ from ggufworker.server.ollama_facts import (
     model_facts,
     parameter_size,
 )
-from ggufworker.server.ollama_protocol import (
+from ggufworker.server.ollama.protocol import (
     ListModel,
     ListResponse,
     ModelDetails,

@@ -20,8 +20,8 @@ from fastapi import Request
 from prometheus_client import Histogram
 
 from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
-from ggufworker.server.metrics import Metrics
-from ggufworker.server.models import Lease, ModelManager
+from ggufworker.server.core.metrics import Metrics
+from ggufworker.server.core.models import Lease, ModelManager
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Serving logic of the endpoints around generation: models, embeddings, tokenize, health."""
+"""Serving logic of the OpenAI endpoints around generation: models, embeddings, tokenize."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from dataclasses import asdict
 from typing import Any
 
 from ggufworker.chat_formats import capabilities as chat_capabilities
-from ggufworker.server.models import ModelManager
-from ggufworker.server.protocol import (
+from ggufworker.server.core.models import ModelManager
+from ggufworker.server.core.replicas import replica_stats
+from ggufworker.server.openai.protocol import (
     DetokenizeRequest,
     EmbeddingRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
 )
-from ggufworker.server.replicas import replica_stats
 
 
 def list_models(manager: ModelManager) -> ModelList:
@@ -103,13 +103,3 @@ async def detokenize(manager: ModelManager, body: DetokenizeRequest) -> dict[str
         return {"content": lease.engine.detokenize(body.tokens)}
     finally:
         lease.release()
-
-
-def health(manager: ModelManager) -> tuple[int, dict[str, Any]]:
-    """503 while the start-up models load (or failed to), 200 once the server can answer."""
-    models = {m.spec.name: m.state for m in manager.all_models()}
-    if not manager.startup_done.is_set():
-        return 503, {"status": "loading", "models": models}
-    if manager.startup_error:
-        return 503, {"status": "error", "error": manager.startup_error, "models": models}
-    return 200, {"status": "ok", "models": models}

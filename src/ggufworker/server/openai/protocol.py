@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
+from ggufworker.server.core.protocol import LenientModel, stop_strings
 
 logger = logging.getLogger(__name__)
 
@@ -22,30 +22,8 @@ MAX_STOP = 16
 MAX_N = 16
 
 
-class OpenAIBaseModel(BaseModel):
-    """Base of every request: unknown fields are accepted and logged, never an error."""
-
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="after")
-    def _log_ignored(self) -> OpenAIBaseModel:
-        if self.model_extra:
-            logger.info(
-                "%s: ignoring unsupported fields %s",
-                type(self).__name__,
-                sorted(self.model_extra),
-            )
-        return self
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
-    """The request's stop strings as a tuple, empty ones dropped."""
-    stops = [stop] if isinstance(stop, str) else stop or []
-    return tuple(s for s in stops if s)
+class OpenAIBaseModel(LenientModel):
+    """Base of every OpenAI request: unknown fields are accepted and logged, never an error."""
 
 
 # --- shared pieces -------------------------------------------------------------------------
@@ -291,28 +269,6 @@ class TokenizeRequest(OpenAIBaseModel):
 class DetokenizeRequest(OpenAIBaseModel):
     tokens: list[int] = Field(...)
     model: str | None = None
-
-
-class ExecuteRequest(OpenAIBaseModel):
-    """The worker API's job: a raw-text prompt streamed back as worker events."""
-
-    job_id: str = Field(..., min_length=1)
-    prompt: str
-    max_tokens: int | None = Field(default=256, ge=1)
-    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    model: str | None = None
-
-    def to_sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=stop_strings(self.stop),
-        )
 
 
 # --- responses -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ggufworker.errors import GGUFWorkerError, error_spec
-from ggufworker.server.sse import error_payload
+from ggufworker.server.core.sse import error_payload
 
 logger = logging.getLogger(__name__)
 
