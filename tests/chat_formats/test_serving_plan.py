@@ -9,8 +9,9 @@ import pytest
 
 from ggufworker.config import ServerSettings
 from ggufworker.errors import InvalidRequestError
+from ggufworker.server.core.chat import plan_chat
 from ggufworker.server.openai.protocol import ChatCompletionRequest
-from ggufworker.server.openai.serving_chat import message_of, plan_chat
+from ggufworker.server.openai.serving_chat import message_of
 
 from .helpers import TOOLS
 
@@ -24,9 +25,10 @@ def qwen3(llama_cpp_models_dir: Path) -> str:
 
 def _plan(template: str, settings: ServerSettings | None = None, **body: object):  # type: ignore[no-untyped-def]
     req = ChatCompletionRequest(messages=ASK, **body)  # type: ignore[arg-type]
+    default = settings.reasoning_format if settings else "auto"
     return plan_chat(
-        req, req.to_sampling_params(), template=template, bos_token="", eos_token="<|im_end|>",
-        settings=settings,
+        req.to_chat_request(reasoning_format=default), template=template, bos_token="",
+        eos_token="<|im_end|>", tool_call_format=settings.tool_call_format if settings else None,
     )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, request_mode
 from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
+from ggufworker.engine.budget import ThinkingBudget
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
@@ -31,7 +32,7 @@ from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.slots import common_prefix
 from ggufworker.engine.threads import ForeignLoad, ThreadTuner, available_cpus
-from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
+from ggufworker.engine.types import GenerationRequest, ModelInfo, SamplingParams, TokenEvent
 from ggufworker.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -254,9 +255,10 @@ class Engine:
             self._outstanding += 1
         params = request.params
         greedy = is_plain_greedy(params)
+        # a thinking budget writes tokens in place of sampled ones: the host must see each
         backend = (
             ""
-            if greedy or not self._opts.backend_sampling
+            if greedy or not self._opts.backend_sampling or params.reasoning_budget is not None
             else request_mode(params, self._model.n_vocab)
         )
         # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
@@ -287,11 +289,24 @@ class Engine:
                 bias=bias_arrays(request.params) if greedy else None,
                 sampler=sampler,
                 backend=backend,
+                budget=self._thinking_budget(params),
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
             handle._deliver(EngineClosedError("the engine is closed"))
         return handle
+
+    def _thinking_budget(self, params: SamplingParams) -> ThinkingBudget | None:
+        budget = params.reasoning_budget
+        if budget is None:
+            return None
+        end = self._model.tokenize(budget.end, add_special=False, parse_special=True)
+        if not end:
+            return None
+        model = self._model
+        return ThinkingBudget(
+            budget, end, lambda t: model.piece(t, special=True).decode("utf-8", errors="replace")
+        )
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
         if isinstance(request.prompt, str):

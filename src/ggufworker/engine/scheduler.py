@@ -365,6 +365,10 @@ class Scheduler(SlotMemory):
         """Take a sampled token: end the request (end of generation, length) or queue it to
         be decoded next and its event to be made by :meth:`_emit`."""
         params = req.params
+        if req.budget is not None:
+            tok, closed = req.budget.step(tok)
+            if closed:  # the chain accepted what it drew, not the end marker written instead
+                req.budget.resync(req.chain)
         s.n_gen += 1
         lp: float | None = None
         top: tuple = ()
@@ -429,8 +433,9 @@ class Scheduler(SlotMemory):
         ttft = None
         if s.first_event:
             ttft = (now or time.perf_counter()) - req.t_submit
+        matched = s.stream.matched if s.stream is not None and reason == "stop" else None
         self._release(s)
-        event = TokenEvent(text, tok, lp, top, reason, usage, ttft)  # type: ignore[arg-type]
+        event = TokenEvent(text, tok, lp, top, reason, usage, ttft, matched)  # type: ignore[arg-type]
         self._out.append((req.handle, event))
 
     def _release(self, s: Slot) -> None:

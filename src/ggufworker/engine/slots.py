@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ggufworker.engine.batch_sampling import RowSampler
+from ggufworker.engine.budget import ThinkingBudget
 from ggufworker.engine.handle import RequestHandle
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import SamplingParams
@@ -41,6 +42,8 @@ class Request:
     # ``attached`` is the slot's sequence id, -1 when not attached.
     backend: str = ""
     attached: int = -1
+    # the thinking budget's tracker (engine/budget.py), when the request has a cap
+    budget: ThinkingBudget | None = None
 
 
 @dataclass(eq=False)

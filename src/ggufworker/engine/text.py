@@ -18,7 +18,7 @@ class TextStream:
         stop: stop strings; generation ends at the first occurrence, which is not emitted.
     """
 
-    __slots__ = ("_decoder", "_held", "_stop", "_max_stop", "stopped")
+    __slots__ = ("_decoder", "_held", "_stop", "_max_stop", "stopped", "matched")
 
     def __init__(self, stop: Sequence[str] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -26,6 +26,8 @@ class TextStream:
         self._stop = tuple(s for s in stop if s)
         self._max_stop = max((len(s) for s in self._stop), default=0)
         self.stopped = False
+        #: the stop string that ended the text (the earliest found), once :attr:`stopped`
+        self.matched: str | None = None
 
     def push(self, piece: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit.
@@ -41,6 +43,7 @@ class TextStream:
             i = held.find(s)
             if i >= 0 and (best < 0 or i < best):
                 best = i
+                self.matched = s
         if best >= 0:
             self.stopped = True
             self._held = ""

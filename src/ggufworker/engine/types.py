@@ -26,6 +26,18 @@ class ToolGrammar:
 
 
 @dataclass(frozen=True)
+class ReasoningBudget:
+    """A cap on thinking tokens: once ``tokens`` have been generated inside the block opened
+    by ``start`` (or open from the first token when ``open_at_start``), the engine writes
+    ``end`` itself and the answer follows (llama-server's ``--reasoning-budget``)."""
+
+    tokens: int
+    start: str
+    end: str
+    open_at_start: bool = False
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings (llama.cpp sampler chain).
 
@@ -52,6 +64,8 @@ class SamplingParams:
     ignore_eos: bool = False
     #: output text includes control tokens (tool-call and channel markers of some families)
     render_special: bool = False
+    #: most thinking tokens before the block is closed (None: no cap)
+    reasoning_budget: ReasoningBudget | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     time_to_first_token: float | None = None
+    #: on a final event ended by a stop string: which one
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

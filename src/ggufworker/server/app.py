@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from ggufworker import __version__
 from ggufworker.config import ServerSettings
 from ggufworker.server.core.auth import APIKeyMiddleware
+from ggufworker.server.core.chat import ChatPipeline
 from ggufworker.server.core.errors import install_error_handlers
 from ggufworker.server.core.limits import BodyLimitMiddleware
 from ggufworker.server.core.metrics import Metrics, RequestMetricsMiddleware
@@ -55,7 +56,9 @@ def create_app(
         manager = ModelManager(settings, engine_factory=engine_factory, resolver=resolver)
         metrics = app.state.metrics
         app.state.manager = manager
-        app.state.chat = ChatServing(manager, metrics, settings)
+        # the one chat pipeline; every chat-shaped surface translates onto it
+        app.state.pipeline = ChatPipeline(manager, metrics, settings)
+        app.state.chat = ChatServing(app.state.pipeline, settings)
         app.state.completion = CompletionServing(manager, metrics)
         callback = None
         if settings.callback_url:

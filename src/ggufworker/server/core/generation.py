@@ -40,6 +40,7 @@ class Choice:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    stop_sequence: str | None = None  # the stop string that ended the choice
 
 
 class Generation:
@@ -125,6 +126,7 @@ class Generation:
         choice.text.append(event.text)
         if event.finish_reason is not None:
             choice.finish_reason = event.finish_reason
+            choice.stop_sequence = event.stop_sequence
             if event.usage is not None:
                 choice.prompt_tokens = event.usage.prompt_tokens
                 choice.cached_tokens = event.usage.cached_tokens

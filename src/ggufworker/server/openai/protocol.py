@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
+from ggufworker.server.core.chat import ChatRequest
 from ggufworker.server.core.protocol import LenientModel, stop_strings
 
 logger = logging.getLogger(__name__)
@@ -182,9 +183,30 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = Field(
         default=None, description='extra chat-template variables, e.g. {"enable_thinking": false}'
     )
+    reasoning_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="most thinking tokens; then the block is closed and the answer follows",
+    )
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.to_template() for m in self.messages]
+
+    def to_chat_request(self, *, reasoning_format: str = "auto") -> ChatRequest:
+        """The request as the chat pipeline takes it (``reasoning_format``: the server's
+        default when the request sets none)."""
+        return ChatRequest(
+            messages=self.template_messages(),
+            params=self.to_sampling_params(),
+            model=self.model,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
+            split_thinking=(self.reasoning_format or reasoning_format) == "auto",
+            template_kwargs=self.chat_template_kwargs,
+            reasoning_budget=self.reasoning_budget,
+            n=self.n,
+        )
 
     def to_sampling_params(self) -> SamplingParams:
         """Map the request to the engine's sampling settings."""

@@ -1,12 +1,10 @@
-"""Serving logic of /v1/chat/completions: render the chat template (with tools and call
-history), enforce ``tool_choice`` by grammar, generate, and shape OpenAI's chat responses and
-chunks with ``tool_calls`` and ``reasoning_content`` split out of the text."""
+"""Serving logic of /v1/chat/completions: the request goes through the chat pipeline
+(``server/core/chat.py``: template, tools, grammar, reasoning split, batching) and comes back
+as OpenAI's chat responses and chunks, ``tool_calls`` and ``reasoning_content`` split out."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -14,89 +12,15 @@ from fastapi.responses import JSONResponse, Response
 
 from ggufworker import chat_formats as cf
 from ggufworker.config import ServerSettings
-from ggufworker.engine.types import GenerationRequest, SamplingParams, TokenEvent
-from ggufworker.server.core.generation import (
-    Generation,
-    chat_logprob,
-    collect,
-    seeded,
-    start_generation,
-)
-from ggufworker.server.core.metrics import Metrics
-from ggufworker.server.core.models import Lease, ModelManager
+from ggufworker.engine.types import TokenEvent
+from ggufworker.server.core.chat import ChatAnswer, ChatPipeline, ChatSession
+from ggufworker.server.core.generation import chat_logprob
 from ggufworker.server.core.protocol import new_id
 from ggufworker.server.core.sse import sse_event, sse_response
 from ggufworker.server.openai.protocol import ChatCompletionRequest
 
 
-@dataclass(frozen=True)
-class ChatPlan:
-    """One chat request prepared for one model: prompt, sampling, output parser."""
-
-    prompt: str
-    params: SamplingParams
-    parser: cf.OutputParser
-
-
-def plan_chat(
-    body: ChatCompletionRequest,
-    params: SamplingParams,
-    *,
-    template: str | None,
-    bos_token: str | None,
-    eos_token: str | None,
-    settings: ServerSettings | None,
-    render: Callable[..., str] | None = None,
-) -> ChatPlan:
-    """Render ``body`` for a model with ``template`` and decide grammar and parsing.
-
-    Raises:
-        InvalidRequestError: bad tools / tool_choice, or the template failed.
-    """
-    cf.validate_tools(body.tools)
-    choice = cf.resolve_tool_choice(body.tool_choice, body.tools)
-    override = settings.tool_call_format if settings else None
-    fmt = cf.detect_format(template, override=override)
-    spec = cf.detect_reasoning(template)
-    rendered = cf.render_with_tools(
-        template,
-        body.template_messages(),
-        fmt=fmt,
-        tools=body.tools,
-        bos_token=bos_token,
-        eos_token=eos_token,
-        reasoning=spec,
-        template_kwargs=body.chat_template_kwargs,
-        render=render,
-    )
-    tools = body.tools or []
-    use_tools = bool(tools) and choice.mode != "none"
-    grammar = None
-    if use_tools and params.grammar is None and params.json_schema is None:
-        grammar = cf.build_tool_grammar(
-            fmt,
-            tools,
-            mode=choice.mode,
-            name=choice.name,
-            parallel=body.parallel_tool_calls is not False,
-            reasoning=spec,
-            forced_open=rendered.forced_open,
-        )
-    mode = body.reasoning_format or (settings.reasoning_format if settings else "auto")
-    parser = cf.OutputParser(
-        fmt,
-        spec,
-        forced_open=rendered.forced_open,
-        parse_tools=use_tools,
-        split_thinking=mode == "auto",
-        tools=tools,
-        lead=fmt.output_lead(rendered.prompt),
-    )
-    params = replace(params, tool_grammar=grammar, render_special=use_tools or spec is not None)
-    return ChatPlan(rendered.prompt, params, parser)
-
-
-def message_of(result: cf.ParseResult, *, reasoning_shown: bool) -> dict[str, Any]:
+def message_of(result: cf.ParseResult | ChatAnswer, *, reasoning_shown: bool) -> dict[str, Any]:
     """OpenAI's assistant ``message`` for a parsed answer (reasoning in both field names)."""
     message: dict[str, Any] = {"role": "assistant", "content": result.content or None}
     if result.tool_calls:
@@ -111,100 +35,67 @@ def message_of(result: cf.ParseResult, *, reasoning_shown: bool) -> dict[str, An
     return message
 
 
+def usage_of(session: ChatSession) -> dict[str, Any]:
+    u = session.usage()
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
 class ChatServing:
     """Chat completions over the served models."""
 
-    def __init__(
-        self, manager: ModelManager, metrics: Metrics, settings: ServerSettings | None = None
-    ) -> None:
-        self.manager = manager
-        self.metrics = metrics
+    def __init__(self, pipeline: ChatPipeline, settings: ServerSettings | None = None) -> None:
+        self.pipeline = pipeline
         self.settings = settings
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        params = body.to_sampling_params()
-        plans: list[ChatPlan] = []
-
-        def make_reqs(lease: Lease) -> list[GenerationRequest]:
-            info = lease.engine.info
-            plan = plan_chat(
-                body,
-                params,
-                template=info.chat_template,
-                bos_token=info.bos_token,
-                eos_token=info.eos_token,
-                settings=self.settings,
-                render=lease.engine.render_chat,
-            )
-            plans.append(plan)
-            return [
-                GenerationRequest(
-                    prompt=plan.prompt, params=seeded(plan.params, i), parse_special=True
-                )
-                for i in range(body.n)
-            ]
-
-        generation = await start_generation(self.manager, self.metrics, body.model, make_reqs)
-        plan = plans[-1]
-        rid, created = new_id("chatcmpl"), int(time.time())
+        default = self.settings.reasoning_format if self.settings else "auto"
+        session = await self.pipeline.start(body.to_chat_request(reasoning_format=default))
+        rid = new_id("chatcmpl")
         if body.stream:
-            return sse_response(self._chat_stream(body, plan, generation, rid, created))
+            return sse_response(self._chat_stream(body, session, rid))
+        generation = session.generation
         want_logprobs = body.logprobs
 
         def on_event(index: int, event: TokenEvent) -> None:
             if want_logprobs and event.token_id is not None:
                 generation.choices[index].logprobs.append(chat_logprob(generation, event))
 
-        await collect(request, generation, on_event)
-        choices = []
-        for c in generation.choices:
-            text = "".join(c.text)
-            if not plan.parser.active:
-                result = cf.ParseResult(text, "", [])
-            else:
-                result = plan.parser.parse(text)
-            result = cf.ParseResult(
-                result.content,
-                result.reasoning,
-                [
-                    cf.ToolCall(t.name, t.arguments, t.id or plan.parser.fmt.new_call_id())
-                    for t in result.tool_calls
-                ],
-            )
-            finish = c.finish_reason
-            if result.tool_calls and finish == "stop":
-                finish = "tool_calls"
-            choices.append(
-                {
-                    "index": c.index,
-                    "message": message_of(result, reasoning_shown=plan.parser.split_thinking),
-                    "logprobs": {"content": c.logprobs} if want_logprobs else None,
-                    "finish_reason": finish,
-                }
-            )
+        answers = await session.answers(request, on_event)
+        shown = session.plan.parser.split_thinking
+        choices = [
+            {
+                "index": a.index,
+                "message": message_of(a, reasoning_shown=shown),
+                "logprobs": (
+                    {"content": generation.choices[a.index].logprobs} if want_logprobs else None
+                ),
+                "finish_reason": a.finish_reason,
+            }
+            for a in answers
+        ]
         return JSONResponse(
             {
                 "id": rid,
                 "object": "chat.completion",
-                "created": created,
-                "model": generation.lease.name,
+                "created": session.created,
+                "model": session.model,
                 "choices": choices,
-                "usage": generation.usage(shared_prompt=True),
+                "usage": usage_of(session),
             }
         )
 
     async def _chat_stream(
-        self,
-        body: ChatCompletionRequest,
-        plan: ChatPlan,
-        generation: Generation,
-        rid: str,
-        created: int,
+        self, body: ChatCompletionRequest, session: ChatSession, rid: str
     ) -> AsyncIterator[bytes]:
         usage_opt = body.include_usage()
-        head = {"id": rid, "object": "chat.completion.chunk", "created": created}
-        head["model"] = generation.lease.name
-        streams = [cf.StreamParser(plan.parser) for _ in generation.choices]
+        head = {"id": rid, "object": "chat.completion.chunk", "created": session.created}
+        head["model"] = session.model
+        generation = session.generation
 
         def chunk(
             index: int, delta: dict[str, Any], logprobs: Any = None, finish: Any = None
@@ -229,29 +120,16 @@ class ChatServing:
         try:
             for c in generation.choices:
                 yield chunk(c.index, {"role": "assistant", "content": ""})
-            async for index, event in generation.events():
+            async for item in session.deltas():
+                event = item.event
                 logprobs = None
                 if body.logprobs and event.token_id is not None:
                     logprobs = {"content": [chat_logprob(generation, event)]}
-                if not plan.parser.active:
-                    d = cf.StreamDelta(content=event.text)
-                else:
-                    d = streams[index].feed(event.text) if event.text else cf.StreamDelta()
-                if d or logprobs:
-                    yield chunk(index, delta_of(d), logprobs)
-                if event.finish_reason is not None and not plan.parser.active:
-                    yield chunk(index, {}, None, event.finish_reason)
-                elif event.finish_reason is not None:
-                    last, result = streams[index].finish()
-                    if last:
-                        yield chunk(index, delta_of(last))
-                    finish: str = event.finish_reason
-                    if result.tool_calls and finish == "stop":
-                        finish = "tool_calls"
-                    yield chunk(index, {}, None, finish)
+                if item.delta or logprobs:
+                    yield chunk(item.index, delta_of(item.delta), logprobs)
+                if item.answer is not None:
+                    yield chunk(item.index, {}, None, item.answer.finish_reason)
             if usage_opt:
-                yield sse_event(
-                    {**head, "choices": [], "usage": generation.usage(shared_prompt=True)}
-                )
+                yield sse_event({**head, "choices": [], "usage": usage_of(session)})
         finally:
-            generation.close()
+            session.close()
