@@ -9,6 +9,7 @@ each model at most once.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,40 @@ class SkipGuard:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipGuard(), "ggufworker-skip-guard")
+
+
+@pytest.fixture(scope="session")
+def smollm2_with_template(
+    smollm2_path: Path, llama_cpp_models_dir: Path, model_cache: Path
+) -> Callable[[str], Path]:
+    """A factory: SmolLM2 with the chat template of another family (a name from llama.cpp's
+    ``models/templates``, without ``.jinja``), so native tool-call and thinking formats can be
+    served by a real model. Made once per template into the test cache."""
+    import subprocess
+    import sys
+
+    def make(template: str) -> Path:
+        source = llama_cpp_models_dir / "templates" / f"{template}.jinja"
+        target = model_cache / "retemplated" / f"smollm2-{template}.gguf"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gguf.scripts.gguf_new_metadata",
+                "--force",
+                "--chat-template-file",
+                str(source),
+                str(smollm2_path),
+                str(partial),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        os.replace(partial, target)
+        return target
+
+    return make

@@ -24,6 +24,7 @@ from ggufworker.engine.types import (
     SamplingParams,
     TokenEvent,
 )
+from ggufworker.errors import InvalidRequestError
 from ggufworker.server.core.generation import Generation, collect, seeded, start_generation
 from ggufworker.server.core.metrics import Metrics
 from ggufworker.server.core.models import Lease, ModelManager
@@ -35,7 +36,9 @@ class ChatRequest:
 
     Attributes:
         messages: template messages (``role``, ``content`` text, ``tool_calls`` in OpenAI's
-            shape, ``tool_call_id``, ``name``).
+            shape, ``tool_call_id``, ``name``). ``content`` may also be a list of parts,
+            ``{"type": "text", "text": ...}`` and ``{"type": "image"|"audio", ...}``: text parts
+            are joined; a media part to a model without a projector is a 400 naming the model.
         params: sampling settings (``max_tokens``, stops, ``json_schema``, ...).
         model: the served model name (None: the default one).
         tools: OpenAI function tools (``{"type": "function", "function": {...}}``).
@@ -57,6 +60,42 @@ class ChatRequest:
     template_kwargs: dict[str, Any] | None = None
     reasoning_budget: int | None = None
     n: int = 1
+
+
+MEDIA_PARTS = frozenset({"image", "audio"})
+
+
+def with_text_content(req: ChatRequest, model: str) -> ChatRequest:
+    """``req`` with every message's content as text (text parts joined).
+
+    Raises:
+        InvalidRequestError: a message holds an image or audio part; no served model has a
+            projector yet, so the request names the model that cannot take it.
+    """
+    if all(isinstance(m.get("content"), str | None) for m in req.messages):
+        return req
+    messages = []
+    for i, message in enumerate(req.messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in MEDIA_PARTS:
+                    raise InvalidRequestError(
+                        f"model {model!r} cannot take {kind} input (it has no multimodal "
+                        "projector); send text only",
+                        param=f"messages[{i}].content",
+                    )
+                if kind != "text":
+                    raise InvalidRequestError(
+                        f"content part type {kind!r} is not supported",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(str(part.get("text", "")))
+            message = {**message, "content": "".join(texts)}
+        messages.append(message)
+    return replace(req, messages=messages)
 
 
 @dataclass(frozen=True)
@@ -328,7 +367,7 @@ class ChatPipeline:
         def make_reqs(lease: Lease) -> list[GenerationRequest]:
             info = lease.engine.info
             plan = plan_chat(
-                req,
+                with_text_content(req, lease.name),
                 template=info.chat_template,
                 bos_token=info.bos_token,
                 eos_token=info.eos_token,
@@ -352,7 +391,7 @@ class ChatPipeline:
         try:
             info = lease.engine.info
             plan = plan_chat(
-                req,
+                with_text_content(req, lease.name),
                 template=info.chat_template,
                 bos_token=info.bos_token,
                 eos_token=info.eos_token,
