@@ -91,9 +91,10 @@ def _cap(body: Any, path: str) -> None:
             if "options" not in body:
                 body["options"] = options
         return
-    keys = [k for k in ("max_tokens", "max_completion_tokens") if k in body]
+    names = ("max_output_tokens",) if path.startswith("/v1/responses") else ("max_tokens",)
+    keys = [k for k in (*names, "max_completion_tokens") if k in body]
     if not keys:
-        body["max_tokens"] = MAX_NEW_TOKENS
+        body[names[0]] = MAX_NEW_TOKENS
     for key in keys:
         value = body[key]
         # null means "no limit" (up to the context): as long as an unlimited request

@@ -14,6 +14,10 @@ from ggufworker.engine.types import ToolGrammar
 _PLACEHOLDER = re.compile(r"\{(args|value|ws)\}")
 _ANY_PLACEHOLDER = re.compile(r"\{(name|args|key|value|ws)\}")
 _WS = "[ \\t\\n]*"
+# Between calls and after a thinking block: a few whitespace characters at most. Unbounded,
+# a small model that has finished a forced call can emit newlines until max_tokens instead
+# of ending its turn (the grammar never forces the end-of-turn token).
+_GAP = "[ \\t\\n]{0,4}"
 
 
 def gbnf_literal(text: str) -> str:
@@ -38,6 +42,23 @@ def _seq(template: str, values: dict[str, str]) -> str:
     return " ".join(parts) if parts else '""'
 
 
+def _char_class(ch: str) -> str:
+    escaped = ch.replace("\\", "\\\\").replace("]", "\\]").replace("^", "\\^")
+    escaped = escaped.replace("-", "\\-").replace("\n", "\\n")
+    return escaped
+
+
+def _text_without(marker: str) -> str:
+    """A GBNF expression for text in which ``marker`` cannot start: its first character only
+    when the second does not follow (``</think>``, ``<|END_THINKING|>``, ``[/THINK]``), so
+    the block's end is unambiguous and a grammar cannot stay in the thinking text past it."""
+    first = marker[0]
+    if len(marker) == 1:
+        return f"[^{_char_class(first)}]*"
+    second = marker[1]
+    return f"([^{_char_class(first)}] | {gbnf_literal(first)} [^{_char_class(second)}])*"
+
+
 def _rule_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index}"
 
@@ -51,6 +72,7 @@ def build_tool_grammar(
     parallel: bool = True,
     reasoning: ReasoningSpec | None = None,
     forced_open: bool = False,
+    lead: str = "",
 ) -> ToolGrammar | None:
     """The grammar that enforces ``tool_choice``.
 
@@ -63,6 +85,8 @@ def build_tool_grammar(
         parallel: allow several calls in one turn.
         reasoning: thinking markers; a thinking block may precede forced calls.
         forced_open: the prompt opened the thinking block, so the output starts inside it.
+        lead: text the prompt already wrote of the answer (``ChatFormat.output_lead``, e.g.
+            Functionary v3.2's ``>>>``): a forced output does not write it again.
 
     Returns:
         The grammar, or None when the format cannot be forced (``auto`` without triggers).
@@ -77,6 +101,13 @@ def build_tool_grammar(
     rules: list[str] = []
     schema_rules: list[tuple[str, str]] = []
     alts: list[str] = []
+    firsts: list[str] = []
+    prefix = shape.prefix
+    # a lead the prompt wrote is the start of the prefix, or of the first call
+    lead = lead if mode != "auto" and reasoning is None else ""
+    lead_in_call = bool(lead) and not prefix.startswith(lead)
+    if lead and not lead_in_call:
+        prefix = prefix[len(lead) :]
     for i, tool_name in enumerate(names):
         schema = schemas[tool_name]
         if shape.params is not None:
@@ -90,14 +121,21 @@ def build_tool_grammar(
         text = shape.call.replace("{name}", tool_name)
         rules.append(f"{call} ::= {_seq(text, {'args': args})}")
         alts.append(call)
+        if lead_in_call and text.startswith(lead):
+            first = _rule_name("first-call", i)
+            rules.append(f"{first} ::= {_seq(text[len(lead) :], {'args': args})}")
+            firsts.append(first)
     rules.append("tool-call ::= " + " | ".join(alts))
-    sep = f"{_WS} {_seq(shape.sep, {})} {_WS}" if shape.sep else _WS
-    calls = f"tool-call ({sep} tool-call)*" if parallel else "tool-call"
-    body = f"{_seq(shape.prefix, {})} {calls} {_seq(shape.suffix, {})}"
+    head = "tool-call"
+    if firsts and len(firsts) == len(alts):
+        rules.append("first-call ::= " + " | ".join(firsts))
+        head = "first-call"
+    sep = f"{_GAP} {_seq(shape.sep, {})} {_GAP}" if shape.sep else _GAP
+    calls = f"{head} ({sep} tool-call)*" if parallel else head
+    body = f"{_seq(prefix, {})} {calls} {_seq(shape.suffix, {})}"
     if mode != "auto" and reasoning is not None:
-        think = 'think-text ::= ([^<] | "<" [^/])*'
-        rules.append(think)
-        block = f"think-text {gbnf_literal(reasoning.end)} {_WS}"
+        rules.append(f"think-text ::= {_text_without(reasoning.end)}")
+        block = f"think-text {gbnf_literal(reasoning.end)} {_GAP}"
         if forced_open:
             body = f"{block} {body}"
         else:

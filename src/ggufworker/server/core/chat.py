@@ -43,7 +43,8 @@ class ChatRequest:
         model: the served model name (None: the default one).
         tools: OpenAI function tools (``{"type": "function", "function": {...}}``).
         tool_choice: OpenAI's ``tool_choice`` (none / auto / required / named function).
-        parallel_tool_calls: allow several calls in one answer.
+        parallel_tool_calls: allow several calls in one answer (None: the default, which is
+            yes for ``auto`` and one call for a forced choice: a forced call ends the turn).
         split_thinking: move a thinking block out of the content (else it stays in the text).
         template_kwargs: extra chat-template variables (``enable_thinking``, ...).
         reasoning_budget: most thinking tokens before the block is closed (None: no cap).
@@ -55,7 +56,7 @@ class ChatRequest:
     model: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = None
     split_thinking: bool = True
     template_kwargs: dict[str, Any] | None = None
     reasoning_budget: int | None = None
@@ -139,6 +140,7 @@ def plan_chat(
     tools = req.tools or []
     use_tools = bool(tools) and choice.mode != "none"
     params = req.params
+    lead = fmt.output_lead(rendered.prompt)
     grammar = None
     if use_tools and params.grammar is None and params.json_schema is None:
         grammar = cf.build_tool_grammar(
@@ -146,9 +148,14 @@ def plan_chat(
             tools,
             mode=choice.mode,
             name=choice.name,
-            parallel=req.parallel_tool_calls,
+            parallel=(
+                req.parallel_tool_calls
+                if req.parallel_tool_calls is not None
+                else choice.mode == "auto"
+            ),
             reasoning=spec,
             forced_open=rendered.forced_open,
+            lead=lead,
         )
     parser = cf.OutputParser(
         fmt,
@@ -157,7 +164,7 @@ def plan_chat(
         parse_tools=use_tools,
         split_thinking=req.split_thinking,
         tools=tools,
-        lead=fmt.output_lead(rendered.prompt),
+        lead=lead,
     )
     budget = None
     if spec is not None and req.reasoning_budget is not None:

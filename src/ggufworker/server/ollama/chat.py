@@ -116,8 +116,10 @@ def plan_chat(
             tools or [],
             mode=choice.mode,
             name=choice.name,
+            parallel=choice.mode == "auto",  # a forced call ends the turn
             reasoning=spec,
             forced_open=rendered.forced_open,
+            lead=fmt.output_lead(rendered.prompt),
         )
     parser = cf.OutputParser(
         fmt,

@@ -179,13 +179,27 @@ async def pull(body: PullRequest, request: Request) -> Response:
     return JSONResponse(StatusResponse(**statuses[-1]).model_dump(exclude_none=True))
 
 
-@router.delete("/api/delete", summary="remove a model from the cache")
+# Ollama answers both with 200 and an empty body (no content type): documented so
+_EMPTY_OK: dict[int | str, dict[str, Any]] = {200: {"description": "done; an empty body"}}
+
+
+@router.delete(
+    "/api/delete",
+    summary="remove a model from the cache",
+    response_class=Response,
+    responses=_EMPTY_OK,
+)
 async def delete(body: ModelRequest, request: Request) -> Response:
     await ollama_models.delete(request.app.state.manager, body.model)
     return Response(status_code=200)
 
 
-@router.post("/api/copy", summary="serve a model under another name")
+@router.post(
+    "/api/copy",
+    summary="serve a model under another name",
+    response_class=Response,
+    responses=_EMPTY_OK,
+)
 async def copy(body: CopyRequest, request: Request) -> Response:
     ollama_models.copy(request.app.state.manager, body.source, body.destination)
     return Response(status_code=200)

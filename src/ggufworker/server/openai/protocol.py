@@ -165,7 +165,9 @@ class ChatCompletionRequest(SamplingFields):
         None, ge=1, description="deprecated alias of max_completion_tokens"
     )
     parallel_tool_calls: bool | None = Field(
-        default=None, description="allow several calls in one answer (default: true)"
+        default=None,
+        description="allow several calls in one answer (default: true for auto, one call "
+        "when tool_choice forces a call)",
     )
     response_format: ResponseFormat | None = None
     tool_choice: str | dict[str, Any] | None = Field(
@@ -201,7 +203,7 @@ class ChatCompletionRequest(SamplingFields):
             model=self.model,
             tools=self.tools,
             tool_choice=self.tool_choice,
-            parallel_tool_calls=self.parallel_tool_calls is not False,
+            parallel_tool_calls=self.parallel_tool_calls,
             split_thinking=(self.reasoning_format or reasoning_format) == "auto",
             template_kwargs=self.chat_template_kwargs,
             reasoning_budget=self.reasoning_budget,
