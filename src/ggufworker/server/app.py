@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from ggufworker import __version__
 from ggufworker.config import ServerSettings
+from ggufworker.server.anthropic.router import router as anthropic_router
 from ggufworker.server.core.auth import APIKeyMiddleware
 from ggufworker.server.core.chat import ChatPipeline
 from ggufworker.server.core.errors import install_error_handlers
@@ -86,7 +87,14 @@ def create_app(
     install_error_handlers(app)
     install_openapi(app)  # every route's real statuses and content types (server/openapi.py)
     # one router per API surface over the shared core; same keys, limits and metrics for all
-    routers = [public, lifecycle_router, openai_router, worker_router, ollama_router]
+    routers = [
+        public,
+        lifecycle_router,
+        openai_router,
+        worker_router,
+        ollama_router,
+        anthropic_router,
+    ]
     for r in routers:
         app.include_router(r)
     endpoints = {getattr(route, "path", "") for r in routers for route in r.routes}

@@ -1,4 +1,7 @@
-"""API keys: optional Bearer authentication, several keys allowed, compared in constant time.
+"""API keys: optional authentication, several keys allowed, compared in constant time.
+
+A key comes as ``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key: <key>``
+(Anthropic's clients); either is accepted on every path.
 
 Checked in ASGI middleware, before the body is read or parsed: a client without a valid key
 learns nothing about the request format and cannot make the server parse large bodies.
@@ -17,23 +20,32 @@ from ggufworker.server.core.sse import send_asgi_error
 PUBLIC_PATHS = frozenset({"/health"})
 
 
-def check_api_key(keys: list[str], authorization: str | None) -> None:
-    """Accept the request when no keys are configured or its Bearer token is one of them.
+def check_api_key(keys: list[str], authorization: str | None, api_key: str | None = None) -> None:
+    """Accept the request when no keys are configured or its Bearer token or ``x-api-key``
+    is one of them.
 
-    Every configured key is compared (no early exit), each with ``hmac.compare_digest``.
+    Every configured key is compared with every given credential (no early exit), each with
+    ``hmac.compare_digest``.
 
     Raises:
-        AuthenticationError: keys are configured and the header is missing or wrong.
+        AuthenticationError: keys are configured and both headers are missing or wrong.
     """
     if not keys:
         return
+    given: list[bytes] = []
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    given = token.strip().encode()
+    if scheme.lower() == "bearer" and token.strip():
+        given.append(token.strip().encode())
+    if api_key and api_key.strip():
+        given.append(api_key.strip().encode())
+    if not given:
+        raise AuthenticationError(
+            "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        )
     matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
+    for credential in given:
+        for key in keys:
+            matched |= hmac.compare_digest(credential, key.encode())
     if not matched:
         raise AuthenticationError("invalid API key")
 
@@ -54,9 +66,11 @@ class APIKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
         try:
-            check_api_key(self.keys, Headers(scope=scope).get("authorization"))
+            check_api_key(self.keys, headers.get("authorization"), headers.get("x-api-key"))
         except AuthenticationError as exc:
-            await send_asgi_error(send, exc, ((b"www-authenticate", b"Bearer"),))
+            challenge = ((b"www-authenticate", b"Bearer"),)
+            await send_asgi_error(send, exc, challenge, path=scope.get("path"))
             return
         await self.app(scope, receive, send)

@@ -1,4 +1,5 @@
-"""Every HTTP error in OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}``.
+"""Every HTTP error in its API's envelope: OpenAI's ``{"error": {"message", "type", "param",
+"code"}}``, or Anthropic's under ``/v1/messages`` (chosen by path in ``core/sse.py``).
 
 Typed exceptions are classified by :func:`ggufworker.errors.error_spec`; validation errors are
 400 (not FastAPI's 422 body); unknown routes keep their status; anything unexpected is a 500
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ggufworker.errors import GGUFWorkerError, error_spec
-from ggufworker.server.core.sse import error_payload
+from ggufworker.server.core.sse import error_body, error_payload
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,18 @@ def envelope(
     code: str | None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    path: str | None = None,
 ) -> JSONResponse:
-    """An OpenAI error response."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """An error response in the envelope of the API ``path`` belongs to (default OpenAI's)."""
+    body = error_body(status, message, type_=type_, code=code, param=param, path=path)
     return JSONResponse(body, status_code=status, headers=retry_headers(status, headers))
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, path: str | None = None) -> JSONResponse:
     """The response for an exception, classified by the errors table."""
     status = error_spec(exc).status
-    return JSONResponse(error_payload(exc), status_code=status, headers=retry_headers(status))
+    body = error_payload(exc, path)
+    return JSONResponse(body, status_code=status, headers=retry_headers(status))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -72,13 +75,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _typed(request: Request, exc: GGUFWorkerError) -> JSONResponse:
         if error_spec(exc).status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return envelope(
-            400, message, type_="invalid_request_error", code="invalid_value", param=param
+            400,
+            message,
+            type_="invalid_request_error",
+            code="invalid_value",
+            param=param,
+            path=request.url.path,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -91,9 +99,16 @@ def install_error_handlers(app: FastAPI) -> None:
             type_=type_,
             code=code,
             headers=getattr(exc, "headers", None),
+            path=request.url.path,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("%s %s failed", request.method, request.url.path)
-        return envelope(500, "internal server error", type_="server_error", code="internal_error")
+        return envelope(
+            500,
+            "internal server error",
+            type_="server_error",
+            code="internal_error",
+            path=request.url.path,
+        )

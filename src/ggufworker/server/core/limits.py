@@ -25,7 +25,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, scope)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -38,7 +38,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(send, scope)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -48,9 +48,9 @@ class BodyLimitMiddleware:
         ]
         await self.app(scope, _replay(replay, receive), send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, scope: Scope) -> None:
         exc = RequestTooLargeError(f"request body exceeds {self.max_bytes} bytes")
-        await send_asgi_error(send, exc, ((b"connection", b"close"),))
+        await send_asgi_error(send, exc, ((b"connection", b"close"),), path=scope.get("path"))
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

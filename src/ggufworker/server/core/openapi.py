@@ -18,14 +18,15 @@ media type instead of FastAPI's default JSON.
 
 Routes with their own error shape (Ollama's ``{"error": "..."}``) declare their statuses on
 their router; the additions above keep the OpenAI envelope because the middleware and the
-app-level handlers produce it.
+app-level handlers produce it, except under ``/v1/messages``, where they answer (and the
+additions document) Anthropic's ``{"type": "error", "error": {"type", "message"}}``.
 """
 
 from __future__ import annotations
 
 import typing
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.datastructures import DefaultPlaceholder
@@ -35,10 +36,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ggufworker.server.core.auth import PUBLIC_PATHS
+from ggufworker.server.core.sse import is_anthropic_path
 
 Responses = dict[int | str, dict[str, Any]]
 
 ERROR_SCHEMA = "OpenAIErrorResponse"
+ANTHROPIC_ERROR_SCHEMA = "AnthropicErrorResponse"
 SSE_EVENT_SCHEMA = "ServerSentEvent"
 # OpenAPI 3.1 has no keyword for streams: the schema of text/event-stream describes one event
 SSE_EVENT = {
@@ -71,6 +74,23 @@ class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    """The ``error`` object of Anthropic's error envelope."""
+
+    type: str = Field(
+        description="invalid_request_error, authentication_error, not_found_error, "
+        "request_too_large, rate_limit_error, api_error, overloaded_error"
+    )
+    message: str = Field(description="what went wrong, for people")
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Every error of the Anthropic Messages routes: ``{"type": "error", "error": {...}}``."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
 # status -> what it means on this server (one table; routes pick their statuses from it)
 ERROR_STATUSES: dict[int, str] = {
     400: "invalid request: body not JSON, a field missing or out of range, bad grammar",
@@ -97,6 +117,14 @@ def openai_errors(*statuses: int) -> Responses:
         if status in (429, 503):
             entry["headers"] = _RETRY_AFTER
         out[status] = entry
+    return out
+
+
+def anthropic_errors(*statuses: int) -> Responses:
+    """``responses=`` entries for error statuses answered in Anthropic's envelope."""
+    out = openai_errors(*statuses)
+    for entry in out.values():
+        entry["model"] = AnthropicErrorResponse
     return out
 
 
@@ -128,8 +156,9 @@ def text_ok(media_type: str = "text/plain", description: str = "plain text") -> 
 _BODY_METHODS = {"post", "put", "patch", "delete"}
 
 
-def _error_ref() -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": _REF.format(model=ERROR_SCHEMA)}}}
+def _error_ref(path: str) -> dict[str, Any]:
+    schema = ANTHROPIC_ERROR_SCHEMA if is_anthropic_path(path) else ERROR_SCHEMA
+    return {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}}
 
 
 def _complete(path: str, method: str, op: dict[str, Any]) -> None:
@@ -144,7 +173,7 @@ def _complete(path: str, method: str, op: dict[str, Any]) -> None:
         wanted.append(413)
     for status in sorted(wanted):
         responses.setdefault(
-            str(status), {"description": ERROR_STATUSES[status], "content": _error_ref()}
+            str(status), {"description": ERROR_STATUSES[status], "content": _error_ref(path)}
         )
     op["responses"] = dict(sorted(responses.items()))
 
@@ -209,6 +238,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for name, schema in (
         ("OpenAIErrorDetail", OpenAIErrorDetail),
         (ERROR_SCHEMA, OpenAIErrorResponse),
+        ("AnthropicErrorDetail", AnthropicErrorDetail),
+        (ANTHROPIC_ERROR_SCHEMA, AnthropicErrorResponse),
     ):
         if name not in schemas:
             js = schema.model_json_schema(ref_template=_REF)
@@ -235,6 +266,8 @@ def install_openapi(app: FastAPI) -> None:
 
 __all__: list[str] = [
     "ERROR_STATUSES",
+    "AnthropicErrorResponse",
+    "anthropic_errors",
     "OpenAIErrorResponse",
     "event_stream_ok",
     "install_openapi",
