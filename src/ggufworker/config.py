@@ -175,6 +175,18 @@ class ServerSettings(BaseSettings):
         description="auto: thinking goes to reasoning_content; none: it stays in content",
     )
 
+    # --- Responses API (stored responses: SQLite under the home) -----------------------------
+    responses_max_mb: float = Field(
+        default=256.0,
+        gt=0,
+        description="MiB of stored responses kept; past it the oldest are deleted",
+    )
+    responses_max_age_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="days a stored response is kept (0: until the size limit removes it)",
+    )
+
     # --- worker API ------------------------------------------------------------------------
     worker_id: str | None = Field(
         default=None, description="worker id sent in the readiness callback"

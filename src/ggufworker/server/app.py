@@ -28,6 +28,8 @@ from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
 from ggufworker.server.ollama.router import router as ollama_router
+from ggufworker.server.openai.responses_router import router as responses_router
+from ggufworker.server.openai.responses_serving import ResponsesServing
 from ggufworker.server.openai.router import router as openai_router
 from ggufworker.server.openai.serving_chat import ChatServing
 from ggufworker.server.openai.serving_completion import CompletionServing
@@ -61,6 +63,8 @@ def create_app(
         app.state.pipeline = ChatPipeline(manager, metrics, settings)
         app.state.chat = ChatServing(app.state.pipeline, settings)
         app.state.completion = CompletionServing(manager, metrics)
+        # the Responses API keeps stored responses in SQLite under the home
+        app.state.responses = ResponsesServing.from_settings(app.state.pipeline, settings)
         callback = None
         if settings.callback_url:
             callback = ReadinessCallback(
@@ -77,6 +81,7 @@ def create_app(
         finally:
             if callback is not None:
                 await callback.close()
+            await app.state.responses.close()
             await manager.close()
 
     app = FastAPI(title="ggufworker", version=__version__, lifespan=lifespan)
@@ -94,6 +99,7 @@ def create_app(
         worker_router,
         ollama_router,
         anthropic_router,
+        responses_router,
     ]
     for r in routers:
         app.include_router(r)
