@@ -55,6 +55,13 @@ class ModelLoadError(GGUFWorkerError):
     """llama.cpp could not load a GGUF file."""
 
 
+class ResponseNotFoundError(GGUFWorkerError, LookupError):
+    """No stored (or running) Responses API response has this id."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Response with id {response_id!r} not found.")
+
+
 class InvalidRequestError(GGUFWorkerError, ValueError):
     """A request's parameters are invalid (bad grammar, bad sampling value, ...)."""
 
@@ -122,6 +129,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
     ),
     (InvalidRequestError, ErrorSpec(400, "invalid_request_error", None)),
     (ModelNotFoundError, ErrorSpec(404, "invalid_request_error", "model_not_found")),
+    (ResponseNotFoundError, ErrorSpec(404, "invalid_request_error", "not_found")),
     (AuthenticationError, ErrorSpec(401, "invalid_request_error", "invalid_api_key")),
     (RequestTooLargeError, ErrorSpec(413, "invalid_request_error", "request_too_large")),
     (QueueFullError, ErrorSpec(429, "server_overloaded", "queue_full")),

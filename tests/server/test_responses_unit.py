@@ -25,15 +25,14 @@ from ggufworker.config import resolve_settings
 from ggufworker.errors import GenerationError, InvalidRequestError
 from ggufworker.server.app import create_app
 from ggufworker.server.core.chat import ChatAnswer, ChatUsage
-from ggufworker.server.openai.responses_protocol import (
+from ggufworker.server.openai.responses.events import ResponseBuilder
+from ggufworker.server.openai.responses.items import items_to_messages, normalize_input
+from ggufworker.server.openai.responses.objects import (
     ResponseObject,
-    items_to_messages,
-    normalize_input,
     open_reasoning,
     seal_reasoning,
 )
-from ggufworker.server.openai.responses_serving import ResponseBuilder
-from ggufworker.server.openai.responses_store import ResponseStore
+from ggufworker.server.openai.responses.store import ResponseStore
 from tests.server.fake_engine import FakeFactory, fake_answer, fake_resolver
 
 # --- the builder -----------------------------------------------------------------------------

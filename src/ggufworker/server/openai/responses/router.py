@@ -9,14 +9,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ggufworker.server.core.openapi import Responses, event_stream_ok, openai_errors
-from ggufworker.server.openai.responses_protocol import (
+from ggufworker.server.openai.responses.objects import (
     DeletedResponse,
     InputItemList,
-    InputTokensRequest,
     InputTokensResponse,
     ResponseObject,
-    ResponsesRequest,
 )
+from ggufworker.server.openai.responses.protocol import InputTokensRequest, ResponsesRequest
 
 router = APIRouter()  # API keys are checked by APIKeyMiddleware
 
