@@ -28,8 +28,8 @@ from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
 from ggufworker.server.ollama.router import router as ollama_router
-from ggufworker.server.openai.responses_router import router as responses_router
-from ggufworker.server.openai.responses_serving import ResponsesServing
+from ggufworker.server.openai.responses.router import router as responses_router
+from ggufworker.server.openai.responses.serving import ResponsesServing
 from ggufworker.server.openai.router import router as openai_router
 from ggufworker.server.openai.serving_chat import ChatServing
 from ggufworker.server.openai.serving_completion import CompletionServing
