@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,6 +44,16 @@ from ggufworker.errors import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One slot as ``GET /slots`` reports it: its id, the request running in it (None: idle)
+    and the tokens its memory holds."""
+
+    id: int
+    request_id: str | None
+    n_cached: int
 
 
 class Engine:
@@ -458,6 +469,15 @@ class Engine:
     def pipelined(self) -> bool:
         """Whether steps overlap the event work with the next decode (GPU default)."""
         return self._sched.pipeline
+
+    def slot_states(self) -> list[SlotState]:
+        """Each slot's request and cached tokens, read without stopping the scheduler (a
+        snapshot that may be one step stale)."""
+        out = []
+        for slot in self._sched.slots:
+            req = slot.req  # read once: the scheduler thread may clear it meanwhile
+            out.append(SlotState(slot.seq, req.id if req is not None else None, len(slot.cache)))
+        return out
 
     def stats(self) -> EngineStats:
         """Current load and lifetime token counts."""
