@@ -21,6 +21,7 @@ from ggufworker.errors import GGUFWorkerError
 COMMAND_MODULES = (
     "ggufworker.server.cli",  # serve
     "ggufworker.registry.cli",  # pull, list
+    "ggufworker.run_cli",  # run, ps, show, rm, stop, cp, completion
     "ggufworker.bench",  # bench
     "converters.cli",  # convert
 )

@@ -81,6 +81,13 @@ class ServerSettings(BaseSettings):
     preload: bool = Field(
         default=True, description="load the first model at start (else on first use)"
     )
+    max_loaded_models: int = Field(
+        default=0,
+        ge=0,
+        description="models loaded at once; loading one more first unloads the least recently "
+        "used idle model that is not pinned (0: no limit)",
+        json_schema_extra=_cli(metavar="N"),
+    )
     offline: bool = Field(default=False, description="never download; use only cached models")
     home: Path | None = Field(default=None, description="cache root (default $GGUFWORKER_HOME)")
 

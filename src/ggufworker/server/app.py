@@ -27,12 +27,14 @@ from ggufworker.server.core.models import (
 from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
+from ggufworker.server.lifecycle.router import router as models_router
 from ggufworker.server.ollama.router import router as ollama_router
 from ggufworker.server.openai.responses.router import router as responses_router
 from ggufworker.server.openai.responses.serving import ResponsesServing
 from ggufworker.server.openai.router import router as openai_router
 from ggufworker.server.openai.serving_chat import ChatServing
 from ggufworker.server.openai.serving_completion import CompletionServing
+from ggufworker.server.ui.router import router as ui_router
 from ggufworker.server.worker.router import router as worker_router
 from ggufworker.server.worker.serving import ReadinessCallback
 
@@ -100,6 +102,8 @@ def create_app(
         ollama_router,
         anthropic_router,
         responses_router,
+        models_router,
+        ui_router,
     ]
     for r in routers:
         app.include_router(r)

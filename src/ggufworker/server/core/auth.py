@@ -17,7 +17,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ggufworker.errors import AuthenticationError
 from ggufworker.server.core.sse import send_asgi_error
 
-PUBLIC_PATHS = frozenset({"/health"})
+# "/" and the web page (/ui and its files) are public: the page asks for the key itself and
+# sends it with every API call; "/" answers only Ollama's liveness text or a redirect to /ui.
+PUBLIC_PATHS = frozenset({"/health", "/", "/ui"})
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+def is_public(path: str | None) -> bool:
+    """``path`` is answered without an API key."""
+    return path is not None and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
 
 
 def check_api_key(keys: list[str], authorization: str | None, api_key: str | None = None) -> None:
@@ -51,7 +59,7 @@ def check_api_key(keys: list[str], authorization: str | None, api_key: str | Non
 
 
 class APIKeyMiddleware:
-    """401 for every HTTP request without a valid key, except /health and CORS preflights."""
+    """401 for every HTTP request without a valid key, except public paths and CORS preflights."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
@@ -61,7 +69,7 @@ class APIKeyMiddleware:
         if (
             scope["type"] != "http"
             or not self.keys
-            or scope.get("path") in PUBLIC_PATHS
+            or is_public(scope.get("path"))
             or scope.get("method") == "OPTIONS"
         ):
             await self.app(scope, receive, send)

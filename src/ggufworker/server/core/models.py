@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,7 +303,9 @@ class ModelManager:
         async with model.lock:
             if model.state == "ready":
                 return
+            await self._make_room(model)
             model.state, model.error = "loading", None
+            model.path = None  # unknown until resolved (a pull may be downloading it)
             started = time.monotonic()
             try:
                 path = await asyncio.to_thread(self._resolver, model.spec.source, self.settings)
@@ -337,6 +339,85 @@ class ModelManager:
             engine, model.engine, model.state = model.engine, None, "unloaded"
             await asyncio.to_thread(engine.close)
             logger.info("unloaded %s", model.spec.name)
+
+    # --- explicit load, unload and pins (the lifecycle API) -----------------------------------
+
+    def set_pinned(self, model: ServedModel, pinned: bool) -> None:
+        """Pin ``model`` (never unloaded for idleness, never evicted) or release its pin."""
+        if model.spec.pinned != pinned:
+            model.spec = replace(model.spec, pinned=pinned)
+
+    async def load(
+        self, name: str, *, keep_alive: float | None = None, pin: bool | None = None
+    ) -> ServedModel:
+        """Load a served model now, or a registry model not served yet (it is pulled when
+        missing, then served from now on).
+
+        Args:
+            name: a served name, alias or registry name.
+            keep_alive: idle seconds before it unloads (negative: forever, which pins it).
+            pin: pin it (True) or release its pin (False); None leaves the pin as it is.
+
+        Raises:
+            ModelNotFoundError: neither served nor in the registry.
+            ModelLoadError: the model failed to load.
+        """
+        try:
+            model = self.lookup(name)
+        except ModelNotFoundError:
+            entry = self.registry_entry(name)
+            if entry is None:
+                raise
+            model = self.add(entry.name)
+        if keep_alive is not None:
+            model.keep_alive = keep_alive
+            if keep_alive < 0:
+                pin = True if pin is None else pin
+        if pin is not None:
+            self.set_pinned(model, pin)
+        await self._ensure_loaded(model)
+        model.last_used = time.monotonic()
+        return model
+
+    async def stop(self, model: ServedModel, *, poll_s: float = 0.05) -> None:
+        """Unload ``model`` once its in-flight requests have finished (their streams run to
+        the end); its pin is released. A model still loading is unloaded when ready."""
+        self.set_pinned(model, False)
+        while model.state in ("ready", "loading"):
+            if model.state == "ready" and model.active == 0:
+                await self.unload(model)
+                continue
+            await asyncio.sleep(poll_s)
+
+    def loaded_count(self) -> int:
+        """Models loaded or loading now."""
+        return sum(m.state in ("ready", "loading") for m in self.all_models())
+
+    async def _make_room(self, model: ServedModel) -> None:
+        """Keep within ``max_loaded_models``: unload the least recently used idle models that
+        are not pinned. When every loaded model is pinned or busy the limit is exceeded (with a
+        warning) rather than a request refused."""
+        limit = self.settings.max_loaded_models
+        if limit <= 0:
+            return
+        while True:
+            others = [
+                m for m in self.all_models() if m is not model and m.state in ("ready", "loading")
+            ]
+            if len(others) < limit:
+                return
+            idle = [m for m in others if m.state == "ready" and not m.spec.pinned and m.active == 0]
+            if not idle:
+                logger.warning(
+                    "loading %s exceeds --max-loaded-models %d: every loaded model is pinned "
+                    "or busy",
+                    model.spec.name,
+                    limit,
+                )
+                return
+            victim = min(idle, key=lambda m: m.last_used)
+            logger.info("unloading %s to make room for %s", victim.spec.name, model.spec.name)
+            await self.unload(victim)
 
     async def _idle_loop(self) -> None:
         default = self.settings.keep_alive

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from ggufworker.server.core.auth import PUBLIC_PATHS
+from ggufworker.server.core.auth import is_public
 from ggufworker.server.core.sse import is_anthropic_path
 
 Responses = dict[int | str, dict[str, Any]]
@@ -167,7 +167,7 @@ def _complete(path: str, method: str, op: dict[str, Any]) -> None:
     wanted: list[int] = [500]
     if "requestBody" in op or op.get("parameters"):
         wanted.append(400)
-    if path not in PUBLIC_PATHS:
+    if not is_public(path):
         wanted.append(401)
     if method in _BODY_METHODS:
         wanted.append(413)

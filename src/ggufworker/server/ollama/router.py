@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
@@ -120,9 +120,23 @@ def _serving(request: Request) -> OllamaServing:
     return OllamaServing(state.manager, state.metrics, state.settings)
 
 
-@router.get("/", summary="Ollama's liveness answer")
+@router.get(
+    "/",
+    summary="Ollama's liveness answer; browsers (Accept: text/html) go to the web page",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Ollama's liveness text",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        307: {"description": "a browser: redirected to the web chat page at /ui"},
+    },
+)
 @router.head("/", include_in_schema=False)
-async def root() -> PlainTextResponse:
+async def root(request: Request) -> Response:
+    # Ollama's clients send no text/html Accept and keep getting Ollama's answer
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=307)
     return PlainTextResponse("Ollama is running")
 
 

@@ -1,0 +1,1 @@
+"""The web chat page: static files shipped inside the package, served at ``/ui``."""
