@@ -11,7 +11,10 @@ script:
    user's ``CMAKE_ARGS`` wins;
 2. builds the pinned llama-cpp-python wheel once per (version, flags) into its own cache;
 3. installs that wheel and then the project (editable) with the chosen extras;
-4. runs a self-check that decodes a multi-token prompt in a subprocess.
+4. runs a self-check that decodes a multi-token prompt in a subprocess;
+5. with ``--dev``, installs Debian's ``chromium`` with apt-get when it is missing (the web
+   page's browser test drives it; no browser is ever downloaded by the test tools). Machines
+   without apt-get (macOS) skip this step; the browser test then fails, naming what is missing.
 
 Standard library only: it runs before anything is installed. Usage::
 
@@ -185,6 +188,43 @@ def build_wheel(python: Path, version: str, cmake_args: str, *, rebuild: bool) -
     return sorted(out.glob("llama_cpp_python-*.whl"))[-1]
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> bool:
+    """Install Debian's chromium with apt-get when it is missing (``--dev``: the web page's
+    browser test). Never fails the install: without apt-get, root or the package, it says so
+    and returns False.
+    """
+    if CHROMIUM.exists():
+        return True
+    apt = shutil.which("apt-get")
+    if apt is None:
+        log(f"no apt-get: {CHROMIUM} not installed (the web page's browser test needs it)")
+        return False
+    prefix: list[str] = []
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        sudo = shutil.which("sudo")
+        if sudo is None:
+            log("not root and no sudo: chromium not installed (apt-get install chromium)")
+            return False
+        prefix = [sudo, "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*prefix, apt, "install", "-y", "-q", "chromium"]
+    log("installing chromium with apt-get (for the browser test)")
+    try:
+        if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            # a fresh machine has no package lists yet
+            subprocess.run([*prefix, apt, "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(install, env=env, stdout=subprocess.DEVNULL)
+    except OSError as exc:
+        log(f"apt-get failed: {exc}")
+    if not CHROMIUM.exists():
+        log("chromium could not be installed; the browser test will fail until it is")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install ggufworker with a safe llama.cpp build.")
     parser.add_argument(
@@ -226,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.dev:
+        ensure_chromium()
     if not args.skip_check:
         check = subprocess.run([str(python), "-m", "ggufworker.engine.selfcheck"])
         if check.returncode != 0:

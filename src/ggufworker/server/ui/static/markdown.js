@@ -59,7 +59,8 @@
     { re: /`([^`\n]+)`/, make: (m) => el("code", null, m[1]) },
     { re: /\[([^\]\n]+)\]\(([^)\s]+)\)/, make: (m) => link(m[1], m[2]) },
     { re: /\*\*([^*\n]+?)\*\*/, make: (m) => wrap("strong", m[1]) },
-    { re: /__([^_\n]+?)__/, make: (m) => wrap("strong", m[1]) },
+    // underscores emphasise only outside words (snake_case and __names__ stay as they are)
+    { re: /(?:^|(?<=[\s(]))__([^_\n]+?)__(?=$|[\s).,!?;:])/, make: (m) => wrap("strong", m[1]) },
     { re: /~~([^~\n]+?)~~/, make: (m) => wrap("del", m[1]) },
     { re: /\*([^*\s][^*\n]*?)\*/, make: (m) => wrap("em", m[1]) },
     { re: /(?:^|(?<=[\s(]))_([^_\s][^_\n]*?)_(?=$|[\s).,!?;:])/, make: (m) => wrap("em", m[1]) },
