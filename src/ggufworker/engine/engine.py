@@ -11,9 +11,11 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,15 +25,23 @@ from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, requ
 from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.budget import ThinkingBudget
+from ggufworker.engine.cache_tiers import layout_key
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.kv_layout import KvLayout
 from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.model import ContextOptions, Model
+from ggufworker.engine.prompt_cache import PromptCacheOptions, PromptCacheStats
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.slots import common_prefix
+from ggufworker.engine.state_files import (
+    StateFileError,
+    model_digest,
+    read_state_file,
+    write_state_file,
+)
 from ggufworker.engine.threads import ForeignLoad, ThreadTuner, available_cpus
 from ggufworker.engine.types import GenerationRequest, ModelInfo, SamplingParams, TokenEvent
 from ggufworker.errors import (
@@ -44,6 +54,16 @@ from ggufworker.errors import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SlotFileResult:
+    """What a slot save or restore moved: tokens, file bytes, milliseconds."""
+
+    slot: int
+    n_tokens: int
+    n_bytes: int
+    ms: float
 
 
 @dataclass(frozen=True)
@@ -67,9 +87,15 @@ class Engine:
         name: str,
         max_queue: int,
         pipeline: bool | None = None,
+        prompt_cache: PromptCacheOptions | None = None,
     ) -> None:
         self._model = model
         self._opts = opts
+        cache_opts = prompt_cache or PromptCacheOptions()
+        # what saved states are checked against: the model file and the memory layout
+        self._digest = model_digest(model.path) if cache_opts.disk_dir is not None else None
+        n_seq = opts.n_parallel + (1 if opts.embedding else 0)
+        self._layout = layout_key(unified=opts.kv_unified, n_seq=n_seq)
         self._ctx = model.new_context(opts)
         # the context one sequence can use (the whole pool, or its own stream)
         n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))
@@ -90,6 +116,9 @@ class Engine:
             on_finish=self._on_finish,
             pipeline=model.backend == "gpu" if pipeline is None else pipeline,
             tuner=self._thread_tuner(model, opts),
+            prompt_cache=cache_opts,
+            model_id=self._digest,
+            layout=self._layout,
         )
         self._sched.start()
 
@@ -123,6 +152,7 @@ class Engine:
         main_gpu: int | None = None,
         tensor_split: Sequence[float] | None = None,
         backend_sampling: BackendSampling = "auto",
+        prompt_cache: PromptCacheOptions | None = None,
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -151,6 +181,9 @@ class Engine:
                 graph (on the GPU with the model; no full logits copied back), ``off`` on the
                 host in numpy, ``auto`` (default) on when layers run on a GPU. Not with
                 ``embedding``.
+            prompt_cache: the prompt cache's RAM and disk tiers, checkpoints and slot reuse
+                threshold (default: :class:`PromptCacheOptions`' defaults, see
+                :mod:`ggufworker.engine.prompt_cache`).
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
@@ -192,7 +225,12 @@ class Engine:
         )
         try:
             return cls(
-                model, opts, name=name or model.path.stem, max_queue=max_queue, pipeline=pipeline
+                model,
+                opts,
+                name=name or model.path.stem,
+                max_queue=max_queue,
+                pipeline=pipeline,
+                prompt_cache=prompt_cache,
             )
         except BaseException:
             model.close()
@@ -441,11 +479,68 @@ class Engine:
             if slot.req is None and slot.cache:
                 # list() copies in one step under the GIL while the scheduler may append
                 best = max(best, common_prefix(list(slot.cache), wanted))
+        ram = self._sched.ram
+        for cached in ram.snapshot() if ram is not None else ():
+            best = max(best, common_prefix(cached, wanted))
         return best
 
     def clear_cache(self) -> None:
-        """Forget every idle slot's cached prefix (the next requests start cold)."""
+        """Forget every idle slot's cached prefix, their checkpoints and the RAM tier (the next
+        requests start cold unless the disk tier holds their prompt)."""
         self._call(self._sched.clear_idle_caches)
+
+    def cache_stats(self) -> PromptCacheStats:
+        """What the prompt cache holds and how often it served (any thread)."""
+        return self._sched.cache_stats()
+
+    # --- slot files (llama-server's /slots save, restore, erase) -------------------------------
+
+    def _file_owner(self) -> tuple[str, str]:
+        if self._digest is None:
+            self._digest = model_digest(self._model.path)
+        return self._digest, self._layout
+
+    def save_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFileResult:
+        """Write an idle slot's state (its tokens, KV or recurrent state, checkpoints) to
+        ``path`` (a temporary file beside it, then renamed).
+
+        Raises:
+            InvalidRequestError: no such slot, it is busy or empty.
+            OSError: the file cannot be written.
+        """
+        t0 = time.perf_counter()
+        entry = self._call(lambda: self._sched.slot_entry(slot))
+        model, layout = self._file_owner()
+        n = write_state_file(Path(path), entry, model=model, layout=layout)
+        return SlotFileResult(slot, len(entry.tokens), n, (time.perf_counter() - t0) * 1e3)
+
+    def restore_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFileResult:
+        """Load a state saved by :meth:`save_slot` into an idle slot; its next request reuses
+        the saved prompt like a slot's own cache.
+
+        Raises:
+            InvalidRequestError: no such slot, it is busy, or the file is missing, corrupt,
+                or saved from another model or memory layout (never given to llama.cpp).
+        """
+        t0 = time.perf_counter()
+        model, layout = self._file_owner()
+        if not Path(path).is_file():
+            raise InvalidRequestError(f"no saved slot file {Path(path).name}", param="filename")
+        try:
+            entry, n = read_state_file(Path(path), model=model, layout=layout)
+        except StateFileError as exc:
+            logger.warning("slot restore: %s", exc)
+            raise InvalidRequestError(str(exc), param="filename") from None
+        self._call(lambda: self._sched.slot_restore(slot, entry))
+        return SlotFileResult(slot, len(entry.tokens), n, (time.perf_counter() - t0) * 1e3)
+
+    def erase_slot(self, slot: int) -> int:
+        """Empty an idle slot's memory; returns the tokens it held.
+
+        Raises:
+            InvalidRequestError: no such slot, or it is busy.
+        """
+        return self._call(lambda: self._sched.slot_erase(slot))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -521,4 +616,4 @@ class Engine:
             pass
 
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "SlotFileResult"]

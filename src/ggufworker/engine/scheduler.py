@@ -26,6 +26,11 @@ them prefix reuse is "extend or restart": a slot's state is kept only when the n
 with exactly the tokens it has consumed (and is longer); otherwise the sequence is cleared and
 the prompt runs from its first token. Pure recurrent models hold no KV cells, so the cell
 accounting (engine/admission.py) only limits each sequence to ``n_ctx`` positions.
+
+Prompt cache (engine/cache_tiers.py): a slot's state is stashed in host RAM (and on disk) when
+the slot goes to another prompt, and restored when its conversation comes back; for memory that
+cannot be cut back (sliding window, recurrent state) a prefill stops at the positions of its
+checkpoint plan, and the step after it snapshots the partial state.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.graph_cut import GraphCut
 from ggufworker.engine.handle import RequestHandle, deliver_many
 from ggufworker.engine.model import Model
+from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
 from ggufworker.engine.slots import Request, Slot
 from ggufworker.engine.threads import ThreadTuner
@@ -69,6 +75,9 @@ class Scheduler(SlotMemory):
         on_finish: Callable[[int, int, int], None],
         pipeline: bool = False,
         tuner: ThreadTuner | None = None,
+        prompt_cache: PromptCacheOptions | None = None,
+        model_id: str | None = None,
+        layout: str = "unified",
     ) -> None:
         self.model = model
         # Follows the CPU time really available (engine/threads.py); None: fixed threads.
@@ -96,6 +105,9 @@ class Scheduler(SlotMemory):
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
         self._n_out = 0
         self._closed = False
+        self._init_prompt_cache(
+            prompt_cache or PromptCacheOptions(), model_id=model_id, layout=layout
+        )
         self.thread = threading.Thread(target=self._run, name="ggufworker-scheduler", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -175,6 +187,10 @@ class Scheduler(SlotMemory):
 
     def _shutdown(self) -> None:
         self._flush()
+        try:  # the disk tier keeps what the slots and the RAM tier hold for the next start
+            self.persist_all()
+        except Exception:
+            logger.exception("prompt cache: could not write the states to disk")
         err = EngineClosedError("the engine was shut down")
         while True:
             try:
@@ -231,6 +247,8 @@ class Scheduler(SlotMemory):
                 continue
             toks = s.req.tokens  # type: ignore[union-attr]
             end = min(len(toks), s.prefill_pos + budget)
+            if s.ckpt_plan:  # stop where a checkpoint is due (it is taken after the decode)
+                end = min(end, s.ckpt_plan[0])
             chunk = toks[s.prefill_pos : end]
             idx = batch.add_span(chunk, len(s.cache), s.seq, end == len(toks))
             if end == len(toks):
@@ -270,6 +288,9 @@ class Scheduler(SlotMemory):
                 n_fed = s.n_fed
                 s.cache.extend(s.req.tokens[s.prefill_pos : s.prefill_pos + n_fed])  # type: ignore[union-attr]
                 s.prefill_pos += n_fed
+                if s.ckpt_plan and s.ckpt_plan[0] <= s.prefill_pos:
+                    del s.ckpt_plan[0]
+                    self._take_checkpoint(s)
         if self.tuner is not None:
             self._tune_threads(took, len(active), decode_only)
         if self.pipeline:
@@ -442,6 +463,9 @@ class Scheduler(SlotMemory):
         req = s.req
         if req is None:
             return
+        if s.n_gen > 0:
+            self._turn_checkpoint(s)
+        s.ckpt_plan = []
         self._retire(req, len(req.tokens), s.n_gen, s.n_cached)
         s.req = None
         s.next_token = -1

@@ -10,6 +10,7 @@ import numpy as np
 from ggufworker.engine.batch_sampling import RowSampler
 from ggufworker.engine.budget import ThinkingBudget
 from ggufworker.engine.handle import RequestHandle
+from ggufworker.engine.prompt_cache import Checkpoint
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import SamplingParams
 
@@ -70,6 +71,11 @@ class Slot:
     # parameters: attaching or detaching makes llama.cpp re-plan its compute graph.
     chain: int = 0
     chain_key: tuple | None = None
+    # Prompt cache (engine/cache_tiers.py): partial-state snapshots of this sequence (memory
+    # that cannot be cut back resumes from them), ascending by tokens consumed, and the prompt
+    # positions at which the running prefill still takes one.
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    ckpt_plan: list[int] = field(default_factory=list)
 
 
 def common_prefix(a: list[int], b: list[int], chunk: int = 256) -> int:
