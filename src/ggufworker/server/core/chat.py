@@ -361,6 +361,18 @@ class ChatPipeline:
         self.metrics = metrics
         self.settings = settings
 
+    def plan(self, req: ChatRequest, lease: Lease) -> ChatPlan:
+        """``req`` planned for the leased model (its template, tokens and tool-call format)."""
+        info = lease.engine.info
+        return plan_chat(
+            with_text_content(req, lease.name),
+            template=info.chat_template,
+            bos_token=info.bos_token,
+            eos_token=info.eos_token,
+            tool_call_format=self.settings.tool_call_format if self.settings else None,
+            render=lease.engine.render_chat,
+        )
+
     async def start(self, req: ChatRequest) -> ChatSession:
         """Plan ``req`` for its model and submit it.
 
@@ -369,18 +381,9 @@ class ChatPipeline:
                 manager and the planner raise them, before anything is generated.
         """
         plans: list[ChatPlan] = []
-        override = self.settings.tool_call_format if self.settings else None
 
         def make_reqs(lease: Lease) -> list[GenerationRequest]:
-            info = lease.engine.info
-            plan = plan_chat(
-                with_text_content(req, lease.name),
-                template=info.chat_template,
-                bos_token=info.bos_token,
-                eos_token=info.eos_token,
-                tool_call_format=override,
-                render=lease.engine.render_chat,
-            )
+            plan = self.plan(req, lease)
             plans.append(plan)
             return [
                 GenerationRequest(
@@ -396,15 +399,7 @@ class ChatPipeline:
         """The model name and the prompt tokens ``req`` would take, without generating."""
         lease = await self.manager.acquire(req.model)
         try:
-            info = lease.engine.info
-            plan = plan_chat(
-                with_text_content(req, lease.name),
-                template=info.chat_template,
-                bos_token=info.bos_token,
-                eos_token=info.eos_token,
-                tool_call_format=self.settings.tool_call_format if self.settings else None,
-                render=lease.engine.render_chat,
-            )
+            plan = self.plan(req, lease)
             ids = lease.engine.tokenize(plan.prompt, add_special=True, parse_special=True)
             return lease.name, len(ids)
         finally:
