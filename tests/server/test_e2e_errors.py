@@ -77,6 +77,13 @@ def test_non_text_content_is_400(main_server: ServerProcess) -> None:
         _oa(main_server).chat.completions.create(
             model=SMOLLM2, messages=[{"role": "user", "content": [image]}]
         )
+    # an image to a model without a projector: the 400 names the model, never a 500
+    assert info.value.body["param"] == "messages[0].content"
+    assert SMOLLM2 in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        _oa(main_server).chat.completions.create(
+            model=SMOLLM2, messages=[{"role": "user", "content": [{"type": "video", "x": 1}]}]
+        )
     assert info.value.body["param"] == "messages"
 
 

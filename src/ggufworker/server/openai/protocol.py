@@ -129,6 +129,10 @@ class SamplingFields(OpenAIBaseModel):
 # --- chat ----------------------------------------------------------------------------------
 
 
+#: OpenAI's media content parts -> the chat pipeline's part types
+_MEDIA_PARTS = {"image_url": "image", "input_audio": "audio"}
+
+
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -137,18 +141,24 @@ class ChatMessage(OpenAIBaseModel):
     tool_call_id: str | None = None
 
     def to_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: content flattened to text."""
-        content = self.content
+        """The message as the chat pipeline takes it: text parts joined; image and audio parts
+        passed on as media parts (the pipeline answers a model that cannot take them with a
+        400 naming the model)."""
+        content: Any = self.content
         if isinstance(content, list):
-            parts = []
+            parts: list[dict[str, Any]] = []
             for part in content:
-                if part.get("type") != "text":
+                kind = part.get("type")
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(part.get("text", ""))})
+                elif kind in _MEDIA_PARTS:
+                    parts.append({**part, "type": _MEDIA_PARTS[kind]})
+                else:
                     raise InvalidRequestError(
-                        f"content part type {part.get('type')!r} is not supported (text only)",
-                        param="messages",
+                        f"content part type {kind!r} is not supported", param="messages"
                     )
-                parts.append(str(part.get("text", "")))
-            content = "".join(parts)
+            media = any(p["type"] != "text" for p in parts)
+            content = parts if media else "".join(p["text"] for p in parts)
         role = "system" if self.role == "developer" else self.role
         out: dict[str, Any] = {"role": role, "content": content or ""}
         for key in ("name", "tool_calls", "tool_call_id"):
