@@ -128,6 +128,53 @@ class ServerSettings(BaseSettings):
     flash_attn: bool | None = Field(default=None, description="flash attention (default: auto)")
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a slot before 429")
 
+    # --- prompt cache (docs/ENGINE.md "Prompt cache") ----------------------------------------
+    cache_ram: int = Field(
+        default=1024,
+        ge=0,
+        description="MiB of host RAM per model for the states of slots given to other "
+        "conversations, restored when they come back (0: off)",
+        json_schema_extra=_cli(metavar="MIB"),
+    )
+    ctx_checkpoints: int = Field(
+        default=8,
+        ge=0,
+        description="partial-state checkpoints kept per slot for sliding-window, recurrent and "
+        "hybrid models, so a prompt that changes mid-way resumes from the latest one (0: off)",
+        json_schema_extra=_cli(metavar="N"),
+    )
+    checkpoint_every: int = Field(
+        default=2048,
+        ge=1,
+        description="prompt tokens between two checkpoints of a long prefill (one is always "
+        "taken at the prompt's end and 4 tokens before it)",
+        json_schema_extra=_cli(metavar="TOKENS"),
+    )
+    slot_prompt_similarity: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of a prompt a free slot's cached prefix must cover to reuse that "
+        "slot; below it the request takes an empty or the least recently used slot",
+    )
+    prompt_cache_dir: Path | None = Field(
+        default=None,
+        description="directory where prompt states persist across restarts, one folder per "
+        "model file (default: none)",
+        json_schema_extra=_cli(metavar="DIR"),
+    )
+    cache_disk: int = Field(
+        default=4096,
+        ge=0,
+        description="MiB --prompt-cache-dir may hold per model; the oldest states go first",
+        json_schema_extra=_cli(metavar="MIB"),
+    )
+    slot_save_path: Path | None = Field(
+        default=None,
+        description="directory for POST /slots/{id}?action=save|restore (off when not set)",
+        json_schema_extra=_cli(metavar="DIR"),
+    )
+
     # --- several GPUs (docs/BACKENDS.md) ---------------------------------------------------
     split_mode: Literal["none", "layer", "row"] | None = Field(
         default=None,

@@ -27,6 +27,7 @@ from ggufworker.server.core.models import (
 from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
+from ggufworker.server.core.slots_router import router as slots_router
 from ggufworker.server.lifecycle.router import router as models_router
 from ggufworker.server.ollama.router import router as ollama_router
 from ggufworker.server.openai.responses.router import router as responses_router
@@ -104,6 +105,7 @@ def create_app(
         responses_router,
         models_router,
         ui_router,
+        slots_router,
     ]
     for r in routers:
         app.include_router(r)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -66,6 +66,7 @@ class _EngineCollector(Collector):
             f"{PREFIX}_replica_cached_tokens", "prompt tokens reused from one replica's KV cache",
             labels=labels,
         )  # fmt: skip
+        cache = _CacheFamilies()
         count = 0
         for model in manager.all_models() if manager else ():
             name = model.spec.name
@@ -86,6 +87,10 @@ class _EngineCollector(Collector):
             if model.spec.embedding:  # one engine, and the same name may serve chat too
                 continue
             try:
+                cache.add(name, engine)
+            except Exception:  # a model closing under us
+                logger.debug("prompt cache stats of %s unavailable", name, exc_info=True)
+            try:
                 for rep in replica_stats(engine):
                     values = [name, str(rep.index), rep.device]
                     r_slots.add_metric(values, rep.slots)
@@ -99,6 +104,66 @@ class _EngineCollector(Collector):
         total.add_metric([], count)
         yield from (queue, busy, slots, loaded, total)
         yield from (r_slots, r_busy, r_queue, r_requests, r_cached)
+        yield from cache.families()
+
+
+class _CacheFamilies:
+    """The prompt cache's metrics (engine/prompt_cache.py), summed over a model's replicas:
+    lookups, hits and hit ratio per tier, bytes and entries held per tier, the RAM cap."""
+
+    def __init__(self) -> None:
+        p = f"{PREFIX}_prompt_cache"
+        self.lookups = CounterMetricFamily(
+            f"{p}_lookups", "requests admitted (each one a prompt cache lookup)", labels=["model"]
+        )
+        self.hits = CounterMetricFamily(
+            f"{p}_hits", "requests whose cached tokens came from a tier (slot: the slot's own "
+            "memory, checkpoint, ram, disk)", labels=["model", "tier"],
+        )  # fmt: skip
+        self.ratio = GaugeMetricFamily(
+            f"{p}_hit_ratio", "hits / lookups, per tier and for all tiers (tier=all)",
+            labels=["model", "tier"],
+        )  # fmt: skip
+        self.token_ratio = GaugeMetricFamily(
+            f"{p}_token_ratio", "prompt tokens served from the cache / prompt tokens",
+            labels=["model"],
+        )  # fmt: skip
+        self.bytes = GaugeMetricFamily(
+            f"{p}_bytes", "bytes held per tier (ram, checkpoints kept by slots, disk)",
+            labels=["model", "tier"],
+        )  # fmt: skip
+        self.entries = GaugeMetricFamily(
+            f"{p}_entries", "states held per tier", labels=["model", "tier"]
+        )
+        self.cap = GaugeMetricFamily(
+            f"{p}_ram_limit_bytes", "the RAM tier's cap (--cache-ram)", labels=["model"]
+        )
+
+    def add(self, name: str, engine: Any) -> None:
+        members = [r.engine for r in getattr(engine, "replicas", None) or ()] or [engine]
+        stats = [m.cache_stats() for m in members if hasattr(m, "cache_stats")]
+        if not stats:
+            return
+        lookups = sum(s.lookups for s in stats)
+        self.lookups.add_metric([name], lookups)
+        hits_all = 0
+        for tier in stats[0].hits:
+            hits = sum(s.hits[tier] for s in stats)
+            hits_all += hits
+            self.hits.add_metric([name, tier], hits)
+            self.ratio.add_metric([name, tier], hits / lookups if lookups else 0.0)
+        self.ratio.add_metric([name, "all"], hits_all / lookups if lookups else 0.0)
+        prompt = sum(s.prompt_tokens for s in stats)
+        cached = sum(s.cached_tokens for s in stats)
+        self.token_ratio.add_metric([name], cached / prompt if prompt else 0.0)
+        for tier in stats[0].bytes:
+            self.bytes.add_metric([name, tier], sum(s.bytes[tier] for s in stats))
+            self.entries.add_metric([name, tier], sum(s.entries[tier] for s in stats))
+        self.cap.add_metric([name], sum(s.ram_cap for s in stats))
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.lookups, self.hits, self.ratio, self.token_ratio)
+        yield from (self.bytes, self.entries, self.cap)
 
 
 class Metrics:

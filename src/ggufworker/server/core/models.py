@@ -59,9 +59,18 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
     """Load a GGUF into a batched engine with the server's engine settings (several
     engines behind one :class:`~ggufworker.server.core.replicas.ReplicaSet` with ``--replicas``)."""
     from ggufworker.engine import Engine
+    from ggufworker.engine.prompt_cache import PromptCacheOptions
     from ggufworker.server.core.replicas import ReplicaSet, plan_placements
 
     placements = plan_placements(settings, embedding=spec.embedding)
+    prompt_cache = PromptCacheOptions(
+        ram_mib=0 if spec.embedding else settings.cache_ram,
+        checkpoints=settings.ctx_checkpoints,
+        checkpoint_every=settings.checkpoint_every,
+        similarity=settings.slot_prompt_similarity,
+        disk_dir=None if spec.embedding else settings.prompt_cache_dir,
+        disk_mib=settings.cache_disk,
+    )
     options: dict[str, Any] = dict(
         name=spec.name,
         n_ctx=settings.ctx_size,
@@ -73,6 +82,7 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         max_queue=settings.max_queue,
         kv_layout=settings.kv_layout,
         backend_sampling=settings.backend_sampling,
+        prompt_cache=prompt_cache,
     )
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
