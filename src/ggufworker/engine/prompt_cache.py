@@ -80,12 +80,17 @@ class PromptCacheOptions:
             raise ValueError("similarity must be in 0..1")
 
 
+#: a state's bytes: read from llama.cpp into a bytearray and kept as it is (never changed
+#: afterwards), so that neither reading nor restoring copies it once more
+StateBytes = bytes | bytearray
+
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """The partial state of a sequence that has consumed exactly ``n_tokens`` tokens."""
 
     n_tokens: int
-    data: bytes
+    data: StateBytes
 
 
 @dataclass(eq=False)
@@ -93,7 +98,7 @@ class Entry:
     """A whole sequence state and the tokens it holds, with the checkpoints taken on the way."""
 
     tokens: list[int]
-    data: bytes
+    data: StateBytes
     checkpoints: list[Checkpoint] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -102,7 +107,7 @@ class Entry:
         return len(self.data) + sum(len(c.data) for c in self.checkpoints)
 
 
-def read_state(ctx: llama_cpp.llama_context_p, seq: int, flags: int) -> bytes | None:
+def read_state(ctx: llama_cpp.llama_context_p, seq: int, flags: int) -> bytearray | None:
     """A copy of one sequence's state (None when llama.cpp gives none)."""
     n = int(llama_cpp.llama_state_seq_get_size_ext(ctx, seq, flags))
     if n <= 0:
@@ -110,19 +115,24 @@ def read_state(ctx: llama_cpp.llama_context_p, seq: int, flags: int) -> bytes | 
     buf = bytearray(n)
     arr = (ctypes.c_uint8 * n).from_buffer(buf)
     got = int(llama_cpp.llama_state_seq_get_data_ext(ctx, arr, n, seq, flags))
-    del arr  # release the export so the buffer can become bytes
+    del arr
     if got != n:
         logger.warning("sequence %d: llama.cpp wrote %d of %d state bytes", seq, got, n)
         return None
-    return bytes(buf)
+    return buf
 
 
-def write_state(ctx: llama_cpp.llama_context_p, seq: int, data: bytes, flags: int) -> bool:
+def write_state(ctx: llama_cpp.llama_context_p, seq: int, data: StateBytes, flags: int) -> bool:
     """Replace one sequence's state (or, with ``STATE_PARTIAL``, its partial state) by
     ``data``. On failure llama.cpp leaves the part it was restoring empty."""
     n = len(data)
-    arr = (ctypes.c_uint8 * n).from_buffer_copy(data)
-    return int(llama_cpp.llama_state_seq_set_data_ext(ctx, arr, n, seq, flags)) == n
+    # llama.cpp only reads it; a bytearray is passed as it is, bytes are copied once
+    kind = ctypes.c_uint8 * n
+    arr = kind.from_buffer(data) if isinstance(data, bytearray) else kind.from_buffer_copy(data)
+    try:
+        return int(llama_cpp.llama_state_seq_set_data_ext(ctx, arr, n, seq, flags)) == n
+    finally:
+        del arr
 
 
 def latest_checkpoint(checkpoints: Sequence[Checkpoint], n: int) -> Checkpoint | None:

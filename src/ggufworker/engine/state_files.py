@@ -78,7 +78,7 @@ class StateHeader:
     size: int  # file size
 
 
-def _payload_parts(entry: Entry) -> list[bytes]:
+def _payload_parts(entry: Entry) -> list[bytes | bytearray]:
     toks = struct.pack(f"<{len(entry.tokens)}i", *entry.tokens)
     return [toks, entry.data, *(c.data for c in entry.checkpoints)]
 
