@@ -2,7 +2,9 @@
 
 Engine level (default): the engine at 1, 2, 4, 8 concurrent streams against the raw low-level
 loop and plain ``llama_cpp.Llama`` (see :mod:`ggufworker.bench.engine_bench`). With ``--http``:
-the HTTP-level benchmark of :mod:`ggufworker.bench.http` when that module is present.
+the HTTP-level benchmark of :mod:`ggufworker.bench.http` when that module is present. With
+``--agent-replay``: conversations resent whole every turn, against llama-server
+(:mod:`ggufworker.bench.agent_replay`).
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the engine's KV cache layout (engine-level benchmark)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    from ggufworker.bench import soak
+    from ggufworker.bench import agent_replay, soak
 
     soak.add_arguments(p)
+    agent_replay.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -69,6 +72,12 @@ def _main(args: argparse.Namespace) -> int:
         result = soak.run(args)
         print(json.dumps(result, indent=2) if args.json else soak.format_report(result))
         return 0 if result["failed_total"] == 0 and result["healthy_after"] else 1
+    if args.agent_replay:
+        from ggufworker.bench import agent_replay
+
+        result = agent_replay.run(args)
+        print(json.dumps(result, indent=2) if args.json else agent_replay.format_report(result))
+        return 0
     if args.http:
         http = _http_module()
         if http is None:
