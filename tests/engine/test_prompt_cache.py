@@ -126,6 +126,26 @@ def test_evicted_conversations_come_back_from_ram(dense: Engine) -> None:
         agrees_with_cold(dense, prompt, tokens, "a conversation restored from RAM")
 
 
+def test_unified_pool_restores_too(smollm2_path: Path) -> None:
+    """With one KV pool shared by the slots, a stashed state is restored into the cells the
+    other slots leave free."""
+    opts = PromptCacheOptions(ram_mib=256)
+    engine = Engine.load(
+        smollm2_path, n_ctx=4096, n_parallel=2, n_batch=2048, n_threads=2,
+        kv_layout="unified", prompt_cache=opts,
+    )  # fmt: skip
+    try:
+        assert engine.kv_layout == "unified"
+        firsts = [opening(engine, k, 20) for k in range(3)]
+        for prompt in firsts:
+            run(engine, prompt, FIRST)
+        again, cached = run(engine, firsts[0] + [42, 43])
+        assert cached >= len(firsts[0]) and engine.cache_stats().hits["ram"] == 1
+        agrees_with_cold(engine, firsts[0] + [42, 43], again, "restored into a unified pool")
+    finally:
+        engine.close()
+
+
 def test_restored_state_equals_state_left_in_place(dense: Engine) -> None:
     """After generated tokens (decoded one at a time), a restored state continues exactly as
     the same state left in its slot."""
