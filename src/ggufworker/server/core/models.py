@@ -194,6 +194,29 @@ class ModelManager:
             out.append(entry.name)
         return list(dict.fromkeys(out))
 
+    @property
+    def home(self) -> Path:
+        """The ggufworker home the server reads and writes (models, state)."""
+        from ggufworker import paths
+
+        home = self.settings.home
+        return Path(home).expanduser() if home is not None else paths.home_dir()
+
+    def file_on_disk(self, model: ServedModel) -> Path | None:
+        """The model's GGUF file when it is on disk (nothing is downloaded to find out)."""
+        if model.path is not None and model.path.is_file():
+            return model.path
+        source = Path(model.spec.source).expanduser()
+        if source.is_file():
+            return source
+        entry = self.registry_entry(model.spec.source)
+        if entry is not None:
+            from ggufworker.registry.cache import model_path
+
+            path = model_path(self.home, entry)
+            return path if path.is_file() else None
+        return None
+
     def registry_entry(self, name: str) -> Any:
         """The registry model a name means (name, alias or name:latest), or None."""
         if "/" in name or name.endswith(".gguf"):

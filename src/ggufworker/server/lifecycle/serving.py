@@ -11,10 +11,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from ggufworker import __version__, paths
+from ggufworker import __version__
 from ggufworker import chat_formats as cf
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import GGUFWorkerError, ModelNotFoundError
@@ -40,30 +39,9 @@ POLL_S = 0.25
 PING_S = 15.0
 
 
-def _home(manager: ModelManager) -> Path:
-    home = manager.settings.home
-    return Path(home).expanduser() if home is not None else paths.home_dir()
-
-
 def _iso(t: float) -> str:
     when = dt.datetime.fromtimestamp(t, dt.timezone.utc)
     return when.isoformat().replace("+00:00", "Z")
-
-
-def file_of(manager: ModelManager, model: ServedModel) -> Path | None:
-    """The model's GGUF file when it is on disk (nothing is downloaded to find out)."""
-    if model.path is not None and model.path.is_file():
-        return model.path
-    source = Path(model.spec.source).expanduser()
-    if source.is_file():
-        return source
-    entry = manager.registry_entry(model.spec.source)
-    if entry is not None:
-        from ggufworker.registry.cache import model_path
-
-        path = model_path(_home(manager), entry)
-        return path if path.is_file() else None
-    return None
 
 
 def status_of(manager: ModelManager, model: ServedModel) -> ModelStatus:
@@ -72,7 +50,7 @@ def status_of(manager: ModelManager, model: ServedModel) -> ModelStatus:
     if model.state == "ready":
         return ModelStatus(value="loaded")
     if model.state == "loading":
-        if model.path is None and file_of(manager, model) is None:
+        if model.path is None and manager.file_on_disk(model) is None:
             return ModelStatus(value="downloading")
         return ModelStatus(value="loading")
     if model.state == "failed":
@@ -82,7 +60,7 @@ def status_of(manager: ModelManager, model: ServedModel) -> ModelStatus:
 
 def model_row(manager: ModelManager, model: ServedModel) -> LifecycleModel:
     """The status row of a served model."""
-    path = file_of(manager, model)
+    path = manager.file_on_disk(model)
     size = None
     if path is not None:
         try:
@@ -111,7 +89,7 @@ def _cached_rows(manager: ModelManager, served: set[str]) -> list[LifecycleModel
     from ggufworker.registry.listing import list_models
 
     try:
-        rows = list_models(home=_home(manager))
+        rows = list_models(home=manager.home)
     except GGUFWorkerError as exc:  # a broken models.yaml must not break the listing
         logger.warning("registry unavailable for /models: %s", exc)
         return []

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufworker import paths
 from ggufworker.server.core.models import ModelManager, ServedModel
 from ggufworker.server.ollama.protocol import ModelDetails
 
@@ -116,33 +115,12 @@ def _engine_fim(engine: Any, metadata: dict[str, Any]) -> tuple[int, ...] | None
     return fim_ids(metadata, lookup)
 
 
-def known_path(manager: ModelManager, model: ServedModel) -> Path | None:
-    """The model's GGUF file when it is on disk, without downloading anything."""
-    if model.path is not None and model.path.is_file():
-        return model.path
-    source = Path(model.spec.source).expanduser()
-    if source.is_file():
-        return source
-    entry = manager.registry_entry(model.spec.source)
-    if entry is not None:
-        from ggufworker.registry.cache import model_path
-
-        path = model_path(home_of(manager), entry)
-        return path if path.is_file() else None
-    return None
-
-
-def home_of(manager: ModelManager) -> Path:
-    home = manager.settings.home
-    return Path(home).expanduser() if home is not None else paths.home_dir()
-
-
 def model_facts(manager: ModelManager, model: ServedModel) -> ModelFacts:
     """Facts of a served model: from its loaded engine, else from its file (read in a worker
     thread by the caller: the first read of a large vocabulary takes a second or two)."""
     from ggufworker.registry.cache import read_marker
 
-    path = known_path(manager, model)
+    path = manager.file_on_disk(model)
     entry = manager.registry_entry(model.spec.source)
     size, modified, digest = 0, 0.0, ""
     if path is not None:

@@ -15,7 +15,6 @@ from ggufworker.server.core.models import ModelManager, ServedModel
 from ggufworker.server.ollama.facts import (
     capabilities,
     details,
-    home_of,
     iso,
     model_facts,
     parameter_size,
@@ -159,7 +158,7 @@ def pull_target(manager: ModelManager, name: str) -> Any:
     from ggufworker.registry import load_registry, resolve
 
     entry = manager.registry_entry(name)
-    return resolve(entry.name if entry is not None else name, load_registry(), home_of(manager))
+    return resolve(entry.name if entry is not None else name, load_registry(), manager.home)
 
 
 def _work_bytes(home: Path, target: Path) -> int:
@@ -186,7 +185,7 @@ async def pull(manager: ModelManager, name: str, target: Any) -> AsyncIterator[d
     from ggufworker.registry import cached
     from ggufworker.registry import pull as registry_pull
 
-    home = home_of(manager)
+    home = manager.home
     yield {"status": "pulling manifest"}
     digest = f"sha256:{target.sha256}" if target.sha256 else ""
     status = f"pulling {target.sha256[:12]}" if target.sha256 else f"pulling {target.name}"
