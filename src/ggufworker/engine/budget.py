@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.model import Model
 from ggufworker.engine.types import ReasoningBudget
 
 _BEFORE, _INSIDE, _FORCING, _DONE = range(4)
@@ -83,3 +84,16 @@ class ThinkingBudget:
         llama_cpp.llama_sampler_reset(chain)
         for t in self.output:
             llama_cpp.llama_sampler_accept(chain, t)
+
+
+def thinking_budget(budget: ReasoningBudget | None, model: Model) -> ThinkingBudget | None:
+    """A request's tracker for ``budget`` on ``model`` (None without a budget, or when the
+    end marker tokenizes to nothing)."""
+    if budget is None:
+        return None
+    end = model.tokenize(budget.end, add_special=False, parse_special=True)
+    if not end:
+        return None
+    return ThinkingBudget(
+        budget, end, lambda t: model.piece(t, special=True).decode("utf-8", errors="replace")
+    )

@@ -8,42 +8,34 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, request_mode
 from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
-from ggufworker.engine.budget import ThinkingBudget
+from ggufworker.engine.budget import thinking_budget
 from ggufworker.engine.cache_tiers import layout_key
 from ggufworker.engine.chat import render_chat
 from ggufworker.engine.devices import SplitMode
+from ggufworker.engine.embedding import Embedding
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.kv_layout import KvLayout
 from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.model import ContextOptions, Model
-from ggufworker.engine.prompt_cache import PromptCacheOptions, PromptCacheStats
+from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
-from ggufworker.engine.slots import common_prefix
+from ggufworker.engine.slot_cache import SlotCache
 from ggufworker.engine.state_files import (
-    StateFileError,
     model_digest,
-    read_state_file,
-    write_state_file,
 )
 from ggufworker.engine.threads import ForeignLoad, ThreadTuner, available_cpus
-from ggufworker.engine.types import GenerationRequest, ModelInfo, SamplingParams, TokenEvent
+from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -56,27 +48,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SlotFileResult:
-    """What a slot save or restore moved: tokens, file bytes, milliseconds."""
-
-    slot: int
-    n_tokens: int
-    n_bytes: int
-    ms: float
-
-
-@dataclass(frozen=True)
-class SlotState:
-    """One slot as ``GET /slots`` reports it: its id, the request running in it (None: idle)
-    and the tokens its memory holds."""
-
-    id: int
-    request_id: str | None
-    n_cached: int
-
-
-class Engine:
+class Engine(SlotCache, Embedding):
     """A loaded model serving many requests at once through continuous batching."""
 
     def __init__(
@@ -338,24 +310,12 @@ class Engine:
                 bias=bias_arrays(request.params) if greedy else None,
                 sampler=sampler,
                 backend=backend,
-                budget=self._thinking_budget(params),
+                budget=thinking_budget(params.reasoning_budget, self._model),
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
             handle._deliver(EngineClosedError("the engine is closed"))
         return handle
-
-    def _thinking_budget(self, params: SamplingParams) -> ThinkingBudget | None:
-        budget = params.reasoning_budget
-        if budget is None:
-            return None
-        end = self._model.tokenize(budget.end, add_special=False, parse_special=True)
-        if not end:
-            return None
-        model = self._model
-        return ThinkingBudget(
-            budget, end, lambda t: model.piece(t, special=True).decode("utf-8", errors="replace")
-        )
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
         if isinstance(request.prompt, str):
@@ -411,47 +371,6 @@ class Engine:
 
     # --- embeddings --------------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Pooled, L2-normalised embeddings of each text (engine loaded with ``embedding=True``).
-
-        Raises:
-            InvalidRequestError: the engine was not loaded for embeddings.
-            ContextLengthExceededError: a text is longer than one batch.
-        """
-        if not self._opts.embedding:
-            raise InvalidRequestError("this engine was not loaded with embedding=True")
-        token_lists = [self._model.tokenize(t) for t in texts]
-        for toks in token_lists:
-            if not toks or len(toks) > self._opts.n_batch:
-                raise ContextLengthExceededError(
-                    f"each input must be 1..{self._opts.n_batch} tokens", param="input"
-                )
-        return self._call(lambda: [self._embed_one(t) for t in token_lists])
-
-    def _embed_one(self, tokens: list[int]) -> list[float]:
-        # Runs on the scheduler thread, between steps; uses the extra sequence id.
-        seq = self._opts.n_parallel
-        sched = self._sched
-        llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
-        llama_cpp.llama_set_embeddings(self._ctx, True)
-        try:
-            b = sched.batch
-            b.clear()
-            b.add_span(tokens, 0, seq, True)
-            b.logits[: b.n] = 1
-            rc = b.decode(self._ctx)
-            if rc != 0:
-                raise InvalidRequestError(f"embedding decode failed (code {rc})")
-            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
-            if not ptr:
-                raise InvalidRequestError("this model produces no pooled embeddings")
-            vec = np.ctypeslib.as_array(ptr, shape=(self.info.n_embd,)).tolist()
-        finally:
-            llama_cpp.llama_set_embeddings(self._ctx, False)
-            llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
-        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-        return [v / norm for v in vec]
-
     def run_on_scheduler(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the scheduler thread between two steps and return its result.
 
@@ -468,79 +387,6 @@ class Engine:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._sched.post("call", fn, fut)
         return fut.result()
-
-    def cached_prefix(self, tokens: Sequence[int]) -> int:
-        """How many leading ``tokens`` an idle slot already holds in its KV cache (what
-        admission would reuse now). Read without stopping the scheduler, so it is a hint for
-        routing that may be one step stale."""
-        wanted = list(tokens)
-        best = 0
-        for slot in self._sched.slots:
-            if slot.req is None and slot.cache:
-                # list() copies in one step under the GIL while the scheduler may append
-                best = max(best, common_prefix(list(slot.cache), wanted))
-        ram = self._sched.ram
-        for cached in ram.snapshot() if ram is not None else ():
-            best = max(best, common_prefix(cached, wanted))
-        return best
-
-    def clear_cache(self) -> None:
-        """Forget every idle slot's cached prefix, their checkpoints and the RAM tier (the next
-        requests start cold unless the disk tier holds their prompt)."""
-        self._call(self._sched.clear_idle_caches)
-
-    def cache_stats(self) -> PromptCacheStats:
-        """What the prompt cache holds and how often it served (any thread)."""
-        return self._sched.cache_stats()
-
-    # --- slot files (llama-server's /slots save, restore, erase) -------------------------------
-
-    def _file_owner(self) -> tuple[str, str]:
-        if self._digest is None:
-            self._digest = model_digest(self._model.path)
-        return self._digest, self._layout
-
-    def save_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFileResult:
-        """Write an idle slot's state (its tokens, KV or recurrent state, checkpoints) to
-        ``path`` (a temporary file beside it, then renamed).
-
-        Raises:
-            InvalidRequestError: no such slot, it is busy or empty.
-            OSError: the file cannot be written.
-        """
-        t0 = time.perf_counter()
-        entry = self._call(lambda: self._sched.slot_entry(slot))
-        model, layout = self._file_owner()
-        n = write_state_file(Path(path), entry, model=model, layout=layout)
-        return SlotFileResult(slot, len(entry.tokens), n, (time.perf_counter() - t0) * 1e3)
-
-    def restore_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFileResult:
-        """Load a state saved by :meth:`save_slot` into an idle slot; its next request reuses
-        the saved prompt like a slot's own cache.
-
-        Raises:
-            InvalidRequestError: no such slot, it is busy, or the file is missing, corrupt,
-                or saved from another model or memory layout (never given to llama.cpp).
-        """
-        t0 = time.perf_counter()
-        model, layout = self._file_owner()
-        if not Path(path).is_file():
-            raise InvalidRequestError(f"no saved slot file {Path(path).name}", param="filename")
-        try:
-            entry, n = read_state_file(Path(path), model=model, layout=layout)
-        except StateFileError as exc:
-            logger.warning("slot restore: %s", exc)
-            raise InvalidRequestError(str(exc), param="filename") from None
-        self._call(lambda: self._sched.slot_restore(slot, entry))
-        return SlotFileResult(slot, len(entry.tokens), n, (time.perf_counter() - t0) * 1e3)
-
-    def erase_slot(self, slot: int) -> int:
-        """Empty an idle slot's memory; returns the tokens it held.
-
-        Raises:
-            InvalidRequestError: no such slot, or it is busy.
-        """
-        return self._call(lambda: self._sched.slot_erase(slot))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -564,15 +410,6 @@ class Engine:
     def pipelined(self) -> bool:
         """Whether steps overlap the event work with the next decode (GPU default)."""
         return self._sched.pipeline
-
-    def slot_states(self) -> list[SlotState]:
-        """Each slot's request and cached tokens, read without stopping the scheduler (a
-        snapshot that may be one step stale)."""
-        out = []
-        for slot in self._sched.slots:
-            req = slot.req  # read once: the scheduler thread may clear it meanwhile
-            out.append(SlotState(slot.seq, req.id if req is not None else None, len(slot.cache)))
-        return out
 
     def stats(self) -> EngineStats:
         """Current load and lifetime token counts."""
@@ -616,4 +453,4 @@ class Engine:
             pass
 
 
-__all__ = ["Engine", "SlotFileResult"]
+__all__ = ["Engine"]
