@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
@@ -21,6 +21,16 @@ logger = logging.getLogger(__name__)
 
 MAX_STOP = 16
 MAX_N = 16
+
+
+def _limit_stop(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > MAX_STOP:
+        raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
+    return value
+
+
+#: a request's ``stop``: one string or up to MAX_STOP of them
+Stop = Annotated[str | list[str] | None, AfterValidator(_limit_stop)]
 
 
 class OpenAIBaseModel(LenientModel):
@@ -65,7 +75,7 @@ class SamplingFields(OpenAIBaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N, description="choices to generate")
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     seed: int | None = Field(default=None, description="sampling seed, for reproducible output")
-    stop: str | list[str] | None = Field(default=None, description=f"up to {MAX_STOP} stop strings")
+    stop: Stop = Field(default=None, description=f"up to {MAX_STOP} stop strings")
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -80,13 +90,6 @@ class SamplingFields(OpenAIBaseModel):
     )
     grammar: str | None = Field(default=None, description="GBNF grammar constraining the output")
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-sequence")
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
-        return value
 
     @field_validator("logit_bias")
     @classmethod

@@ -18,7 +18,7 @@ from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
 from ggufworker.server.core.chat import ChatRequest
 from ggufworker.server.core.protocol import stop_strings
-from ggufworker.server.openai.protocol import MAX_STOP, OpenAIBaseModel
+from ggufworker.server.openai.protocol import MAX_STOP, OpenAIBaseModel, Stop
 
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
@@ -244,7 +244,7 @@ class ResponsesRequest(ResponsesInput):
     repeat_penalty: float | None = Field(
         default=None, ge=0.0, le=10.0, description="repetition penalty"
     )
-    stop: str | list[str] | None = Field(default=None, description=f"up to {MAX_STOP} stop strings")
+    stop: Stop = Field(default=None, description=f"up to {MAX_STOP} stop strings")
 
     @field_validator("metadata")
     @classmethod
@@ -254,13 +254,6 @@ class ResponsesRequest(ResponsesInput):
                 raise ValueError(f"at most {MAX_METADATA} metadata pairs are allowed")
             if any(len(k) > 64 or len(v) > 512 for k, v in value.items()):
                 raise ValueError("metadata keys are at most 64 characters, values 512")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
         return value
 
     @property
