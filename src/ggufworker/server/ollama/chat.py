@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ggufworker import chat_formats as cf
 from ggufworker.engine.types import SamplingParams
 from ggufworker.errors import InvalidRequestError
+from ggufworker.server.core.chat import ChatRequest
+from ggufworker.server.core.chat import plan_chat as core_plan
 
 logger = logging.getLogger(__name__)
 
@@ -90,45 +92,23 @@ def plan_chat(
     spec = cf.detect_reasoning(template)
     if think and spec is None:
         raise InvalidRequestError(f"{name!r} does not support thinking", param="think")
-    cf.validate_tools(tools)
-    choice = cf.resolve_tool_choice(tool_choice, tools)
-    fmt = cf.detect_format(template, override=tool_call_format)
     kwargs: dict[str, Any] = {}
     if think is not None and spec is not None:
         kwargs["enable_thinking"] = bool(think)
         if isinstance(think, str):
             kwargs["reasoning_effort"] = think
-    rendered = cf.render_with_tools(
-        template,
-        messages,
-        fmt=fmt,
-        tools=tools,
+    plan = core_plan(
+        ChatRequest(
+            messages=messages,
+            params=params,
+            tools=tools,
+            tool_choice=tool_choice,
+            split_thinking=think is not None,  # unset: a thinking model's text stays as it is
+            template_kwargs=kwargs or None,
+        ),
+        template=template,
         bos_token=info.bos_token,
         eos_token=info.eos_token,
-        reasoning=spec,
-        template_kwargs=kwargs or None,
+        tool_call_format=tool_call_format,
     )
-    use_tools = bool(tools) and choice.mode != "none"
-    grammar = None
-    if use_tools and params.grammar is None and params.json_schema is None:
-        grammar = cf.build_tool_grammar(
-            fmt,
-            tools or [],
-            mode=choice.mode,
-            name=choice.name,
-            parallel=choice.mode == "auto",  # a forced call ends the turn
-            reasoning=spec,
-            forced_open=rendered.forced_open,
-            lead=fmt.output_lead(rendered.prompt),
-        )
-    parser = cf.OutputParser(
-        fmt,
-        spec,
-        forced_open=rendered.forced_open,
-        parse_tools=use_tools,
-        split_thinking=think is not None,  # unset: a thinking model's text stays as it is
-        tools=tools or [],
-        lead=fmt.output_lead(rendered.prompt),
-    )
-    params = replace(params, tool_grammar=grammar, render_special=use_tools or spec is not None)
-    return ChatPlan(rendered.prompt, params, parser, show_thinking=bool(think))
+    return ChatPlan(plan.prompt, plan.params, plan.parser, show_thinking=bool(think))
