@@ -66,8 +66,22 @@ class ServerSettings(BaseSettings):
     )
     embedding_models: StrList = Field(
         default_factory=list,
-        description="model to serve on /v1/embeddings, registry name or GGUF path; repeatable",
+        description="model to serve on /v1/embeddings (or /v1/rerank, when its GGUF pools by "
+        "rank), registry name or GGUF path; repeatable",
         json_schema_extra=_cli("--embedding-model", "NAME|PATH"),
+    )
+    embedding_parallel: int = Field(
+        default=16,
+        ge=1,
+        le=255,
+        description="inputs an embedding model computes in one decode (from one request or "
+        "from concurrent ones)",
+    )
+    embedding_batch_size: int = Field(
+        default=2048,
+        ge=8,
+        description="tokens per embedding decode: also the longest input an embedding model "
+        "takes (encoders see a whole input at once)",
     )
     pin: StrList = Field(
         default_factory=list,

@@ -32,6 +32,12 @@ class ModelNotFoundError(GGUFWorkerError, LookupError):
     param = "model"
 
 
+class WrongModelKindError(ModelNotFoundError):
+    """A served model asked for what it does not do: chat from an embedding model, embeddings
+    from a generation model (a 400 that says so; callers that fall back from one kind to the
+    other still catch it as :class:`ModelNotFoundError`)."""
+
+
 class ChecksumMismatchError(GGUFWorkerError):
     """A downloaded file's sha256 is not the one the registry pins."""
 
@@ -128,6 +134,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
         ErrorSpec(400, "invalid_request_error", "context_length_exceeded"),
     ),
     (InvalidRequestError, ErrorSpec(400, "invalid_request_error", None)),
+    (WrongModelKindError, ErrorSpec(400, "invalid_request_error", "model_not_supported")),
     (ModelNotFoundError, ErrorSpec(404, "invalid_request_error", "model_not_found")),
     (ResponseNotFoundError, ErrorSpec(404, "invalid_request_error", "not_found")),
     (AuthenticationError, ErrorSpec(401, "invalid_request_error", "invalid_api_key")),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ggufworker.engine.embedding import EmbedResult, Pooling
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent, TopLogprob, Usage
 from ggufworker.errors import ContextLengthExceededError, GenerationError, QueueFullError
 
@@ -121,6 +122,8 @@ class FakeEngine:
         self.n_parallel = n_parallel
         self.max_queue = max_queue
         self.embedding = embedding
+        # what a real embedding engine reads from its GGUF (engine/embedding.py)
+        self.pooling = Pooling("mean", normalize=False, n_out=4, rerank_template=None)
         self.delay = 0.002
         self.fail_after: int | None = None
         self.lock = threading.Lock()
@@ -159,6 +162,9 @@ class FakeEngine:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return [[float(len(t)), 1.0, 0.5, 0.25] for t in texts]
+
+    def embed_inputs(self, inputs: list[Any], *, truncate: bool = False) -> EmbedResult:
+        return EmbedResult(self.embed([str(x) for x in inputs]), sum(len(x) for x in inputs))
 
     def stats(self) -> FakeStats:
         busy = min(len(self.active), self.n_parallel)

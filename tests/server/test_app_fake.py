@@ -281,8 +281,14 @@ def test_embeddings_need_an_embedding_model(factory: FakeFactory) -> None:
         r = c.post("/v1/embeddings", json={"model": "emb", "input": ["a", "bcd"]})
         data = r.json()["data"]
         assert [d["index"] for d in data] == [0, 1] and data[1]["embedding"][0] == 3.0
+        # a model served for the other kind of request: a 400 that says so
+        r = c.post("/v1/embeddings", json={"model": "alpha", "input": "a"})
+        _assert_envelope(r, 400, "model_not_supported")
+        assert "served for generation only" in r.json()["error"]["message"]
+        r = c.post("/v1/chat/completions", json={"model": "emb", "messages": [{"role": "user", "content": "hi"}]})
+        _assert_envelope(r, 400, "model_not_supported")
         _assert_envelope(
-            c.post("/v1/embeddings", json={"model": "alpha", "input": "a"}), 404, "model_not_found"
+            c.post("/v1/embeddings", json={"model": "nope", "input": "a"}), 404, "model_not_found"
         )
 
 

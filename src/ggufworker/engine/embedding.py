@@ -1,10 +1,28 @@
-"""Pooled embeddings from an engine loaded with ``embedding=True``: one text at a time on the
-scheduler thread, in the extra sequence id. Mixed into :class:`~ggufworker.engine.Engine`."""
+"""Pooled embeddings and rerank scores, batched: the inputs of one request and of concurrent
+requests go into one ``llama_decode`` as separate sequences. Mixed into
+:class:`~ggufworker.engine.Engine`.
+
+An engine loaded with ``embedding=True`` keeps ``embed_seqs`` sequence ids after its slots for
+this work. A caller queues a job (its token lists) and asks the scheduler thread to drain the
+queue; a drain packs the waiting inputs, oldest first, into decodes of at most ``n_batch`` tokens
+and ``embed_seqs`` sequences, so requests that arrive while one decode runs share the next one.
+Non-causal models (encoders) must see a whole input in one micro-batch (llama.cpp asserts it),
+which is why one input may hold at most ``n_batch`` tokens.
+
+What a vector is comes from the GGUF: ``{arch}.pooling_type`` (mean, CLS, last, or rank: a
+classifier's scores instead of a vector) and ``ggufworker.embedding.normalize`` (written by the
+converter from a sentence-transformers ``Normalize`` module; absent means normalised, as
+llama-server does by default).
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,9 +35,74 @@ from ggufworker.errors import ContextLengthExceededError, InvalidRequestError
 
 T = TypeVar("T")
 
+#: GGUF key: whether pooled vectors are L2-normalised (a sentence-transformers Normalize module)
+NORMALIZE_KEY = "ggufworker.embedding.normalize"
+
+POOLING_NAMES = {
+    llama_cpp.LLAMA_POOLING_TYPE_NONE: "none",
+    llama_cpp.LLAMA_POOLING_TYPE_MEAN: "mean",
+    llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
+    llama_cpp.LLAMA_POOLING_TYPE_LAST: "last",
+    llama_cpp.LLAMA_POOLING_TYPE_RANK: "rank",
+}
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How an embedding engine turns a sequence into its output."""
+
+    kind: str  # "mean", "cls", "last" or "rank"
+    normalize: bool  # L2-normalise vectors (never for rank scores)
+    n_out: int  # floats per sequence: the vector's size, or the classifier's outputs
+    rerank_template: str | None  # the prompt a (query, document) pair becomes, if the model has one
+
+
+@dataclass
+class EmbedResult:
+    """What one embedding or rerank call produced."""
+
+    vectors: list[list[float]]  # one per input, in input order (rank: the classifier outputs)
+    prompt_tokens: int  # tokens computed over all inputs
+
+
+@dataclass
+class _Job:
+    inputs: list[list[int]]
+    future: concurrent.futures.Future[list[list[float]]] = field(
+        default_factory=concurrent.futures.Future
+    )
+    results: list[list[float] | None] = field(default_factory=list)
+    next: int = 0  # the first input not yet packed
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.inputs)
+
+
+def describe_pooling(model: Model, ctx: Any) -> Pooling:
+    """The pooling of an embedding context, from the context and the GGUF's metadata."""
+    kind = POOLING_NAMES.get(int(llama_cpp.llama_pooling_type(ctx)), "none")
+    meta = model.metadata
+    if kind == "rank":
+        n_out = max(1, int(llama_cpp.llama_model_n_cls_out(model.ptr)))
+    else:
+        n_out = int(llama_cpp.llama_model_n_embd_out(model.ptr))
+    normalize = kind != "rank" and meta.get(NORMALIZE_KEY, "true").lower() not in ("false", "0")
+    return Pooling(
+        kind=kind,
+        normalize=normalize,
+        n_out=n_out,
+        rerank_template=meta.get("tokenizer.chat_template.rerank"),
+    )
+
+
+def l2_normalized(vector: Sequence[float]) -> list[float]:
+    """``vector`` scaled to unit length (a zero vector stays zero)."""
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
 
 class Embedding:
-    """The engine's embedding methods (see the module doc)."""
+    """The engine's embedding and rerank methods (see the module doc)."""
 
     _sched: Scheduler
     _model: Model
@@ -30,43 +113,226 @@ class Embedding:
     def _call(self, fn: Callable[[], T]) -> T:
         raise NotImplementedError  # the engine's
 
+    def _init_embedding(self) -> None:
+        self._embed_lock = threading.Lock()
+        self._embed_queue: deque[_Job] = deque()
+        #: embedding/rerank decodes run so far (inputs of several requests may share one)
+        self.embed_decodes = 0
+        self.pooling: Pooling | None = (
+            describe_pooling(self._model, self._ctx) if self._opts.embedding else None
+        )
+
+    # --- public ------------------------------------------------------------------------------
+
+    @property
+    def max_input_tokens(self) -> int:
+        """The most tokens one input may hold: one decode, within the trained context."""
+        n_train = self.info.n_ctx_train or self._opts.n_batch
+        return max(1, min(self._opts.n_batch, n_train))
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Pooled, L2-normalised embeddings of each text (engine loaded with ``embedding=True``).
+        """Pooled embeddings of each text (normalised as the model says).
 
         Raises:
             InvalidRequestError: the engine was not loaded for embeddings.
-            ContextLengthExceededError: a text is longer than one batch.
+            ContextLengthExceededError: a text is longer than :attr:`max_input_tokens`.
         """
-        if not self._opts.embedding:
-            raise InvalidRequestError("this engine was not loaded with embedding=True")
-        token_lists = [self._model.tokenize(t) for t in texts]
-        for toks in token_lists:
-            if not toks or len(toks) > self._opts.n_batch:
-                raise ContextLengthExceededError(
-                    f"each input must be 1..{self._opts.n_batch} tokens", param="input"
-                )
-        return self._call(lambda: [self._embed_one(t) for t in token_lists])
+        return self.embed_inputs(list(texts)).vectors
 
-    def _embed_one(self, tokens: list[int]) -> list[float]:
-        # Runs on the scheduler thread, between steps; uses the extra sequence id.
-        seq = self._opts.n_parallel
+    def embed_inputs(
+        self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False
+    ) -> EmbedResult:
+        """Pooled embeddings of texts or token-id lists, batched with concurrent callers.
+
+        Args:
+            inputs: texts (tokenized with the model's special tokens) or token ids as given.
+            truncate: cut inputs longer than :attr:`max_input_tokens` (keeping the closing
+                special token) instead of refusing them.
+
+        Raises:
+            InvalidRequestError: the engine was not loaded for embeddings, an input is empty
+                or holds ids outside the vocabulary.
+            ContextLengthExceededError: an input is too long and ``truncate`` is off.
+        """
+        pooling = self._embedding_pooling()
+        token_lists = [self._input_tokens(x, i, truncate) for i, x in enumerate(inputs)]
+        raw = self._run_job(token_lists)
+        vectors = [l2_normalized(v) if pooling.normalize else v for v in raw]
+        return EmbedResult(vectors, sum(len(t) for t in token_lists))
+
+    def rerank(
+        self, query: str, documents: Sequence[str], *, truncate: bool = False
+    ) -> EmbedResult:
+        """Relevance of each document to ``query``, from a rank-pooled model (a classifier on
+        the pair, or a decoder reranker's yes/no head): ``vectors[i][0]`` is document i's score.
+
+        Raises:
+            InvalidRequestError: the model is not a reranker.
+            ContextLengthExceededError: a pair is too long and ``truncate`` is off.
+        """
+        pooling = self._embedding_pooling()
+        if pooling.kind != "rank":
+            raise InvalidRequestError(
+                f"model {self.info.name!r} is not a reranker (its pooling is {pooling.kind})",
+                param="model",
+            )
+        token_lists = [
+            self._checked(self.pair_tokens(query, d), i, truncate, param="documents")
+            for i, d in enumerate(documents)
+        ]
+        return EmbedResult(self._run_job(token_lists), sum(len(t) for t in token_lists))
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        """The tokens a (query, document) pair becomes for a reranker: the model's rerank
+        prompt when its GGUF has one (``{query}``/``{document}`` filled in), else the
+        tokenizer's pair form — BOS, query, EOS (or SEP), SEP, document, EOS — by the vocab's
+        add-BOS/EOS/SEP flags."""
+        model = self._model
+        pooling = self._embedding_pooling()
+        if pooling.rerank_template:
+            text = pooling.rerank_template.replace("{query}", query).replace("{document}", document)
+            return model.tokenize(text, add_special=False, parse_special=True)
+        vocab = model.vocab
+        eos = int(llama_cpp.llama_vocab_eos(vocab))
+        sep = int(llama_cpp.llama_vocab_sep(vocab))
+        end = eos if eos >= 0 else sep
+        out: list[int] = []
+        if llama_cpp.llama_vocab_get_add_bos(vocab):
+            out.append(int(llama_cpp.llama_vocab_bos(vocab)))
+        out += model.tokenize(query, add_special=False)
+        if llama_cpp.llama_vocab_get_add_eos(vocab) and end >= 0:
+            out.append(end)
+        if llama_cpp.llama_vocab_get_add_sep(vocab) and sep >= 0:
+            out.append(sep)
+        out += model.tokenize(document, add_special=False)
+        if llama_cpp.llama_vocab_get_add_eos(vocab) and end >= 0:
+            out.append(end)
+        return out
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def _embedding_pooling(self) -> Pooling:
+        if self.pooling is None:
+            raise InvalidRequestError("this engine was not loaded with embedding=True")
+        return self.pooling
+
+    def _input_tokens(self, item: str | Sequence[int], index: int, truncate: bool) -> list[int]:
+        if isinstance(item, str):
+            tokens = self._model.tokenize(item)
+        else:
+            tokens = [int(t) for t in item]
+            if any(not 0 <= t < self.info.n_vocab for t in tokens):
+                raise InvalidRequestError(
+                    f"input {index} holds token ids outside 0..{self.info.n_vocab - 1}",
+                    param="input",
+                )
+        return self._checked(tokens, index, truncate, param="input")
+
+    def _checked(self, tokens: list[int], index: int, truncate: bool, *, param: str) -> list[int]:
+        limit = self.max_input_tokens
+        if not tokens:
+            raise InvalidRequestError(f"{param} {index} is empty", param=param)
+        if len(tokens) <= limit:
+            return tokens
+        if not truncate:
+            raise ContextLengthExceededError(
+                f"{param} {index} is {len(tokens)} tokens; this model takes at most {limit} "
+                "(pass truncate to cut it)",
+                param=param,
+            )
+        # keep the closing special token (an encoder's SEP/EOS) the tokenizer put at the end
+        last = tokens[-1]
+        vocab = self._model.vocab
+        closing = last in (
+            int(llama_cpp.llama_vocab_eos(vocab)),
+            int(llama_cpp.llama_vocab_sep(vocab)),
+        )
+        return [*tokens[: limit - 1], last] if closing else tokens[:limit]
+
+    # --- batching ----------------------------------------------------------------------------
+
+    def _run_job(self, token_lists: list[list[int]]) -> list[list[float]]:
+        if not token_lists:
+            return []
+        job = _Job(token_lists)
+        with self._embed_lock:
+            self._embed_queue.append(job)
+        # A drain takes every waiting job, this one included unless an earlier drain (another
+        # caller's) already did; either way the job is finished when this call returns.
+        self._call(self._drain_embeddings)
+        return job.future.result()
+
+    def _drain_embeddings(self) -> None:
+        # Runs on the scheduler thread, between steps; uses the sequence ids after the slots.
+        while True:
+            with self._embed_lock:
+                if not self._embed_queue:
+                    return
+                pending = list(self._embed_queue)
+            packed = self._pack(pending)
+            try:
+                outputs = self._decode_packed(packed)
+            except BaseException as exc:
+                for job, _ in packed:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                with self._embed_lock:
+                    for job, _ in packed:
+                        if job in self._embed_queue:
+                            self._embed_queue.remove(job)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (job, i), vec in zip(packed, outputs, strict=True):
+                job.results[i] = vec
+            with self._embed_lock:
+                for job, _ in packed:
+                    if job.next == len(job.inputs) and job in self._embed_queue:
+                        self._embed_queue.remove(job)
+                        job.future.set_result([r for r in job.results if r is not None])
+
+    def _pack(self, pending: list[_Job]) -> list[tuple[_Job, int]]:
+        """The inputs of the next decode, oldest first: at most n_batch tokens and embed_seqs
+        sequences (every input fits one decode on its own, see _checked)."""
+        n_tokens, out = 0, list[tuple[_Job, int]]()
+        for job in pending:
+            while job.next < len(job.inputs) and len(out) < self._opts.n_embed_seqs:
+                size = len(job.inputs[job.next])
+                if n_tokens + size > self._opts.n_batch:
+                    return out
+                out.append((job, job.next))
+                job.next += 1
+                n_tokens += size
+            if len(out) >= self._opts.n_embed_seqs:
+                break
+        return out
+
+    def _decode_packed(self, packed: list[tuple[_Job, int]]) -> list[list[float]]:
         sched = self._sched
-        llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
+        first = self._opts.n_parallel
+        seqs = [first + k for k in range(len(packed))]
+        for seq in seqs:
+            llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
         llama_cpp.llama_set_embeddings(self._ctx, True)
         try:
             b = sched.batch
             b.clear()
-            b.add_span(tokens, 0, seq, True)
+            for seq, (job, i) in zip(seqs, packed, strict=True):
+                b.add_span(job.inputs[i], 0, seq, True)
             b.logits[: b.n] = 1
             rc = b.decode(self._ctx)
+            self.embed_decodes += 1
             if rc != 0:
                 raise InvalidRequestError(f"embedding decode failed (code {rc})")
-            ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
-            if not ptr:
-                raise InvalidRequestError("this model produces no pooled embeddings")
-            vec = np.ctypeslib.as_array(ptr, shape=(self.info.n_embd,)).tolist()
+            pooling = self._embedding_pooling()
+            out: list[list[float]] = []
+            for seq in seqs:
+                ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, seq)
+                if not ptr:
+                    raise InvalidRequestError("this model produces no pooled embeddings")
+                out.append(np.ctypeslib.as_array(ptr, shape=(pooling.n_out,)).tolist())
+            return out
         finally:
             llama_cpp.llama_set_embeddings(self._ctx, False)
-            llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)
-        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-        return [v / norm for v in vec]
+            for seq in seqs:
+                llama_cpp.llama_memory_seq_rm(sched.mem, seq, -1, -1)

@@ -66,7 +66,7 @@ class Engine(SlotCache, Embedding):
         cache_opts = prompt_cache or PromptCacheOptions()
         # what saved states are checked against: the model file and the memory layout
         self._digest = model_digest(model.path) if cache_opts.disk_dir is not None else None
-        n_seq = opts.n_parallel + (1 if opts.embedding else 0)
+        n_seq = opts.n_parallel + opts.n_embed_seqs
         self._layout = layout_key(unified=opts.kv_unified, n_seq=n_seq)
         self._ctx = model.new_context(opts)
         # the context one sequence can use (the whole pool, or its own stream)
@@ -92,6 +92,7 @@ class Engine(SlotCache, Embedding):
             model_id=self._digest,
             layout=self._layout,
         )
+        self._init_embedding()
         self._sched.start()
 
     @staticmethod
@@ -115,6 +116,7 @@ class Engine(SlotCache, Embedding):
         flash_attn: bool | None = None,
         use_mmap: bool = True,
         embedding: bool = False,
+        embed_seqs: int = 1,
         max_queue: int = 64,
         kv_unified: bool | None = None,
         swa_full: bool = True,
@@ -139,6 +141,8 @@ class Engine(SlotCache, Embedding):
             flash_attn: None lets llama.cpp decide.
             use_mmap: memory-map the weights.
             embedding: also allow :meth:`embed` (pooled sentence embeddings).
+            embed_seqs: with ``embedding``, how many inputs one embedding decode may hold
+                (sequence ids after the slots; see :mod:`ggufworker.engine.embedding`).
             max_queue: requests that may wait for a free slot before :class:`QueueFullError`.
             kv_unified, swa_full: llama.cpp KV cache layout (see docs/ENGINE.md); an explicit
                 ``kv_unified`` overrides ``kv_layout``.
@@ -163,6 +167,9 @@ class Engine(SlotCache, Embedding):
         """
         if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
+        embed_seqs = max(1, embed_seqs) if embedding else 0
+        if n_parallel + embed_seqs > 256:  # llama.cpp's LLAMA_MAX_SEQ
+            raise InvalidRequestError("n_parallel plus embed_seqs must be at most 256")
         if backend_sampling not in ("auto", "on", "off"):
             raise InvalidRequestError(
                 f"backend_sampling must be auto, on or off, not {backend_sampling!r}",
@@ -176,10 +183,15 @@ class Engine(SlotCache, Embedding):
             main_gpu=main_gpu,
             tensor_split=tensor_split,
         )
+        if kv_unified is None and embed_seqs > 1:
+            # llama.cpp splits a batch over per-sequence KV streams into equal-length
+            # micro-batches, which cuts inputs of different lengths apart and pools each part
+            # alone; one unified stream keeps every input whole
+            kv_unified = True
         if kv_unified is None:
             try:
                 kv_unified = kv_resolve(
-                    kv_layout, model, n_ctx=n_ctx, n_seq=n_parallel + (1 if embedding else 0)
+                    kv_layout, model, n_ctx=n_ctx, n_seq=n_parallel + embed_seqs
                 )
             except ValueError as exc:
                 model.close()
@@ -191,6 +203,7 @@ class Engine(SlotCache, Embedding):
             n_batch=n_batch,
             flash_attn=flash_attn,
             embedding=embedding,
+            n_embed_seqs=embed_seqs,
             kv_unified=kv_unified,
             swa_full=swa_full,
             backend_sampling=not embedding and backend_enabled(backend_sampling, model.backend),

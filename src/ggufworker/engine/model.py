@@ -34,6 +34,8 @@ class ContextOptions:
     n_batch: int = 512
     flash_attn: bool | None = None
     embedding: bool = False
+    #: sequence ids after the slots for embedding/rerank inputs decoded together (embedding only)
+    n_embed_seqs: int = 0
     kv_unified: bool = True
     swa_full: bool = True
     # backend sampling (engine/backend_sampling.py): the context is told to expect at most one
@@ -251,13 +253,13 @@ class Model:
     def new_context(self, opts: ContextOptions) -> llama_cpp.llama_context_p:
         """Create the llama_context (n_parallel sequences in one KV cache)."""
         params = llama_cpp.llama_context_default_params()
-        params.n_seq_max = opts.n_parallel + (1 if opts.embedding else 0)
+        params.n_seq_max = opts.n_parallel + opts.n_embed_seqs
         # n_ctx is what one sequence may use: one shared pool of that size, or (not unified)
         # one stream of that size per sequence (engine/kv_layout.py)
         params.n_ctx = opts.n_ctx if opts.kv_unified else opts.n_ctx * params.n_seq_max
         params.n_batch = opts.n_batch
         params.n_ubatch = opts.n_batch
-        # One extra sequence id for embedding jobs so they never evict a slot's cache. For
+        # Extra sequence ids for embedding jobs so they never evict a slot's cache. For
         # recurrent and hybrid models this is also the number of states llama.cpp allocates
         # (one per sequence id); the attention part of a hybrid shares the unified KV cache.
         threads = opts.n_threads or available_cpus()

@@ -35,6 +35,7 @@ from ggufworker.server.openai.responses.serving import ResponsesServing
 from ggufworker.server.openai.router import router as openai_router
 from ggufworker.server.openai.serving_chat import ChatServing
 from ggufworker.server.openai.serving_completion import CompletionServing
+from ggufworker.server.rerank.router import router as rerank_router
 from ggufworker.server.ui.router import router as ui_router
 from ggufworker.server.worker.router import router as worker_router
 from ggufworker.server.worker.serving import ReadinessCallback
@@ -103,6 +104,7 @@ def create_app(
         ollama_router,
         anthropic_router,
         responses_router,
+        rerank_router,
         models_router,
         ui_router,
         slots_router,

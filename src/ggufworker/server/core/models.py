@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ggufworker.config import ServerSettings
-from ggufworker.errors import GGUFWorkerError, ModelLoadError, ModelNotFoundError
+from ggufworker.errors import (
+    GGUFWorkerError,
+    ModelLoadError,
+    ModelNotFoundError,
+    WrongModelKindError,
+)
 from ggufworker.registry.schema import LATEST_TAG
 
 logger = logging.getLogger(__name__)
@@ -84,6 +89,17 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         backend_sampling=settings.backend_sampling,
         prompt_cache=prompt_cache,
     )
+    if spec.embedding:
+        # sequences are cleared after each decode: one pool of a decode's tokens is enough
+        options.update(
+            n_ctx=settings.embedding_batch_size,
+            n_batch=settings.embedding_batch_size,
+            embed_seqs=settings.embedding_parallel,
+            kv_layout="unified",
+            # llama.cpp's CPU flash attention computes in f16 (~1e-3 of a vector, measured in
+            # tests/engine/test_embed_batched.py); embeddings are compared by cosine
+            flash_attn=settings.flash_attn if settings.flash_attn is not None else False,
+        )
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
     return Engine.load(
@@ -178,6 +194,13 @@ class ModelManager:
             return next(iter(table.values()))
         model = next((table[n] for n in self.name_candidates(name) if n in table), None)
         if model is None:
+            other = self._generation if embedding else self._embedding
+            if any(n in other for n in self.name_candidates(name)):
+                raise WrongModelKindError(
+                    f"model {name!r} is served for generation only; it makes no embeddings"
+                    if embedding
+                    else f"model {name!r} is an embedding model; it does not generate text"
+                )
             kind = "an embedding model" if embedding else "a generation model"
             served = ", ".join(table) or "none"
             raise ModelNotFoundError(f"model {name!r} is not served as {kind} (served: {served})")

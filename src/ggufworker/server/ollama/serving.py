@@ -8,9 +8,7 @@ loaded once idle (``0``: unloaded before the final chunk is sent).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,6 +21,7 @@ from ggufworker import chat_formats as cf
 from ggufworker.config import ServerSettings
 from ggufworker.engine.types import GenerationRequest, SamplingParams
 from ggufworker.errors import ContextLengthExceededError, InvalidRequestError
+from ggufworker.server.core import embeddings as core_embeddings
 from ggufworker.server.core.generation import Generation, start_generation
 from ggufworker.server.core.metrics import Metrics
 from ggufworker.server.core.models import Lease, ModelManager, ServedModel
@@ -365,9 +364,9 @@ class OllamaServing:
     async def embed(self, body: EmbedRequest) -> dict[str, Any]:
         texts = body.texts()
         started = time.perf_counter()
-        vectors, prompt_tokens, load_s = await self._embed(body.model, body.keep_alive, texts)
-        if body.dimensions is not None:
-            vectors = [_normalized(v[: body.dimensions]) for v in vectors]
+        vectors, prompt_tokens, load_s = await self._embed(
+            body.model, body.keep_alive, texts, truncate=body.truncate, dimensions=body.dimensions
+        )
         return {
             "model": body.model,
             "embeddings": vectors,
@@ -383,7 +382,13 @@ class OllamaServing:
         return {"embedding": vectors[0]}
 
     async def _embed(
-        self, name: str, keep_alive: Any, texts: list[str]
+        self,
+        name: str,
+        keep_alive: Any,
+        texts: list[str],
+        *,
+        truncate: bool = True,
+        dimensions: int | None = None,
     ) -> tuple[list[list[float]], int, float]:
         from ggufworker.server.ollama.protocol import parse_keep_alive
 
@@ -392,23 +397,15 @@ class OllamaServing:
         started = time.perf_counter()
         lease = await self.manager.acquire(name, embedding=True)
         load_s = time.perf_counter() - started
-        engine = lease.engine
-
-        def run() -> tuple[list[list[float]], int]:
-            return engine.embed(texts), sum(len(engine.tokenize(t)) for t in texts)
-
         try:
-            vectors, n = await asyncio.to_thread(run)
+            result = await core_embeddings.embed(
+                lease.engine, texts, truncate=truncate, dimensions=dimensions
+            )
         finally:
             lease.release()
         if model.keep_alive == 0:
             await self._unload(model)
-        return vectors, n, load_s
-
-
-def _normalized(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
+        return result.vectors, result.prompt_tokens, load_s
 
 
 def _fim_prompt(engine: Any, name: str, prompt: str, suffix: str, add_bos: bool) -> list[int]:

@@ -280,17 +280,38 @@ class CompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(OpenAIBaseModel):
-    input: str | list[str] = Field(...)
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="a text, texts, token ids, or lists of token ids"
+    )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(
+        default=None, ge=1, description="keep the first N values (Matryoshka), renormalised"
+    )
     user: str | None = None
+    # --- ggufworker extensions ---
+    truncate: bool = Field(
+        default=False,
+        description="cut inputs longer than the model takes instead of answering 400",
+    )
 
-    def texts(self) -> list[str]:
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
-        if not texts:
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs, each a text or a list of token ids.
+
+        Raises:
+            InvalidRequestError: no input.
+        """
+        raw = self.input
+        items: list[str | list[int]]
+        if isinstance(raw, str):
+            items = [raw]
+        elif raw and all(isinstance(x, int) for x in raw):
+            items = [[x for x in raw if isinstance(x, int)]]
+        else:
+            items = [x for x in raw if not isinstance(x, int)]
+        if not items:
             raise InvalidRequestError("input must not be empty", param="input")
-        return texts
+        return items
 
 
 class TokenizeRequest(OpenAIBaseModel):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import struct
 from dataclasses import asdict
 from typing import Any
 
 from ggufworker.chat_formats import capabilities as chat_capabilities
+from ggufworker.server.core import embeddings as core_embeddings
 from ggufworker.server.core.models import ModelManager
 from ggufworker.server.core.replicas import replica_stats
 from ggufworker.server.openai.protocol import (
@@ -26,7 +26,12 @@ def list_models(manager: ModelManager) -> ModelList:
     cards: dict[str, ModelCard] = {}
     for model in manager.all_models():
         card = cards.setdefault(model.spec.name, ModelCard(id=model.spec.name))
-        card.capabilities.append("embedding" if model.spec.embedding else "completion")
+        if not model.spec.embedding:
+            card.capabilities.append("completion")
+        elif model.state == "ready" and model.engine is not None:
+            card.capabilities.extend(core_embeddings.capabilities(model.engine))
+        else:  # not loaded: what it pools by is not known yet
+            card.capabilities.append("embedding")
         card.pinned = card.pinned or model.spec.pinned
         if model.state == "ready" and model.engine is not None:
             card.loaded = True
@@ -55,31 +60,27 @@ def list_models(manager: ModelManager) -> ModelList:
 
 
 async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str, Any]:
-    """OpenAI embeddings from a model served for embeddings."""
-    texts = body.texts()
+    """OpenAI embeddings from a model served for embeddings (batched in its engine)."""
+    inputs = body.inputs()
     lease = await manager.acquire(body.model, embedding=True)
-    engine = lease.engine
-
-    def embed() -> tuple[list[list[float]], int]:
-        return engine.embed(texts), sum(len(engine.tokenize(t)) for t in texts)
-
     try:
-        vectors, prompt_tokens = await asyncio.to_thread(embed)
+        result = await core_embeddings.embed(
+            lease.engine, inputs, truncate=body.truncate, dimensions=body.dimensions
+        )
     finally:
         lease.release()
     data = []
-    for i, vector in enumerate(vectors):
-        if body.dimensions is not None:
-            vector = vector[: body.dimensions]
+    for i, vector in enumerate(result.vectors):
         value: Any = vector
         if body.encoding_format == "base64":
             value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = result.prompt_tokens
     return {
         "object": "list",
         "data": data,
         "model": lease.name,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

@@ -1,0 +1,1 @@
+"""The rerank API (Jina's and Cohere's shape, as llama-server and vLLM serve it)."""
