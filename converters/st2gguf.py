@@ -8,6 +8,8 @@ Library use::
 Command line::
 
     python -m converters.st2gguf SRC_DIR [--outfile PATH] [--outtype TYPE] [--force] [--verify]
+    python -m converters.st2gguf ADAPTER_DIR --lora --base BASE_DIR_OR_GGUF [-o PATH]
+        [--outtype f32|f16|q8_0]     (a PEFT LoRA adapter, see converters/lora.py)
 
 The output is written to a temporary file beside the target, read back and checked, and only
 then renamed into place: an interrupted or failed conversion leaves nothing at the target.
@@ -27,6 +29,7 @@ from pathlib import Path
 from converters import verify as _verify
 from converters.archs import get_converter, supported_architectures
 from converters.checkpoint import Checkpoint
+from converters.lora import convert_lora
 from converters.quantize import (
     LLAMA_TYPES,
     OUTTYPES,
@@ -151,7 +154,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         description="Convert a Hugging Face SafeTensors checkpoint to GGUF (no torch needed).",
     )
     p.add_argument("src", type=Path, help="checkpoint folder (config.json, *.safetensors)")
-    p.add_argument("--outfile", type=Path, help="output path (default: inside SRC)")
+    p.add_argument("-o", "--outfile", type=Path, help="output path (default: inside SRC)")
     p.add_argument("--outtype", default="auto", choices=OUTTYPES, metavar="TYPE",
                    help="auto (source precision), " + ", ".join(OUTTYPES[1:]))  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -160,11 +163,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--pre-tokenizer", metavar="NAME",
                    help="llama.cpp pre-tokenizer name to use when the hash is unknown")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--lora", action="store_true",
+                   help="SRC is a PEFT LoRA adapter folder: write a GGUF LoRA adapter")  # fmt: skip
+    p.add_argument("--base", metavar="BASE_DIR_OR_GGUF",
+                   help="with --lora: the base model's checkpoint folder or GGUF file")  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a conversion from parsed arguments; returns the exit code."""
+    if args.lora or args.base:
+        if not (args.lora and args.base):
+            raise ConversionError("--lora and --base go together (a PEFT adapter and its base)")
+        outtype = "f32" if args.outtype == "auto" else args.outtype
+        print(convert_lora(args.src, args.outfile, base=args.base, outtype=outtype,
+                           force=args.force))  # fmt: skip
+        return 0
     path = convert(
         args.src, args.outfile, outtype=args.outtype, force=args.force, verify=args.verify,
         pre_tokenizer=args.pre_tokenizer, progress=not args.no_progress and sys.stderr.isatty(),
@@ -194,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["convert", "main", "supported_architectures"]
+__all__ = ["convert", "convert_lora", "main", "supported_architectures"]
 
 if __name__ == "__main__":
     sys.exit(main())
