@@ -37,7 +37,6 @@ from converters.quantize import (
     llama_quantize,
     resolve_outtype,
 )
-from converters.tokenizer import load_vocab
 from converters.writer import write_gguf
 from ggufworker.errors import ConversionError, DiskFullError
 
@@ -89,7 +88,7 @@ def convert(
     """
     src_path = Path(src)
     ckpt = Checkpoint(src_path)
-    conv = get_converter(ckpt.architecture)(ckpt)
+    conv = get_converter(ckpt.architecture).for_checkpoint(ckpt)(ckpt)
     quant = ckpt.config.get("quantization_config")
     method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else quant
     if quant and method not in conv.prequantized_methods:
@@ -117,7 +116,7 @@ def convert(
     embd = next((p for p in plans if p.name == "token_embd.weight"), None)
     if embd is None:
         raise ConversionError("checkpoint has no token embedding")
-    vocab = load_vocab(src_path, embd.shape[0], pre_tokenizer=pre_tokenizer)
+    vocab = conv.load_vocab(src_path, embd.shape[0], pre_tokenizer=pre_tokenizer)
     name = str(ckpt.config.get("_name_or_path") or src_path.resolve().name)
 
     tmp = _temp_beside(target, "part")

@@ -50,6 +50,9 @@ class Vocab:
     types: list[int] = field(default_factory=list)
     scores: list[float] | None = None
     add_space_prefix: bool | None = None
+    #: SentencePiece normalisation for ``t5`` (Unigram) vocabularies
+    remove_extra_whitespaces: bool | None = None
+    precompiled_charsmap: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -257,6 +260,110 @@ def _json_adds_space_prefix(tok: dict[str, Any]) -> bool:
     return False
 
 
+# --- encoder vocabularies (WordPiece, SentencePiece Unigram) -------------------------------
+
+
+def _read_tokenizer_json(src: Path) -> dict[str, Any]:
+    path = src / "tokenizer.json"
+    if not path.is_file():
+        raise ConversionError(f"{src}: no tokenizer.json (encoder vocabularies are read from it)")
+    try:
+        tok: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConversionError(f"{path}: invalid JSON: {exc}") from exc
+    return tok
+
+
+def load_wordpiece_vocab(src: Path, n_vocab: int) -> Vocab:
+    """A WordPiece ``tokenizer.json`` (BERT) as llama.cpp's ``bert`` vocabulary.
+
+    llama.cpp's WordPiece marks word starts instead of continuations: a piece that begins a
+    word is stored with a leading ``▁`` and a ``##`` continuation without its ``##``. Special
+    (control) tokens are stored as they are. llama.cpp's WordPiece always lower-cases and strips
+    accents (BERT uncased); a cased tokenizer is refused.
+
+    Raises:
+        ConversionError: not a WordPiece tokenizer, a cased one, or ids that do not fit.
+    """
+    tok = _read_tokenizer_json(src)
+    model = tok.get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise ConversionError(f"{src}/tokenizer.json is {model.get('type')!r}, not WordPiece")
+    prefix = str(model.get("continuing_subword_prefix", "##"))
+    norm = tok.get("normalizer") or {}
+    if norm.get("type") == "BertNormalizer" and norm.get("lowercase") is False:
+        raise ConversionError(
+            "cased WordPiece tokenizers are not supported: llama.cpp's WordPiece lower-cases"
+        )
+    added = _added_tokens(src, tok)
+    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    for tid, (content, _special) in added.items():
+        by_id[tid] = content
+    vocab = Vocab("bert", "default")
+    for i in range(max(by_id) + 1 if by_id else 0):
+        text = by_id.get(i)
+        if text is None:
+            _append_pad(vocab)
+        elif i in added and (added[i][1] or _looks_special(text)):
+            vocab.tokens.append(text)
+            vocab.types.append(_TT.CONTROL)
+        else:
+            word_start = not text.startswith(prefix)
+            vocab.tokens.append(SPM_SPACE + text if word_start else text[len(prefix) :])
+            vocab.types.append(_TT.USER_DEFINED if i in added else _TT.NORMAL)
+    _pad_to(vocab, n_vocab)
+    return vocab
+
+
+def load_unigram_vocab(src: Path, n_vocab: int) -> Vocab:
+    """A SentencePiece Unigram ``tokenizer.json`` (XLM-RoBERTa) as llama.cpp's ``t5`` vocabulary.
+
+    llama.cpp's ``t5`` tokenizer is SentencePiece's Unigram (Viterbi over the pieces' scores)
+    with SentencePiece's normaliser: the precompiled character map, the dummy prefix and the
+    collapsing of whitespace runs, each read from the tokenizer.json normaliser/pre-tokenizer.
+
+    Raises:
+        ConversionError: not a Unigram tokenizer.json.
+    """
+    import base64
+
+    tok = _read_tokenizer_json(src)
+    model = tok.get("model") or {}
+    if model.get("type") != "Unigram":
+        raise ConversionError(f"{src}/tokenizer.json is {model.get('type')!r}, not Unigram")
+    vocab = Vocab("t5", "default", scores=[])
+    assert vocab.scores is not None
+    unk_id = model.get("unk_id")
+    for i, (piece, score) in enumerate(model["vocab"]):
+        vocab.tokens.append(piece)
+        vocab.scores.append(float(score))
+        vocab.types.append(_TT.UNKNOWN if i == unk_id else _TT.NORMAL)
+    for tid, (content, special) in sorted(_added_tokens(src, tok).items()):
+        while tid >= len(vocab.tokens):
+            _append_pad(vocab)
+        if tid == unk_id:
+            continue
+        vocab.tokens[tid], vocab.types[tid] = _added_token(content, special)
+        vocab.scores[tid] = 0.0
+    vocab.add_space_prefix = _json_adds_space_prefix(tok)
+    norm = tok.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm else []
+    vocab.remove_extra_whitespaces = any(
+        n.get("type") == "Replace"
+        and (n.get("pattern") or {}).get("Regex") == " {2,}"
+        and n.get("content") == " "
+        for n in steps
+    )
+    for n in steps:
+        if n.get("type") == "Precompiled" and n.get("precompiled_charsmap"):
+            vocab.precompiled_charsmap = base64.b64decode(n["precompiled_charsmap"])
+        elif n.get("type") not in ("Precompiled", "Replace", None):
+            logger.warning("tokenizer.json normaliser step %s is not represented in GGUF",
+                           n.get("type"))  # fmt: skip
+    _pad_to(vocab, n_vocab)
+    return vocab
+
+
 # --- SentencePiece model protobuf ------------------------------------------------------------
 
 
@@ -335,5 +442,9 @@ def write_vocab(w: gguf.GGUFWriter, vocab: Vocab, src: Path) -> None:
     w.add_token_types(vocab.types)
     if vocab.add_space_prefix is not None:
         w.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.remove_extra_whitespaces is not None:
+        w.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+    if vocab.precompiled_charsmap:
+        w.add_precompiled_charsmap(vocab.precompiled_charsmap)
     special = gguf.SpecialVocab(src, load_merges=vocab.model == "gpt2", n_vocab=len(vocab))
     special.add_to_gguf(w, quiet=True)

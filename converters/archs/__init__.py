@@ -7,6 +7,7 @@ spellings of the same architecture onto a registered name.
 from __future__ import annotations
 
 from converters.archs.base import ArchConverter
+from converters.archs.bert import BertConverter, XLMRobertaConverter, XLMRobertaRerankerConverter
 from converters.archs.cohere import CohereConverter
 from converters.archs.deepseek import DeepseekV2Converter, DeepseekV3Converter
 from converters.archs.ernie import Ernie45Converter
@@ -20,6 +21,7 @@ from converters.archs.gemma import (
     Gemma3MultimodalConverter,
     GemmaConverter,
 )
+from converters.archs.gemma_embedding import GemmaEmbeddingConverter
 from converters.archs.glm import Glm4Converter, GlmConverter
 from converters.archs.gpt2 import GPT2Converter
 from converters.archs.gptoss import GptOssConverter
@@ -32,6 +34,7 @@ from converters.archs.lfm2 import Lfm2Converter
 from converters.archs.llama import LlamaConverter
 from converters.archs.mamba import Mamba2Converter, MambaConverter
 from converters.archs.mixtral import MixtralConverter
+from converters.archs.modernbert import ModernBertConverter
 from converters.archs.mpt import MptConverter
 from converters.archs.olmo import Olmo2Converter, OlmoConverter
 from converters.archs.olmoe import OlmoeConverter
@@ -39,6 +42,7 @@ from converters.archs.phi2 import PhiConverter
 from converters.archs.phi3 import Phi3Converter
 from converters.archs.qwen import Qwen2Converter, Qwen3Converter
 from converters.archs.qwen_moe import Qwen2MoeConverter, Qwen3MoeConverter
+from converters.archs.qwen_retrieval import Qwen3EmbeddingConverter
 from converters.archs.smollm3 import SmolLM3Converter
 from converters.archs.stablelm import StableLmConverter
 from converters.archs.starcoder import GPTBigCodeConverter
@@ -88,6 +92,13 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     DeepseekV3Converter,
     GptOssConverter,
     Ernie45MoeConverter,
+    # embedding and reranking models (pooled outputs)
+    BertConverter,
+    XLMRobertaConverter,
+    XLMRobertaRerankerConverter,
+    ModernBertConverter,
+    GemmaEmbeddingConverter,
+    Qwen3EmbeddingConverter,
 )
 
 CONVERTERS: dict[str, type[ArchConverter]] = {

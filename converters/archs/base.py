@@ -14,12 +14,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import gguf
 import numpy as np
 
 from converters.checkpoint import Checkpoint, TensorRef, release_pages, to_f32
+from converters.tokenizer import Vocab, load_vocab
 from ggufworker.errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,16 @@ class ArchConverter:
         self.head_dim = int(cfg.get("head_dim") or self.n_embd // self.n_head)
         self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    @classmethod
+    def for_checkpoint(cls, ckpt: Checkpoint) -> type[ArchConverter]:
+        """The converter for this checkpoint: ``cls``, or a variant of the family that the
+        checkpoint's files select (a reranker published under a causal-LM class name)."""
+        return cls
+
+    def load_vocab(self, src: Path, n_vocab: int, *, pre_tokenizer: str | None = None) -> Vocab:
+        """The checkpoint's vocabulary (see :func:`converters.tokenizer.load_vocab`)."""
+        return load_vocab(src, n_vocab, pre_tokenizer=pre_tokenizer)
 
     # --- hyperparameters --------------------------------------------------------------------
 

@@ -1,0 +1,592 @@
+"""Tiny embedding and reranking checkpoints, their GGUF conversions and their references.
+
+For server-side tests as much as converter tests::
+
+    gguf_path, hf_dir = encoder_gguf("bert", "f32", cache_dir)
+    want = reference_embeddings("bert", hf_dir, ["some text"])          # (n_texts, dim)
+    scores = reference_scores("xlm-roberta-reranker", hf_dir, "q", ["d1", "d2"])
+
+Every family is a seeded random model (hidden 64, 2-3 layers) built with transformers, with a
+tokenizer trained here by the ``tokenizers`` library (WordPiece for BERT, Unigram for XLM-R,
+byte-level BPE for the others) and, where the family ships them, hand-written
+sentence-transformers files (``modules.json``, ``1_Pooling/config.json``, ``2_Dense``...).
+Checkpoints and GGUFs are cached under ``cache_dir`` in a folder keyed by a hash of this file
+and the converter's sources, so a changed converter or builder never reuses a stale file.
+
+References follow the sentence-transformers module semantics (pooling over the attention mask,
+Dense without bias or activation, L2 normalisation) computed with torch on transformers'
+hidden states; rerankers give what llama.cpp's RANK pooling gives for the family: the
+classifier logit (XLM-R) or P("yes") against "no" at the last position (Qwen3-Reranker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAMILIES = (
+    "bert",
+    "xlm-roberta",
+    "xlm-roberta-reranker",
+    "modernbert",
+    "gemma-embedding",
+    "qwen3-embedding",
+    "qwen3-reranker",
+)
+
+#: tokenizer training text: everyday sentences, so that the test texts tokenize into words
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Paris is the capital of France and a large city on the Seine.",
+    "A GGUF file holds tensors and metadata for llama.cpp models.",
+    "Embeddings turn sentences into vectors; similar texts get similar vectors.",
+    "Rerankers score how well a document answers a query: yes or no.",
+    "What is the capital of France? The answer is Paris, of course.",
+    "Cats sleep most of the day, while dogs like to play in the park.",
+    "The weather today is sunny with a light wind from the west.",
+    "Machine learning models learn patterns from data and examples.",
+    "Query: document: instruct: judge whether it meets the requirements.",
+    "yes no yes no maybe yes no",
+    "yes",
+    "no",
+]
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France.",
+    "Embeddings turn sentences into similar vectors for search.",
+    "Cats and dogs play in the park while the weather is sunny today.",
+]
+QUERY = "What is the capital of France?"
+DOCUMENTS = [
+    "Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Machine learning models learn patterns from data.",
+    "The weather today is sunny with a light wind.",
+    "France is a country; its capital city is Paris on the Seine.",
+]
+
+_SOURCES = (Path(__file__), *sorted((REPO / "converters").rglob("*.py")))
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in _SOURCES:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# --- tokenizers -----------------------------------------------------------------------------
+
+
+def _train(tok: Any, trainer: Any) -> None:
+    tok.train_from_iterator(CORPUS * 30, trainer)
+
+
+def _corpus_words(*, lower: bool) -> dict[str, int]:
+    """Words (letters/digits runs) and punctuation marks of the corpus, counted."""
+    import re
+
+    counts: dict[str, int] = {}
+    for line in CORPUS:
+        for word in re.findall(r"\w+|[^\w\s]", line.lower() if lower else line):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+#: word pieces that split longer words (the tokenizers' trainers are not deterministic, so the
+#: WordPiece and Unigram vocabularies are made here from the corpus instead)
+_PIECES = ("embed", "sent", "vector", "ing", "ed", "s", "er", "ly", "tion", "ences", "dings")
+
+
+def wordpiece_tokenizer(out: Path) -> int:
+    """BERT uncased WordPiece: [PAD] [UNK] [CLS] [SEP] [MASK] first, ``[CLS] A [SEP] B [SEP]``.
+
+    The vocabulary: every character (word-initial and ``##`` continuation), the corpus's words
+    of up to 5 characters, and a few pieces, so longer words split into several tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = _corpus_words(lower=True)
+    chars = sorted({c for w in words for c in w})
+    pieces = [p for p in _PIECES if len(p) > 1]
+    entries = chars + ["##" + c for c in chars] + sorted(w for w in words if 1 < len(w) <= 5)
+    entries += pieces + ["##" + p for p in _PIECES]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + entries))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )  # fmt: skip
+    tok.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "cls_token": "[CLS]",
+              "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+              "mask_token": "[MASK]"}  # fmt: skip
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return int(tok.get_vocab_size())
+
+
+def unigram_tokenizer(out: Path) -> int:
+    """XLM-R-style SentencePiece Unigram: <s> <pad> </s> <unk> first, <mask> last,
+    ``<s> A </s></s> B </s>``, whitespace runs collapsed, a dummy prefix space.
+
+    Pieces: ``▁word`` for the corpus's words of up to 6 characters (scored by frequency), the
+    word pieces, and every character with and without ``▁`` (scored low), so longer and unseen
+    words are segmented by the Unigram lattice.
+    """
+    import math
+
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+
+    words = _corpus_words(lower=False)
+    total = sum(words.values())
+    pieces: dict[str, float] = {}
+    for word, count in sorted(words.items()):
+        if len(word) <= 6:
+            pieces["\u2581" + word] = math.log(count / total)
+    for piece in _PIECES:
+        pieces.setdefault(piece, -9.0 - len(piece) / 10)
+        pieces.setdefault("\u2581" + piece, -9.5)
+    for c in sorted({c for w in words for c in w} | set("\u2581")):
+        pieces.setdefault(c, -12.0)
+        pieces.setdefault("\u2581" + c, -12.5)
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab = specials + sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])) + [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3))
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.add_special_tokens([t for t, _ in specials] + ["<mask>"])
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+              "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
+              "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return int(tok.get_vocab_size())
+
+
+def bpe_tokenizer(out: Path, specials: list[str], template: tuple[str, str] | None,
+                  config: dict[str, str]) -> int:  # fmt: skip
+    """Byte-level BPE (GPT-2 pre-tokenizer) with ``specials`` first and an optional
+    (single, pair) post-processing template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    _train(tok, trainer)
+    if template is not None:
+        used = {t for t in specials if t in template[0] or t in template[1]}
+        tok.post_processor = processors.TemplateProcessing(
+            single=template[0], pair=template[1],
+            special_tokens=[(t, tok.token_to_id(t)) for t in sorted(used)],
+        )  # fmt: skip
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return int(tok.get_vocab_size())
+
+
+# --- sentence-transformers folder files -------------------------------------------------------
+
+
+def write_sentence_transformers(
+    out: Path, dim: int, pooling: str, *, normalize: bool, dense: Sequence[Any] = ()
+) -> None:
+    """modules.json, 1_Pooling/config.json, {n}_Dense (bias-free, identity) and Normalize."""
+    from safetensors.torch import save_file
+
+    modules: list[dict[str, Any]] = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+    ]  # fmt: skip
+    (out / "1_Pooling").mkdir()
+    flags = {f"pooling_mode_{m}": pooling == m for m in
+             ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+              "weightedmean_tokens", "lasttoken")}  # fmt: skip
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": dim, **flags, "include_prompt": True})
+    )
+    for linear in dense:
+        idx = len(modules)
+        path = f"{idx}_Dense"
+        (out / path).mkdir()
+        cfg = {
+            "in_features": linear.in_features,
+            "out_features": linear.out_features,
+            "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+        }
+        (out / path / "config.json").write_text(json.dumps(cfg))
+        weight = linear.weight.detach().contiguous()
+        save_file({"linear.weight": weight}, str(out / path / "model.safetensors"))
+        modules.append({"idx": idx, "name": str(idx), "path": path,
+                        "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    if normalize:
+        idx = len(modules)
+        modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})  # fmt: skip
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+
+
+# --- models ---------------------------------------------------------------------------------
+
+_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
+def _randomise(model: Any) -> None:
+    """Perturb every weight (norms around 1, biases around 0, matrices wider than init)."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.2)
+            else:
+                param.normal_(0.0, 0.08)
+
+
+def _save(model: Any, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def _build_bert(out: Path) -> None:
+    import transformers as tf
+
+    n_vocab = wordpiece_tokenizer(out)
+    cfg = tf.BertConfig(vocab_size=n_vocab, max_position_embeddings=96, type_vocab_size=2,
+                        pad_token_id=0, **_SIZES)  # fmt: skip
+    model = tf.BertModel(cfg, add_pooling_layer=True)
+    _randomise(model)
+    _save(model, out)
+    write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
+
+
+def _xlmr_config(n_vocab: int, **extra: Any) -> Any:
+    import transformers as tf
+
+    # RoBERTa positions start at padding_idx + 1 = 2: 130 rows hold 128 usable positions
+    return tf.XLMRobertaConfig(vocab_size=n_vocab, max_position_embeddings=130, type_vocab_size=1,
+                               pad_token_id=1, bos_token_id=0, eos_token_id=2, **_SIZES,
+                               **extra)  # fmt: skip
+
+
+def _build_xlmr(out: Path) -> None:
+    import transformers as tf
+
+    model = tf.XLMRobertaModel(_xlmr_config(unigram_tokenizer(out)), add_pooling_layer=True)
+    _randomise(model)
+    _save(model, out)
+    write_sentence_transformers(out, 64, "cls_token", normalize=True)
+
+
+def _fit_scores(features: Any, target: Sequence[float]) -> Any:
+    """The smallest weight vector w with ``features @ w == target`` (least squares).
+
+    A random reranker scores every document about the same (its features hardly depend on
+    the document), so neither the order nor a wrong head would show; fitting its last
+    projection to well-separated target scores for :data:`QUERY` / :data:`DOCUMENTS` makes the
+    reference scores distinct while the reranker stays what transformers computes.
+    """
+    import torch
+
+    return torch.linalg.pinv(features.double()) @ torch.tensor(target, dtype=torch.float64)
+
+
+#: scores the tiny rerankers are fitted to give :data:`DOCUMENTS` (relevant ones first)
+RERANK_TARGETS = (3.0, -2.0, -4.0, -1.0, 1.5)
+
+
+def _build_xlmr_reranker(out: Path) -> None:
+    import torch
+    import transformers as tf
+
+    tok_dir = out
+    model = tf.XLMRobertaForSequenceClassification(_xlmr_config(unigram_tokenizer(tok_dir),
+                                                                num_labels=1))  # fmt: skip
+    _randomise(model)
+    model.eval()
+    with torch.no_grad():
+        rows = []
+        for doc in DOCUMENTS:
+            ids = torch.tensor([hf_token_ids(tok_dir, QUERY, doc)])
+            cls = model.roberta(input_ids=ids).last_hidden_state[:, 0]
+            rows.append(torch.tanh(model.classifier.dense(cls))[0])
+        w = _fit_scores(torch.stack(rows), RERANK_TARGETS)
+        model.classifier.out_proj.weight.copy_(w.float()[None, :])
+        model.classifier.out_proj.bias.zero_()
+    _save(model, out)
+
+
+def _build_modernbert(out: Path) -> None:
+    import transformers as tf
+
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    n_vocab = bpe_tokenizer(
+        out, specials, ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]"),
+        {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+         "mask_token": "[MASK]"},
+    )  # fmt: skip
+    # 3 layers: layer 0 global, 1 and 2 local with a window of 4 tokens each side (the test
+    # texts are longer), so the sliding band and the two RoPE bases matter
+    cfg = tf.ModernBertConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, global_attn_every_n_layers=3, local_attention=8,
+        max_position_embeddings=128, pad_token_id=3, bos_token_id=1, eos_token_id=2,
+        cls_token_id=1, sep_token_id=2, norm_eps=1e-5,
+    )  # fmt: skip
+    model = tf.ModernBertModel(cfg)
+    _randomise(model)
+    _save(model, out)
+    write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
+
+
+def _build_gemma_embedding(out: Path) -> None:
+    import torch
+    import transformers as tf
+
+    n_vocab = bpe_tokenizer(
+        out, ["<pad>", "<eos>", "<bos>", "<unk>"], ("<bos> $A <eos>", "<bos> $A <eos> $B <eos>"),
+        {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    )  # fmt: skip
+    cfg = tf.Gemma3TextConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=8, use_bidirectional_attention=True, max_position_embeddings=256,
+        layer_types=["sliding_attention", "full_attention"], hidden_activation="gelu_pytorch_tanh",
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    cfg.architectures = ["Gemma3TextModel"]
+    model = tf.Gemma3TextModel(cfg)
+    _randomise(model)
+    _save(model, out)
+    up = torch.nn.Linear(64, 192, bias=False)
+    down = torch.nn.Linear(192, 64, bias=False)
+    _randomise(up)
+    _randomise(down)
+    write_sentence_transformers(out, 64, "mean_tokens", normalize=True, dense=[up, down])
+
+
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _qwen_config(n_vocab: int) -> Any:
+    import transformers as tf
+
+    return tf.Qwen3Config(vocab_size=n_vocab, num_key_value_heads=2, head_dim=16,
+                          max_position_embeddings=256, rms_norm_eps=1e-6,
+                          tie_word_embeddings=True, **_SIZES)  # fmt: skip
+
+
+def _build_qwen3_embedding(out: Path) -> None:
+    import transformers as tf
+
+    n_vocab = bpe_tokenizer(
+        out, _QWEN_SPECIALS, ("$A <|endoftext|>", "$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1"),
+        {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    )  # fmt: skip
+    cfg = _qwen_config(n_vocab)
+    cfg.architectures = ["Qwen3Model"]
+    model = tf.Qwen3Model(cfg)
+    _randomise(model)
+    _save(model, out)
+    write_sentence_transformers(out, 64, "lasttoken", normalize=True)
+
+
+def _build_qwen3_reranker(out: Path) -> None:
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer
+
+    n_vocab = bpe_tokenizer(out, _QWEN_SPECIALS, None,
+                            {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})  # fmt: skip
+    cfg = _qwen_config(n_vocab)
+    cfg.tie_word_embeddings = False
+    model = tf.Qwen3ForCausalLM(cfg)
+    _randomise(model)
+    model.eval()
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
+    with torch.no_grad():
+        rows = []
+        for doc in DOCUMENTS:
+            ids = torch.tensor([tok.encode(rerank_prompt(QUERY, doc)).ids])
+            rows.append(model.model(input_ids=ids).last_hidden_state[0, -1])
+        # log P(yes)/P(no) = h . (w_yes - w_no): fit that difference, keep the rows' mean
+        w = _fit_scores(torch.stack(rows), RERANK_TARGETS).float()
+        head = model.lm_head.weight
+        mid = (head[yes] + head[no]) / 2
+        head[yes] = mid + w / 2
+        head[no] = mid - w / 2
+    _save(model, out)
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "bert": _build_bert,
+    "xlm-roberta": _build_xlmr,
+    "xlm-roberta-reranker": _build_xlmr_reranker,
+    "modernbert": _build_modernbert,
+    "gemma-embedding": _build_gemma_embedding,
+    "qwen3-embedding": _build_qwen3_embedding,
+    "qwen3-reranker": _build_qwen3_reranker,
+}
+
+
+def build_checkpoint(family: str, out: Path) -> Path:
+    """Build the seeded tiny checkpoint of ``family`` into ``out`` (created)."""
+    import torch
+
+    torch.manual_seed(1234)
+    out.mkdir(parents=True)
+    _BUILDERS[family](out)
+    return out
+
+
+def encoder_gguf(family: str, outtype: str, cache_dir: Path) -> tuple[Path, Path]:
+    """(GGUF path, checkpoint folder) of ``family`` converted by our converter at ``outtype``.
+
+    Both are cached under ``cache_dir`` (built once per converter/builder version; a partial
+    build is never reused).
+    """
+    from converters.st2gguf import convert
+
+    if family not in _BUILDERS:
+        raise KeyError(f"unknown family {family!r}; known: {', '.join(_BUILDERS)}")
+    # the Qwen3-Reranker converter recognises the checkpoint by its folder name
+    root = Path(cache_dir) / f"encoders-{_fingerprint()}" / family
+    hf_dir = root / ("qwen3-reranker-tiny" if family == "qwen3-reranker" else "hf")
+    if not (root / "built").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        build_checkpoint(family, hf_dir)
+        (root / "built").write_text("ok")
+    gguf_path = root / f"{family}.{outtype}.gguf"
+    if not gguf_path.is_file():
+        convert(hf_dir, gguf_path, outtype=outtype)
+    return gguf_path, hf_dir
+
+
+# --- references -----------------------------------------------------------------------------
+
+
+def hf_token_ids(hf_dir: Path, text: str, pair: str | None = None) -> list[int]:
+    """Ids the checkpoint's tokenizer.json gives ``text`` (or the pair), special tokens added."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    return list(tok.encode(text, pair).ids)
+
+
+def rerank_prompt(query: str, document: str) -> str:
+    """The Qwen3-Reranker prompt (the model card's), as the GGUF's rerank template fills it."""
+    from converters.archs.qwen_retrieval import RERANK_TEMPLATE
+
+    return RERANK_TEMPLATE.replace("{query}", query).replace("{document}", document)
+
+
+def _load(hf_dir: Path, cls_name: str) -> Any:
+    import torch
+    import transformers
+
+    model = getattr(transformers, cls_name).from_pretrained(
+        hf_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
+
+
+_MODEL_CLASSES = {
+    "bert": "BertModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "modernbert": "ModernBertModel",
+    "gemma-embedding": "Gemma3TextModel",
+    "qwen3-embedding": "Qwen3Model",
+}
+
+
+def reference_embeddings(family: str, hf_dir: Path, texts: Sequence[str]) -> np.ndarray:
+    """The sentence embedding of each text, (len(texts), dim), as sentence-transformers
+    computes it from the checkpoint's modules (pooling, Dense, Normalize)."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = _load(hf_dir, _MODEL_CLASSES[family])
+    modules = json.loads((hf_dir / "modules.json").read_text())
+    out = []
+    for text in texts:
+        ids = torch.tensor([hf_token_ids(hf_dir, text)])
+        with torch.no_grad():
+            states = model(input_ids=ids).last_hidden_state[0]
+        vec = states
+        for mod in modules[1:]:
+            kind = mod["type"].rsplit(".", 1)[-1]
+            if kind == "Pooling":
+                cfg = json.loads((hf_dir / mod["path"] / "config.json").read_text())
+                if cfg["pooling_mode_mean_tokens"]:
+                    vec = vec.mean(0)
+                elif cfg["pooling_mode_cls_token"]:
+                    vec = vec[0]
+                elif cfg["pooling_mode_lasttoken"]:
+                    vec = vec[-1]
+                else:
+                    raise AssertionError(f"pooling {cfg} not modelled")
+            elif kind == "Dense":
+                weight = load_file(str(hf_dir / mod["path"] / "model.safetensors"))["linear.weight"]
+                vec = weight @ vec
+            elif kind == "Normalize":
+                vec = torch.nn.functional.normalize(vec, dim=-1)
+        out.append(vec.numpy().astype(np.float64))
+    return np.stack(out)
+
+
+def reference_scores(family: str, hf_dir: Path, query: str, documents: Sequence[str]) -> np.ndarray:
+    """Relevance of each document to ``query`` as the reranker computes it in transformers:
+    the classifier logit (XLM-R), or P("yes") against "no" after the rerank prompt (Qwen3)."""
+    import torch
+
+    scores = []
+    if family == "xlm-roberta-reranker":
+        model = _load(hf_dir, "XLMRobertaForSequenceClassification")
+        for doc in documents:
+            ids = torch.tensor([hf_token_ids(hf_dir, query, doc)])
+            with torch.no_grad():
+                scores.append(float(model(input_ids=ids).logits[0, 0]))
+    elif family == "qwen3-reranker":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+        yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
+        model = _load(hf_dir, "Qwen3ForCausalLM")
+        for doc in documents:
+            ids = torch.tensor([tok.encode(rerank_prompt(query, doc)).ids])
+            with torch.no_grad():
+                last = model(input_ids=ids).logits[0, -1]
+            pair = torch.stack([last[yes], last[no]]).double()
+            scores.append(float(torch.softmax(pair, 0)[0]))
+    else:
+        raise KeyError(f"{family!r} is not a reranker")
+    return np.array(scores)
