@@ -26,6 +26,7 @@ from ggufworker.engine.embedding import Embedding
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.kv_layout import KvLayout
 from ggufworker.engine.kv_layout import resolve as kv_resolve
+from ggufworker.engine.lora import LoraAdapters
 from ggufworker.engine.model import ContextOptions, Model
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Engine(SlotCache, Embedding):
+class Engine(SlotCache, Embedding, LoraAdapters):
     """A loaded model serving many requests at once through continuous batching."""
 
     def __init__(
@@ -93,6 +94,7 @@ class Engine(SlotCache, Embedding):
             layout=self._layout,
         )
         self._init_embedding()
+        self._init_lora()
         self._sched.start()
 
     @staticmethod
@@ -280,6 +282,7 @@ class Engine(SlotCache, Embedding):
                 "and at least one must be left to generate"
             )
         validate(request.params, self._model.n_vocab)
+        lora_key = self.lora_key(request.lora)
         with self._lock:
             if self._outstanding >= self._opts.n_parallel + self.max_queue:
                 raise QueueFullError(
@@ -324,6 +327,7 @@ class Engine(SlotCache, Embedding):
                 sampler=sampler,
                 backend=backend,
                 budget=thinking_budget(params.reasoning_budget, self._model),
+                lora_key=lora_key,
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
@@ -449,6 +453,7 @@ class Engine(SlotCache, Embedding):
         self._sched.post("close")
         self._sched.thread.join()
         llama_cpp.llama_free(self._ctx)
+        self._free_loras()
         self._ctx = None  # type: ignore[assignment]
         self._model.close()
 

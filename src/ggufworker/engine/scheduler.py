@@ -45,12 +45,12 @@ from collections.abc import Callable
 import numpy as np
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.admission import SlotMemory
 from ggufworker.engine.backend_sampling import CHAIN_IDLE_S, HOST_DRAWN
 from ggufworker.engine.batch import Batch
 from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.graph_cut import GraphCut
 from ggufworker.engine.handle import RequestHandle, deliver_many
+from ggufworker.engine.lora import LoraSlots
 from ggufworker.engine.model import Model
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
@@ -62,7 +62,7 @@ from ggufworker.errors import EngineClosedError, GenerationError
 logger = logging.getLogger(__name__)
 
 
-class Scheduler(SlotMemory):
+class Scheduler(LoraSlots):
     """Owns the llama_context; runs in its own thread; talk to it through :meth:`post`."""
 
     def __init__(
@@ -105,6 +105,8 @@ class Scheduler(SlotMemory):
         self._out: list[tuple[RequestHandle, object]] = []  # this step's events, sent together
         self._n_out = 0
         self._closed = False
+        self._batch_slots: list[Slot] = []  # the slots of this step's batch (one adapter set)
+        self._init_lora_slots()
         self._init_prompt_cache(
             prompt_cache or PromptCacheOptions(), model_id=model_id, layout=layout
         )
@@ -131,6 +133,7 @@ class Scheduler(SlotMemory):
             self._cancel(msg[1])
         elif kind == "call":  # run a function on this thread (embeddings), result to a future
             fn, fut = msg[1], msg[2]
+            self.use_lora(())  # other work on this context (embeddings) runs on the base
             try:
                 fut.set_result(fn())
             except BaseException as exc:
@@ -217,7 +220,7 @@ class Scheduler(SlotMemory):
     def _build_batch(self) -> bool:
         batch = self.batch
         batch.clear()
-        active = self._active()
+        active = self._turn(self._active())  # one LoRA adapter set per step (engine/lora.py)
         decoding = [s for s in active if s.next_token >= 0]
         free_cells = self.n_ctx - self._used_cells()
         # Out of KV cells: running sequences have hit the shared context end.
@@ -277,7 +280,7 @@ class Scheduler(SlotMemory):
             self._decode_failed(rc)
             return
         took = time.perf_counter() - t0
-        active = self._active()
+        active = self._batch_slots
         decode_only = True
         for s in active:
             # Record what this step put in the KV cache for this sequence.
@@ -374,7 +377,7 @@ class Scheduler(SlotMemory):
     def _decode_failed(self, rc: int) -> None:
         logger.error("llama_decode returned %d for a batch of %d tokens", rc, self.batch.n)
         err = GenerationError(f"llama_decode failed (code {rc})")
-        for s in self._active():
+        for s in self._batch_slots:
             if s.out_idx >= 0 or s.next_token < 0:
                 req = s.req
                 assert req is not None

@@ -45,6 +45,8 @@ class Request:
     attached: int = -1
     # the thinking budget's tracker (engine/budget.py), when the request has a cap
     budget: ThinkingBudget | None = None
+    # the LoRA adapter set it runs under ((adapter id, scale) pairs; () is the base)
+    lora_key: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(eq=False)
@@ -76,6 +78,8 @@ class Slot:
     # positions at which the running prefill still takes one.
     checkpoints: list[Checkpoint] = field(default_factory=list)
     ckpt_plan: list[int] = field(default_factory=list)
+    # the LoRA adapter set this sequence's memory was computed under (engine/lora.py)
+    lora_key: tuple[tuple[int, float], ...] = ()
 
 
 def common_prefix(a: list[int], b: list[int], chunk: int = 256) -> int:

@@ -82,6 +82,23 @@ class GenerationRequest:
     parse_special: bool = False
     add_bos: bool = True
     request_id: str | None = None
+    #: LoRA adapters to run under: (adapter name or id, scale) pairs; () is the base alone;
+    #: None applies the engine's global scales (0 unless set, see Engine.set_lora_scales)
+    lora: tuple[tuple[str | int, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """A loaded LoRA adapter (engine/lora.py)."""
+
+    id: int
+    name: str
+    path: str
+    #: the scale a request naming only this adapter gets (the server's ``BASE:NAME`` model id)
+    scale: float
+    #: applied to requests that carry no adapter list (llama-server's global scales)
+    global_scale: float
+    size_bytes: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,436 @@
+"""LoRA adapters: loaded once per base, chosen per request, batched per adapter set.
+
+An adapter (a GGUF made by ``python -m converters.st2gguf ADAPTER --lora --base BASE``) is
+checked against the loaded model before llama.cpp sees it (architecture, the base facts the
+converter wrote, every tensor's name and shape), then loaded with ``llama_adapter_lora_init`` and
+kept until it is unloaded (``llama_adapter_lora_free``).
+
+A request runs under an *adapter set*: (adapter id, scale) pairs, zero scales left out; the empty
+set is the base. llama.cpp applies one set to a whole decode (``llama_set_adapters_lora`` on the
+context), so the scheduler decodes one set per step: requests that share a set are batched
+together, and when several sets have work the steps go round-robin over them, one step each, so
+no set's queue can starve another's. A slot's KV is keyed by the set it was computed under and
+reused only by requests of the same set; states computed under an adapter never go to the prompt
+cache's RAM or disk tiers (only base states do), so nothing computed under adapter A is reused
+for B or for the base.
+
+Mixed in: :class:`LoraAdapters` into the Engine (any thread), :class:`LoraSlots` into the
+scheduler (scheduler thread only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ggufworker.engine._native import llama_cpp
+from ggufworker.engine.admission import SlotMemory
+from ggufworker.engine.model import Model
+from ggufworker.engine.prompt_cache import Checkpoint, Entry
+from ggufworker.engine.slots import Slot
+from ggufworker.engine.types import LoraInfo
+from ggufworker.errors import GenerationError, InvalidRequestError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: (adapter id, scale) pairs sorted by id, no zero scales; () is the base alone
+LoraKey = tuple[tuple[int, float], ...]
+
+#: the facts the converter writes about the base an adapter was made for (converters/lora.py)
+BASE_FACTS = ("vocab_size", "embedding_length", "block_count")
+
+
+# --- checking an adapter against the model -------------------------------------------------
+
+
+def check_adapter(path: Path, model: Model, base_shapes: dict[str, tuple[int, ...]]) -> int:
+    """Raise unless the GGUF at ``path`` is a LoRA adapter llama.cpp can apply to ``model``.
+
+    Returns:
+        The adapter's tensor bytes (its memory).
+
+    Raises:
+        InvalidRequestError: not a LoRA adapter GGUF, or one made for another base; the message
+            is one line naming the first difference.
+    """
+    import gguf
+
+    name = path.name
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"LoRA adapter {name}: not a readable GGUF file ({exc})"
+        ) from None
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    if field("general.type") != "adapter" or field("adapter.type") != "lora":
+        raise InvalidRequestError(
+            f"{name} is not a LoRA adapter GGUF (make one with python -m converters.st2gguf "
+            "ADAPTER_DIR --lora --base BASE)"
+        )
+    arch = field("general.architecture")
+    if arch != model.architecture:
+        raise InvalidRequestError(
+            f"LoRA adapter {name} is for a {arch} model, this base is {model.architecture}"
+        )
+    base_facts = {
+        "vocab_size": model.n_vocab,
+        "embedding_length": _int(model.metadata.get(f"{arch}.embedding_length")),
+        "block_count": _int(model.metadata.get(f"{arch}.block_count")),
+    }
+    for key in BASE_FACTS:
+        want = field(f"ggufworker.lora.base.{key}")
+        have = base_facts[key]
+        if want is not None and have is not None and int(want) != have:
+            raise InvalidRequestError(
+                f"LoRA adapter {name} was made for a base with {key} {want}, this base has {have}"
+            )
+    size = 0
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for t in reader.tensors:
+        stem, _, half = t.name.rpartition(".")
+        if half not in ("lora_a", "lora_b"):
+            raise InvalidRequestError(f"LoRA adapter {name}: unexpected tensor {t.name}")
+        pairs.setdefault(stem, {})[half] = tuple(int(d) for d in reversed(t.shape))
+        size += int(t.n_bytes)
+    for stem, ab in pairs.items():
+        if set(ab) != {"lora_a", "lora_b"}:
+            raise InvalidRequestError(f"LoRA adapter {name}: {stem} lacks lora_a or lora_b")
+        if stem not in base_shapes:
+            raise InvalidRequestError(
+                f"LoRA adapter {name} changes {stem}, which this base does not have"
+            )
+        out_dim, in_dim = base_shapes[stem][-2:]
+        a, b = ab["lora_a"], ab["lora_b"]
+        # lora_a is (rank, in), lora_b (out, rank) as numpy shapes
+        if a[-1] != in_dim or b[-2] != out_dim or a[-2] != b[-1]:
+            raise InvalidRequestError(
+                f"LoRA adapter {name}: {stem} is {list(b[-2:-1]) + list(a[-1:])} in the adapter, "
+                f"{[out_dim, in_dim]} in this base (made for another base)"
+            )
+    if not pairs:
+        raise InvalidRequestError(f"LoRA adapter {name} holds no tensors")
+    return size
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def base_tensor_shapes(model: Model) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model's GGUF with its numpy shape (read from the file's header)."""
+    import gguf
+
+    reader = gguf.GGUFReader(model.path)
+    return {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+
+
+# --- the engine side (any thread) ----------------------------------------------------------
+
+
+@dataclass
+class _Adapter:
+    info: LoraInfo
+    ptr: Any  # llama_adapter_lora_p
+
+
+class LoraAdapters:
+    """Load, unload and list adapters; turn a request's adapter list into its set's key."""
+
+    _model: Model
+    _sched: Any  # the Scheduler (a LoraSlots)
+
+    def _call(self, fn: Callable[[], T]) -> T:  # Engine's: run on the scheduler thread
+        raise NotImplementedError
+
+    def _init_lora(self) -> None:
+        self._lora_lock = threading.Lock()
+        self._adapters: dict[int, _Adapter] = {}
+        self._lora_next_id = 0
+        self._base_shapes: dict[str, tuple[int, ...]] | None = None
+
+    def load_lora(self, name: str, path: str | Path, *, scale: float = 1.0) -> LoraInfo:
+        """Check and load the adapter at ``path`` under ``name`` (ids count up from 0).
+
+        Args:
+            name: the adapter's name (requests and the server's ``BASE:NAME`` model ids use it).
+            path: its GGUF file.
+            scale: the scale a request naming only the adapter gets (``BASE:NAME``).
+
+        Raises:
+            InvalidRequestError: the name is taken, the file is missing or not an adapter for
+                this base (one line saying what differs).
+        """
+        file = Path(path)
+        if not name or any(c in name for c in " /"):
+            raise InvalidRequestError(f"bad LoRA adapter name {name!r}", param="lora_name")
+        if not file.is_file():
+            raise InvalidRequestError(f"no LoRA adapter file at {file}", param="lora_path")
+        if not math.isfinite(scale):
+            raise InvalidRequestError("a LoRA scale must be a finite number", param="scale")
+        with self._lora_lock:
+            if any(a.info.name == name for a in self._adapters.values()):
+                raise InvalidRequestError(
+                    f"a LoRA adapter named {name!r} is already loaded", param="lora_name"
+                )
+            if self._base_shapes is None:
+                self._base_shapes = base_tensor_shapes(self._model)
+            shapes = self._base_shapes
+        size = check_adapter(file, self._model, shapes)
+
+        def init() -> Any:
+            ptr = llama_cpp.llama_adapter_lora_init(self._model.ptr, str(file).encode())
+            if not ptr:
+                raise InvalidRequestError(f"llama.cpp could not load LoRA adapter {file.name}")
+            return ptr
+
+        ptr = self._call(init)
+        with self._lora_lock:
+            if any(a.info.name == name for a in self._adapters.values()):  # lost a race
+                self._call(lambda: llama_cpp.llama_adapter_lora_free(ptr))
+                raise InvalidRequestError(
+                    f"a LoRA adapter named {name!r} is already loaded", param="lora_name"
+                )
+            lora_id = self._lora_next_id
+            self._lora_next_id += 1
+            info = LoraInfo(lora_id, name, str(file), float(scale), 0.0, size)
+            self._adapters[lora_id] = _Adapter(info, ptr)
+        self._call(lambda: self._sched.add_lora(lora_id, ptr))
+        logger.info("LoRA adapter %s loaded from %s (%d bytes)", name, file, size)
+        return info
+
+    def unload_lora(self, name: str) -> LoraInfo:
+        """Free the adapter ``name``; requests running or waiting under it end with an error.
+
+        Raises:
+            ModelNotFoundError: no adapter of that name is loaded.
+        """
+        adapter = self._lora_by_name(name)
+        with self._lora_lock:
+            self._adapters.pop(adapter.info.id, None)
+        self._call(lambda: self._sched.drop_lora(adapter.info.id, name))
+        logger.info("LoRA adapter %s unloaded", name)
+        return adapter.info
+
+    def loras(self) -> list[LoraInfo]:
+        """The loaded adapters, by id."""
+        with self._lora_lock:
+            return [self._adapters[i].info for i in sorted(self._adapters)]
+
+    def set_lora_scales(self, scales: dict[int, float]) -> list[LoraInfo]:
+        """Set the global scales (applied to requests that carry no adapter list; 0 by default,
+        so the base id is the base), as llama-server's ``POST /lora-adapters`` does.
+
+        Raises:
+            ModelNotFoundError: an id names no loaded adapter.
+            InvalidRequestError: a scale is not a finite number.
+        """
+        with self._lora_lock:
+            for lora_id, scale in scales.items():
+                if lora_id not in self._adapters:
+                    raise ModelNotFoundError(f"no LoRA adapter with id {lora_id} is loaded")
+                if not math.isfinite(scale):
+                    raise InvalidRequestError("a LoRA scale must be a finite number")
+            for lora_id, scale in scales.items():
+                a = self._adapters[lora_id]
+                a.info = replace(a.info, global_scale=float(scale))
+            return [self._adapters[i].info for i in sorted(self._adapters)]
+
+    def lora_key(self, lora: Sequence[tuple[str | int, float]] | None) -> LoraKey:
+        """The set key of a request's adapter list (None: the global scales).
+
+        Raises:
+            ModelNotFoundError: an entry names no loaded adapter.
+            InvalidRequestError: a scale is not a finite number.
+        """
+        with self._lora_lock:
+            if lora is None:
+                pairs: Iterable[tuple[int, float]] = [
+                    (i, a.info.global_scale) for i, a in self._adapters.items()
+                ]
+            else:
+                chosen: dict[int, float] = {}
+                for ref, scale in lora:
+                    if not math.isfinite(scale):
+                        raise InvalidRequestError(
+                            "a LoRA scale must be a finite number", param="lora"
+                        )
+                    chosen[self._resolve(ref)] = float(scale)
+                pairs = chosen.items()
+            return tuple(sorted((i, s) for i, s in pairs if s != 0.0))
+
+    def _resolve(self, ref: str | int) -> int:
+        if isinstance(ref, int):
+            if ref in self._adapters:
+                return ref
+            raise ModelNotFoundError(f"no LoRA adapter with id {ref} is loaded")
+        for i, a in self._adapters.items():
+            if a.info.name == ref:
+                return i
+        raise ModelNotFoundError(f"no LoRA adapter named {ref!r} is loaded")
+
+    def _lora_by_name(self, name: str) -> _Adapter:
+        with self._lora_lock:
+            for a in self._adapters.values():
+                if a.info.name == name:
+                    return a
+        raise ModelNotFoundError(f"no LoRA adapter named {name!r} is loaded")
+
+    def _free_loras(self) -> None:
+        """Free every adapter (the engine is closing; the scheduler thread has stopped)."""
+        with self._lora_lock:
+            adapters = list(self._adapters.values())
+            self._adapters.clear()
+        for a in adapters:
+            llama_cpp.llama_adapter_lora_free(a.ptr)
+
+
+# --- the scheduler side (scheduler thread only) --------------------------------------------
+
+
+class LoraSlots(SlotMemory):
+    """Adapter sets in the scheduler: one set per decode, round-robin; KV keyed by set."""
+
+    ctx: Any
+    waiting: Any
+    _batch_slots: list[Slot]
+
+    def _init_lora_slots(self) -> None:
+        self.lora_ptrs: dict[int, Any] = {}
+        self._lora_applied: LoraKey = ()
+        self._lora_last: LoraKey | None = None
+        self._placing: LoraKey = ()
+
+    def add_lora(self, lora_id: int, ptr: Any) -> None:
+        self.lora_ptrs[lora_id] = ptr
+
+    def drop_lora(self, lora_id: int, name: str) -> None:
+        """End the requests under adapter ``lora_id``, drop KV computed under it, free it."""
+        err = GenerationError(f"the LoRA adapter {name!r} was unloaded")
+        uses = lambda key: any(i == lora_id for i, _ in key)  # noqa: E731
+        for req in [r for r in self.waiting if uses(r.lora_key)]:
+            self.waiting.remove(req)
+            self._retire(req, 0, 0)  # type: ignore[attr-defined]
+            req.handle._deliver(err)
+        for s in self.slots:
+            if s.req is not None and uses(s.req.lora_key):
+                req = s.req
+                self._release(s)  # type: ignore[attr-defined]
+                req.handle._deliver(err)
+            if uses(s.lora_key):
+                self._forget(s)
+                s.lora_key = ()
+        if uses(self._lora_applied):
+            self.use_lora(())
+        ptr = self.lora_ptrs.pop(lora_id, None)
+        if ptr is not None:
+            llama_cpp.llama_adapter_lora_free(ptr)
+
+    def use_lora(self, key: LoraKey) -> None:
+        """Make ``key`` the context's adapter set (no call when it already is)."""
+        if key == self._lora_applied:
+            return
+        n = len(key)
+        if n:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * n)(
+                *(self.lora_ptrs[i] for i, _ in key)
+            )
+            scales = (ctypes.c_float * n)(*(s for _, s in key))
+            llama_cpp.llama_set_adapters_lora(self.ctx, adapters, n, scales)
+        else:
+            llama_cpp.llama_set_adapters_lora(self.ctx, None, 0, None)
+        self._lora_applied = key
+
+    def _turn(self, active: list[Slot]) -> list[Slot]:
+        """The slots this step decodes: those of one adapter set, the sets taking turns (the
+        next set after the last one served, in key order), and that set applied."""
+        if not self.lora_ptrs and not self._lora_applied:
+            self._batch_slots = active
+            return active
+        keys = sorted({s.req.lora_key for s in active if s.req is not None})
+        if not keys:
+            self._batch_slots = active
+            return active
+        last = self._lora_last
+        key = next((k for k in keys if last is not None and k > last), keys[0])
+        self._lora_last = key
+        self.use_lora(key)
+        chosen = [s for s in active if s.req is not None and s.req.lora_key == key]
+        self._batch_slots = chosen
+        return chosen
+
+    # --- prefix reuse keyed by set (overrides of the prompt cache's slot choice) ---
+
+    def _place(
+        self, free: list[Slot], tokens: list[int]
+    ) -> tuple[Slot, int, Checkpoint | None, str]:
+        # _admit places the request at the head of the queue
+        key: LoraKey = self.waiting[0].lora_key if self.waiting else ()
+        self._placing = key
+        try:
+            slot, n, ck, tier = super()._place(free, tokens)
+        finally:
+            self._placing = ()
+        if slot.lora_key != key:
+            if slot.cache:  # computed under another set: never reused for this one
+                self._stash(slot, 0)
+                self._forget(slot)
+            slot.lora_key = key
+            n, ck, tier = 0, None, "slot"
+        return slot, n, ck, tier
+
+    def _in_place(self, s: Slot, tokens: list[int]) -> tuple[int, Checkpoint | None]:
+        if s.cache and s.lora_key != self._placing:
+            return 0, None
+        return super()._in_place(s, tokens)
+
+    def _usable(
+        self, cached: list[int], checkpoints: Sequence[Checkpoint], tokens: list[int]
+    ) -> int:
+        if self._placing:  # the tiers hold base states only
+            return 0
+        return super()._usable(cached, checkpoints, tokens)
+
+    def _stash(self, s: Slot, keep: int) -> None:
+        if s.lora_key:  # a state computed under an adapter stays out of the tiers
+            return
+        super()._stash(s, keep)
+
+    def _entry_of(self, s: Slot) -> Entry | None:
+        if s.lora_key:
+            return None
+        return super()._entry_of(s)
+
+    def _restore(self, s: Slot, entry: Entry) -> bool:
+        ok = super()._restore(s, entry)
+        if ok:
+            s.lora_key = ()  # tier and slot-file states are base states
+        return ok
+
+    def slot_entry(self, slot_id: int) -> Entry:
+        s = self._idle_slot(slot_id)
+        if s.lora_key:
+            raise InvalidRequestError(
+                f"slot {slot_id} holds a prompt computed under a LoRA adapter; only base "
+                "states are saved",
+                param="id_slot",
+            )
+        return super().slot_entry(slot_id)
+
+
+__all__ = ["LoraAdapters", "LoraKey", "LoraSlots", "check_adapter"]
