@@ -36,6 +36,7 @@ from converters.archs.mamba import Mamba2Converter, MambaConverter
 from converters.archs.mixtral import MixtralConverter
 from converters.archs.modernbert import ModernBertConverter
 from converters.archs.mpt import MptConverter
+from converters.archs.nomic_bert import NomicBertConverter
 from converters.archs.olmo import Olmo2Converter, OlmoConverter
 from converters.archs.olmoe import OlmoeConverter
 from converters.archs.phi2 import PhiConverter
@@ -97,6 +98,7 @@ _FAMILIES: tuple[type[ArchConverter], ...] = (
     XLMRobertaConverter,
     XLMRobertaRerankerConverter,
     ModernBertConverter,
+    NomicBertConverter,
     GemmaEmbeddingConverter,
     Qwen3EmbeddingConverter,
 )

@@ -37,6 +37,7 @@ FAMILIES = (
     "xlm-roberta",
     "xlm-roberta-reranker",
     "modernbert",
+    "nomic-bert",
     "gemma-embedding",
     "qwen3-embedding",
     "qwen3-reranker",
@@ -367,6 +368,65 @@ def _build_modernbert(out: Path) -> None:
     write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
 
 
+def _build_nomic_bert(out: Path) -> None:
+    """nomic-embed-text-v1.5's layout: the hub's tensor names (fused ``Wqkv``, ``fc11``/``fc12``
+    /``fc2``, ``norm1``/``norm2``, ``emb_ln``) and config keys (``n_embd``...), built with
+    transformers' native NomicBertModel and renamed the way transformers' own checkpoint
+    conversion reads them back (the reference loads this folder with transformers)."""
+    import torch
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    n_vocab = wordpiece_tokenizer(out)
+    cfg = tf.NomicBertConfig(vocab_size=n_vocab, max_position_embeddings=2048, type_vocab_size=2,
+                             layer_norm_eps=1e-12, rope_parameters={"rope_type": "default",
+                             "rope_theta": 1000.0}, **_SIZES)  # fmt: skip
+    model = tf.NomicBertModel(cfg)
+    _randomise(model)
+    native = model.state_dict()
+    hub: dict[str, torch.Tensor] = {}
+    renames = (("embeddings.LayerNorm", "emb_ln"), ("self_attn.o_proj", "attn.out_proj"),
+               ("mlp.up_proj", "mlp.fc11"), ("mlp.gate_proj", "mlp.fc12"),
+               ("mlp.down_proj", "mlp.fc2"), ("post_attention_layernorm", "norm1"),
+               ("post_mlp_layernorm", "norm2"), ("self_attn.q_proj", "attn.Wqkv"))  # fmt: skip
+    for name, tensor in native.items():
+        if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:
+            continue
+        if ".self_attn.q_proj." in name:
+            tensor = torch.cat([native[name.replace(".q_proj.", f".{x}_proj.")] for x in "qkv"])
+        if name.startswith("layers."):
+            name = "encoder." + name
+        for old, new in renames:
+            name = name.replace(old, new)
+        hub[name] = tensor.contiguous()
+    save_file(hub, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        **cfg.to_dict(), "architectures": ["NomicBertModel"], "model_type": "nomic_bert",
+        # the hub config's own keys (nomic's code reads these)
+        "n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 128, "n_positions": 8192,
+        "max_trained_positions": 2048, "layer_norm_epsilon": 1e-12, "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
+        "activation_function": "swiglu", "prenorm": False, "causal": False,
+        "qkv_proj_bias": False, "mlp_fc1_bias": False, "mlp_fc2_bias": False,
+    }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
+
+
+def _build_nomic_bert_native(out: Path) -> None:
+    """NomicBertModel as transformers itself saves it (``layers.N.self_attn.q_proj``...)."""
+    import transformers as tf
+
+    n_vocab = wordpiece_tokenizer(out)
+    cfg = tf.NomicBertConfig(vocab_size=n_vocab, max_position_embeddings=2048, type_vocab_size=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+                             **_SIZES)  # fmt: skip
+    model = tf.NomicBertModel(cfg)
+    _randomise(model)
+    _save(model, out)
+    write_sentence_transformers(out, 64, "mean_tokens", normalize=False)
+
+
 def _build_gemma_embedding(out: Path) -> None:
     import torch
     import transformers as tf
@@ -452,6 +512,8 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "xlm-roberta": _build_xlmr,
     "xlm-roberta-reranker": _build_xlmr_reranker,
     "modernbert": _build_modernbert,
+    "nomic-bert": _build_nomic_bert,
+    "nomic-bert-native": _build_nomic_bert_native,
     "gemma-embedding": _build_gemma_embedding,
     "qwen3-embedding": _build_qwen3_embedding,
     "qwen3-reranker": _build_qwen3_reranker,
@@ -523,6 +585,8 @@ _MODEL_CLASSES = {
     "bert": "BertModel",
     "xlm-roberta": "XLMRobertaModel",
     "modernbert": "ModernBertModel",
+    "nomic-bert": "NomicBertModel",
+    "nomic-bert-native": "NomicBertModel",
     "gemma-embedding": "Gemma3TextModel",
     "qwen3-embedding": "Qwen3Model",
 }

@@ -35,13 +35,18 @@ COSINE_MIN = {"f32": 0.9999, "q8_0": 0.999}
 #: there is what the order check needs (target scores are >= 25% apart), not 5e-3.
 SCORE_TOL = {"f32": 5e-3, "q8_0": 0.2}
 OUTTYPES = ("f32", "q8_0")
-EMBEDDERS = ("bert", "xlm-roberta", "modernbert", "gemma-embedding", "qwen3-embedding")
+EMBEDDERS = (
+    "bert", "xlm-roberta", "modernbert", "nomic-bert", "nomic-bert-native", "gemma-embedding",
+    "qwen3-embedding",
+)  # fmt: skip
 RERANKERS = ("xlm-roberta-reranker", "qwen3-reranker")
 #: (pooling type written, normalised) per family, from its sentence-transformers modules
 EXPECTED_POOLING = {
     "bert": (1, True),  # mean
     "xlm-roberta": (2, True),  # CLS
     "modernbert": (1, True),
+    "nomic-bert": (1, True),
+    "nomic-bert-native": (1, False),
     "gemma-embedding": (1, True),
     "qwen3-embedding": (3, True),  # last token
     "xlm-roberta-reranker": (4, False),  # rank
@@ -53,6 +58,8 @@ SUPPORT_FAMILY = {
     "xlm-roberta": "xlm-roberta",
     "xlm-roberta-reranker": "xlm-roberta",
     "modernbert": "modernbert",
+    "nomic-bert": "nomic-bert",
+    "nomic-bert-native": "nomic-bert",
     "gemma-embedding": "gemma-embedding",
     "qwen3-embedding": "qwen3",
     "qwen3-reranker": "qwen3",
