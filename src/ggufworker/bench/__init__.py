@@ -4,7 +4,9 @@ Engine level (default): the engine at 1, 2, 4, 8 concurrent streams against the 
 loop and plain ``llama_cpp.Llama`` (see :mod:`ggufworker.bench.engine_bench`). With ``--http``:
 the HTTP-level benchmark of :mod:`ggufworker.bench.http` when that module is present. With
 ``--agent-replay``: conversations resent whole every turn, against llama-server
-(:mod:`ggufworker.bench.agent_replay`).
+(:mod:`ggufworker.bench.agent_replay`). With ``--embeddings`` or ``--rerank``: inputs per second
+of an embedding or rerank model, batched and concurrent, against llama-server
+(:mod:`ggufworker.bench.embed_bench`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the engine's KV cache layout (engine-level benchmark)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    from ggufworker.bench import agent_replay, soak
+    from ggufworker.bench import agent_replay, embed_bench, soak
 
     soak.add_arguments(p)
     agent_replay.add_arguments(p)
+    embed_bench.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -72,6 +75,12 @@ def _main(args: argparse.Namespace) -> int:
         result = soak.run(args)
         print(json.dumps(result, indent=2) if args.json else soak.format_report(result))
         return 0 if result["failed_total"] == 0 and result["healthy_after"] else 1
+    if args.embeddings or args.rerank:
+        from ggufworker.bench import embed_bench
+
+        result = embed_bench.run(args)
+        print(json.dumps(result, indent=2) if args.json else embed_bench.format_report(result))
+        return 0
     if args.agent_replay:
         from ggufworker.bench import agent_replay
 

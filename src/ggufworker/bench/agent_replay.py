@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.servers import free_port, server
+from ggufworker.bench.servers import free_port, peak_rss_kib, server
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +162,6 @@ def _ram_tier_bytes(client: httpx.Client, base: str) -> tuple[float, float] | No
         elif line.startswith("ggufworker_prompt_cache_ram_limit_bytes{"):
             cap = float(line.rsplit(" ", 1)[1])
     return (held, cap) if held is not None and cap is not None else None
-
-
-def _peak_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 # --- one replay ---------------------------------------------------------------------------------
@@ -321,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[str(c)] = replay(
                     base, model, conversations=c, first_id=100 * (i + 1), args=args
                 )
-            results["peak_rss_kib"] = _peak_rss_kib(procs[0].pid)
+            results["peak_rss_kib"] = peak_rss_kib(procs[0].pid)
         out["targets"][name] = results
     out["load_after"] = os.getloadavg()
     ours, theirs = out["targets"].get("ggufworker"), out["targets"].get("llama_server")

@@ -21,6 +21,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """A process's peak resident memory (Linux ``VmHWM``), None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the benchmark process dies (Linux), so a
     killed benchmark leaves no server running."""
