@@ -105,6 +105,27 @@ class ServerSettings(BaseSettings):
     offline: bool = Field(default=False, description="never download; use only cached models")
     home: Path | None = Field(default=None, description="cache root (default $GGUFWORKER_HOME)")
 
+    # --- LoRA adapters (docs/SERVER.md "LoRA adapters") ---------------------------------------
+    loras: StrList = Field(
+        default_factory=list,
+        description="LoRA adapter (a GGUF from python -m converters.st2gguf ADAPTER --lora) "
+        "for the first --model, served as model id MODEL:NAME at SCALE (default 1); repeatable",
+        json_schema_extra=_cli("--lora", "NAME=PATH[:SCALE]"),
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _split_loras(cls, value: Any) -> Any:
+        """A JSON list or comma-separated NAME=PATH[:SCALE] entries (env vars, config files)."""
+        if isinstance(value, str):
+            text = value.strip()
+            return (
+                json.loads(text)
+                if text.startswith("[")
+                else [p.strip() for p in text.split(",") if p.strip()]
+            )
+        return value
+
     # --- engine ----------------------------------------------------------------------------
     parallel: int = Field(
         default_factory=default_parallel,

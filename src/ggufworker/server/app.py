@@ -29,6 +29,8 @@ from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
 from ggufworker.server.core.slots_router import router as slots_router
 from ggufworker.server.lifecycle.router import router as models_router
+from ggufworker.server.lora.router import LoraCollector
+from ggufworker.server.lora.router import router as lora_router
 from ggufworker.server.ollama.router import router as ollama_router
 from ggufworker.server.openai.responses.router import router as responses_router
 from ggufworker.server.openai.responses.serving import ResponsesServing
@@ -93,6 +95,7 @@ def create_app(
     # built with the app (not in the lifespan) so the request counter wraps every route;
     # it reads the model manager from app.state at scrape time
     app.state.metrics = Metrics(lambda: getattr(app.state, "manager", None))
+    app.state.metrics.registry.register(LoraCollector(lambda: getattr(app.state, "manager", None)))
     install_error_handlers(app)
     install_openapi(app)  # every route's real statuses and content types (server/openapi.py)
     # one router per API surface over the shared core; same keys, limits and metrics for all
@@ -106,6 +109,7 @@ def create_app(
         responses_router,
         rerank_router,
         models_router,
+        lora_router,
         ui_router,
         slots_router,
     ]

@@ -61,6 +61,8 @@ class ChatRequest:
     template_kwargs: dict[str, Any] | None = None
     reasoning_budget: int | None = None
     n: int = 1
+    #: LoRA adapters ((name or id, scale) pairs; None: the model id's adapter or the defaults)
+    lora: tuple[tuple[str | int, float], ...] | None = None
 
 
 MEDIA_PARTS = frozenset({"image", "audio"})
@@ -387,7 +389,10 @@ class ChatPipeline:
             plans.append(plan)
             return [
                 GenerationRequest(
-                    prompt=plan.prompt, params=seeded(plan.params, i), parse_special=True
+                    prompt=plan.prompt,
+                    params=seeded(plan.params, i),
+                    parse_special=True,
+                    lora=req.lora,
                 )
                 for i in range(req.n)
             ]

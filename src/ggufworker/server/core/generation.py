@@ -54,6 +54,8 @@ class Generation:
         self.handles: list[Any] = []
         try:
             for req in requests:
+                if req.lora is None and lease.lora is not None:  # a BASE:NAME adapter id
+                    req = replace(req, lora=lease.lora)
                 self.handles.append(self.engine.submit(req))
         except BaseException:
             self.close()

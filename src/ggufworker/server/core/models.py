@@ -23,6 +23,7 @@ from ggufworker.errors import (
     WrongModelKindError,
 )
 from ggufworker.registry.schema import LATEST_TAG
+from ggufworker.server.lora.table import AdapterSpec, LoraTable, model_id
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class Lease:
         self.engine = model.engine
         self.name = model.spec.name
         self._released = False
+        # a LoRA adapter model id (BASE:NAME): the adapter and scale its requests run under
+        self.lora: tuple[tuple[str, float], ...] | None = None
 
     def release(self) -> None:
         if not self._released:
@@ -169,6 +172,8 @@ class ModelManager:
                 ModelSpec(name, source, embedding=True, pinned=name in pinned or source in pinned)
             )
         self._aliases: dict[str, str] = {}  # name -> served name (Ollama's /api/copy)
+        # --- LoRA adapters (server/lora/): served as model ids BASE:NAME ---
+        self.loras = LoraTable.from_settings(settings.loras, next(iter(self._generation), None))
         self._registry: Any = None
         self.startup_done = asyncio.Event()
         self.startup_error: str | None = None
@@ -193,6 +198,8 @@ class ModelManager:
                 raise ModelNotFoundError(f"no {kind} model is served")
             return next(iter(table.values()))
         model = next((table[n] for n in self.name_candidates(name) if n in table), None)
+        if model is None and not embedding and self.adapter_of(name) is not None:
+            return self._generation[self.adapter_of(name)[0]]  # type: ignore[index]
         if model is None:
             other = self._generation if embedding else self._embedding
             if any(n in other for n in self.name_candidates(name)):
@@ -205,6 +212,15 @@ class ModelManager:
             served = ", ".join(table) or "none"
             raise ModelNotFoundError(f"model {name!r} is not served as {kind} (served: {served})")
         return model
+
+    def adapter_of(self, name: str | None) -> tuple[str, AdapterSpec] | None:
+        """(base, adapter) when ``name`` is a LoRA adapter's model id and no served name."""
+        if not name or not self.loras.items():
+            return None
+        if any(n in self._generation for n in self.name_candidates(name)):
+            return None
+        found = self.loras.find(name)
+        return found if found is not None and found[0] in self._generation else None
 
     def name_candidates(self, name: str) -> list[str]:
         """The served names a client's model name may mean, best first: the name itself, its
@@ -328,7 +344,12 @@ class ModelManager:
             model.active -= 1
             raise
         model.last_used = time.monotonic()
-        return Lease(model)
+        lease = Lease(model)
+        adapter = self.adapter_of(name)
+        if adapter is not None:  # BASE:NAME runs under that adapter at its scale
+            lease.name = model_id(adapter[0], adapter[1].name)
+            lease.lora = ((adapter[1].name, adapter[1].scale),)
+        return lease
 
     async def _engine_stopped(self, model: ServedModel) -> None:
         """A loaded model whose engine thread died: fail this request naming the model, free
@@ -366,9 +387,15 @@ class ModelManager:
             try:
                 path = await asyncio.to_thread(self._resolver, model.spec.source, self.settings)
                 model.path = Path(path)
-                model.engine = await asyncio.to_thread(
+                engine = await asyncio.to_thread(
                     self._factory, Path(path), model.spec, self.settings
                 )
+                try:  # its LoRA adapters, checked against it (a wrong base fails the load)
+                    await asyncio.to_thread(self.loras.attach, engine, model.spec.name)
+                except BaseException:
+                    await asyncio.to_thread(engine.close)
+                    raise
+                model.engine = engine
             except ModelNotFoundError as exc:
                 model.state, model.error = "failed", str(exc)
                 raise

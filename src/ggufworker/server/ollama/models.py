@@ -61,6 +61,16 @@ async def list_models(manager: ModelManager) -> ListResponse:
                 details=details(facts),
             )
         )
+    # LoRA adapters (BASE:NAME): the base's row, its size plus the adapter's, parent the base
+    for base, spec in manager.loras.items():
+        row = next((r for r in rows if r.name == base), None)
+        if row is not None:
+            size = spec.path.stat().st_size if spec.path.is_file() else 0
+            parent = row.details.model_copy(update={"parent_model": base})
+            name = f"{base}:{spec.name}"
+            rows.append(row.model_copy(update={
+                "name": name, "model": name, "size": row.size + size, "details": parent,
+            }))  # fmt: skip
     return ListResponse(models=rows)
 
 

@@ -62,6 +62,20 @@ class ResponseFormat(OpenAIBaseModel):
         return self
 
 
+class LoraRef(OpenAIBaseModel):
+    """One adapter of a request's ``lora`` list (llama-server's shape)."""
+
+    id: int | None = Field(default=None, ge=0, description="adapter id (GET /lora-adapters)")
+    name: str | None = Field(default=None, description="adapter name (instead of id)")
+    scale: float = Field(default=1.0, ge=-100.0, le=100.0, description="0 leaves it out")
+
+    @model_validator(mode="after")
+    def _named(self) -> LoraRef:
+        if (self.id is None) == (self.name is None):
+            raise ValueError("each lora entry needs exactly one of id or name")
+        return self
+
+
 class SamplingFields(OpenAIBaseModel):
     """Sampling fields shared by chat and completions, in OpenAI's order."""
 
@@ -90,6 +104,19 @@ class SamplingFields(OpenAIBaseModel):
     )
     grammar: str | None = Field(default=None, description="GBNF grammar constraining the output")
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-sequence")
+    # --- extensions (LoRA adapters, as llama-server's per-request field) ---
+    lora: list[LoraRef] | None = Field(
+        default=None,
+        max_length=64,
+        description="LoRA adapters to run under: [{id | name, scale}]; [] is the base alone "
+        "(default: the model id's adapter, else the global scales of /lora-adapters)",
+    )
+
+    def lora_set(self) -> tuple[tuple[str | int, float], ...] | None:
+        """The engine's adapter list for this request (None: not given)."""
+        if self.lora is None:
+            return None
+        return tuple((r.id if r.id is not None else str(r.name), r.scale) for r in self.lora)
 
     @field_validator("logit_bias")
     @classmethod
@@ -221,6 +248,7 @@ class ChatCompletionRequest(SamplingFields):
             template_kwargs=self.chat_template_kwargs,
             reasoning_budget=self.reasoning_budget,
             n=self.n,
+            lora=self.lora_set(),
         )
 
     def to_sampling_params(self) -> SamplingParams:
@@ -349,6 +377,9 @@ class ModelCard(BaseModel):
     loaded: bool = False
     pinned: bool = False
     meta: dict[str, Any] | None = None
+    # vLLM's LoRA fields: an adapter is a model whose parent is its base
+    root: str | None = None
+    parent: str | None = None
 
 
 class ModelList(BaseModel):

@@ -30,12 +30,15 @@ class CompletionServing:
         params = body.to_sampling_params()
         prompts = body.prompts()
         shared_prompt = len(prompts) == 1
+        lora = body.lora_set()
         generation = await start_generation(
             self.manager,
             self.metrics,
             body.model,
             lambda _: [
-                GenerationRequest(prompt=p, params=seeded(params, i), parse_special=False)
+                GenerationRequest(
+                    prompt=p, params=seeded(params, i), parse_special=False, lora=lora
+                )
                 for p in prompts
                 for i in range(body.n)
             ],

@@ -56,6 +56,16 @@ def list_models(manager: ModelManager) -> ModelList:
             }
             if not model.spec.embedding:  # per-replica (per-GPU) slots, see server/replicas.py
                 card.meta["replicas"] = [asdict(r) for r in replica_stats(model.engine)]
+    # LoRA adapters: a card each, its parent the base (vLLM's shape), id BASE:NAME
+    for base, spec in manager.loras.items():
+        parent = cards.get(base)
+        if parent is not None:
+            lora_id = f"{base}:{spec.name}"
+            cards[lora_id] = ModelCard(
+                id=lora_id, root=str(spec.path), parent=base, loaded=parent.loaded,
+                capabilities=list(parent.capabilities), pinned=parent.pinned,
+                meta={"lora_scale": spec.scale},
+            )  # fmt: skip
     return ModelList(data=list(cards.values()))
 
 
