@@ -561,6 +561,8 @@ def hf_token_ids(hf_dir: Path, text: str, pair: str | None = None) -> list[int]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    # real tokenizer.json files may pad every text to a fixed length (all-MiniLM-L6-v2: 128)
+    tok.no_padding()
     return list(tok.encode(text, pair).ids)
 
 
