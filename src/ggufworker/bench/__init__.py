@@ -6,7 +6,9 @@ the HTTP-level benchmark of :mod:`ggufworker.bench.http` when that module is pre
 ``--agent-replay``: conversations resent whole every turn, against llama-server
 (:mod:`ggufworker.bench.agent_replay`). With ``--embeddings`` or ``--rerank``: inputs per second
 of an embedding or rerank model, batched and concurrent, against llama-server
-(:mod:`ggufworker.bench.embed_bench`).
+(:mod:`ggufworker.bench.embed_bench`). With ``--lora-adapters N``: clients spread over N LoRA
+adapters of the model against the same clients on the base alone
+(:mod:`ggufworker.bench.lora_bench`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     soak.add_arguments(p)
     agent_replay.add_arguments(p)
     embed_bench.add_arguments(p)
+    from ggufworker.bench import lora_bench
+
+    lora_bench.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -69,6 +74,12 @@ def _http_module() -> Any:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.lora_adapters:
+        from ggufworker.bench import lora_bench
+
+        result = lora_bench.run(args)
+        print(json.dumps(result, indent=2) if args.json else lora_bench.format_report(result))
+        return 0
     if args.soak:
         from ggufworker.bench import soak
 
