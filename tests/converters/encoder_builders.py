@@ -13,10 +13,10 @@ sentence-transformers files (``modules.json``, ``1_Pooling/config.json``, ``2_De
 Checkpoints and GGUFs are cached under ``cache_dir`` in a folder keyed by a hash of this file
 and the converter's sources, so a changed converter or builder never reuses a stale file.
 
-References follow the sentence-transformers module semantics (pooling over the attention mask,
-Dense without bias or activation, L2 normalisation) computed with torch on transformers'
-hidden states; rerankers give what llama.cpp's RANK pooling gives for the family: the
-classifier logit (XLM-R) or P("yes") against "no" at the last position (Qwen3-Reranker).
+References are computed by sentence-transformers from the checkpoint folder (embeddings:
+``SentenceTransformer``; the XLM-R reranker: ``CrossEncoder``'s raw logit) and by transformers
+(Qwen3-Reranker: P("yes") against "no" at the last position of the rerank prompt), which is
+what llama.cpp's RANK pooling gives for each.
 """
 
 from __future__ import annotations
@@ -433,7 +433,9 @@ def _build_gemma_embedding(out: Path) -> None:
 
     n_vocab = bpe_tokenizer(
         out, ["<pad>", "<eos>", "<bos>", "<unk>"], ("<bos> $A <eos>", "<bos> $A <eos> $B <eos>"),
-        {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+        {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+         # the tokenizer.json as it is (Gemma's own class would build another vocabulary)
+         "tokenizer_class": "PreTrainedTokenizerFast"},
     )  # fmt: skip
     cfg = tf.Gemma3TextConfig(
         vocab_size=n_vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -595,38 +597,18 @@ _MODEL_CLASSES = {
 
 
 def reference_embeddings(family: str, hf_dir: Path, texts: Sequence[str]) -> np.ndarray:
-    """The sentence embedding of each text, (len(texts), dim), as sentence-transformers
-    computes it from the checkpoint's modules (pooling, Dense, Normalize)."""
-    import torch
-    from safetensors.torch import load_file
+    """The sentence embedding of each text, (len(texts), dim), computed by sentence-transformers
+    from the checkpoint folder (its modules.json: transformer, pooling, Dense, Normalize), one
+    text per batch (no padding), in float32 with eager attention."""
+    from sentence_transformers import SentenceTransformer
 
-    model = _load(hf_dir, _MODEL_CLASSES[family])
-    modules = json.loads((hf_dir / "modules.json").read_text())
-    out = []
-    for text in texts:
-        ids = torch.tensor([hf_token_ids(hf_dir, text)])
-        with torch.no_grad():
-            states = model(input_ids=ids).last_hidden_state[0]
-        vec = states
-        for mod in modules[1:]:
-            kind = mod["type"].rsplit(".", 1)[-1]
-            if kind == "Pooling":
-                cfg = json.loads((hf_dir / mod["path"] / "config.json").read_text())
-                if cfg["pooling_mode_mean_tokens"]:
-                    vec = vec.mean(0)
-                elif cfg["pooling_mode_cls_token"]:
-                    vec = vec[0]
-                elif cfg["pooling_mode_lasttoken"]:
-                    vec = vec[-1]
-                else:
-                    raise AssertionError(f"pooling {cfg} not modelled")
-            elif kind == "Dense":
-                weight = load_file(str(hf_dir / mod["path"] / "model.safetensors"))["linear.weight"]
-                vec = weight @ vec
-            elif kind == "Normalize":
-                vec = torch.nn.functional.normalize(vec, dim=-1)
-        out.append(vec.numpy().astype(np.float64))
-    return np.stack(out)
+    if family not in _MODEL_CLASSES:
+        raise KeyError(f"{family!r} is not an embedding family")
+    model = SentenceTransformer(
+        str(hf_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}
+    )
+    out = model.encode(list(texts), batch_size=1, convert_to_numpy=True)
+    return np.asarray(out, dtype=np.float64)
 
 
 def reference_scores(family: str, hf_dir: Path, query: str, documents: Sequence[str]) -> np.ndarray:
@@ -636,11 +618,12 @@ def reference_scores(family: str, hf_dir: Path, query: str, documents: Sequence[
 
     scores = []
     if family == "xlm-roberta-reranker":
-        model = _load(hf_dir, "XLMRobertaForSequenceClassification")
-        for doc in documents:
-            ids = torch.tensor([hf_token_ids(hf_dir, query, doc)])
-            with torch.no_grad():
-                scores.append(float(model(input_ids=ids).logits[0, 0]))
+        from sentence_transformers import CrossEncoder
+
+        # the raw classifier logit (CrossEncoder would apply a sigmoid to one label)
+        ce = CrossEncoder(str(hf_dir), device="cpu", activation_fn=torch.nn.Identity())
+        pairs = [(query, doc) for doc in documents]
+        scores = [float(x) for x in ce.predict(pairs, batch_size=1, convert_to_numpy=True)]
     elif family == "qwen3-reranker":
         from tokenizers import Tokenizer
 
