@@ -16,8 +16,10 @@ Every check is recorded for docs/MODEL_SUPPORT.md before it is asserted.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,88 @@ def test_reranker_scores_are_not_degenerate(encoder_cache: Path) -> None:
         want = eb.reference_scores(family, hf_dir, eb.QUERY, eb.DOCUMENTS)
         gaps = np.diff(np.sort(want))
         assert np.min(gaps) > 4 * SCORE_TOL["f32"] * np.max(np.abs(want)), (family, want)
+
+
+def _edited_copy(src: Path, dst: Path, edit: Callable[[Path], None]) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.gguf"))
+    edit(dst)
+    return dst
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _refusals() -> dict[str, tuple[str, Callable[[Path], None], str]]:
+    def max_pooling(d: Path) -> None:
+        _edit_json(d / "1_Pooling" / "config.json", pooling_mode_mean_tokens=False,
+                   pooling_mode_max_tokens=True)  # fmt: skip
+
+    def dense_bias(d: Path) -> None:
+        _edit_json(d / "2_Dense" / "config.json", bias=True)
+
+    def cased(d: Path) -> None:
+        tok = json.loads((d / "tokenizer.json").read_text())
+        tok["normalizer"]["lowercase"] = False
+        (d / "tokenizer.json").write_text(json.dumps(tok))
+
+    def norm_bias(d: Path) -> None:
+        _edit_json(d / "config.json", norm_bias=True)
+
+    def bert_cross_encoder(d: Path) -> None:
+        _edit_json(d / "config.json", architectures=["BertForSequenceClassification"])
+
+    def nomic_moe(d: Path) -> None:
+        _edit_json(d / "config.json", moe_every_n_layers=2)
+
+    return {
+        "max pooling": ("bert", max_pooling, "not supported by llama.cpp"),
+        "Dense with bias": ("gemma-embedding", dense_bias, "bias"),
+        "cased WordPiece": ("bert", cased, "cased"),
+        "ModernBERT norm bias": ("modernbert", norm_bias, "norm_bias"),
+        "BERT cross-encoder": ("bert", bert_cross_encoder, "not supported"),
+        "nomic-bert MoE": ("nomic-bert", nomic_moe, "moe_every_n_layers"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_refusals()))
+def test_layouts_llama_cpp_cannot_compute_are_refused(
+    case: str, encoder_cache: Path, tmp_path: Path
+) -> None:
+    from converters.st2gguf import convert
+    from ggufworker.errors import ConversionError
+
+    family, edit, message = _refusals()[case]
+    _, hf_dir = _convert(family, "f32", encoder_cache)
+    src = _edited_copy(hf_dir, tmp_path / "src", edit)
+    target = tmp_path / "out.gguf"
+    with pytest.raises(ConversionError, match=message):
+        convert(src, target, outtype="f32")
+    assert not target.exists()
+    assert not list(tmp_path.glob(".out.gguf.*"))
+
+
+def test_causal_lm_with_sentence_transformers_folder_is_an_embedder(
+    encoder_cache: Path, tmp_path: Path
+) -> None:
+    """Qwen3-Embedding published as Qwen3ForCausalLM + modules.json: last-token pooling, no
+    reranker head, embeddings equal sentence-transformers' on the same folder."""
+    from converters.st2gguf import convert
+
+    _, reranker_dir = _convert("qwen3-reranker", "f32", encoder_cache)
+
+    def as_embedder(d: Path) -> None:
+        eb.write_sentence_transformers(d, 64, "lasttoken", normalize=True)
+
+    src = _edited_copy(reranker_dir, tmp_path / "qwen3-embedding-causal", as_embedder)
+    path = convert(src, tmp_path / "e.gguf", outtype="f32")
+    fields = gguf_fields(path)
+    assert fields["qwen3.pooling_type"] == 3
+    assert fields["ggufworker.embedding.normalize"] is True
+    assert "tokenizer.chat_template.rerank" not in fields
+    want = eb.reference_embeddings("qwen3-embedding", src, eb.TEXTS)
+    for enc in _encoder(path):
+        got = np.stack([enc.pool(eb.hf_token_ids(src, t)) for t in eb.TEXTS])
+    assert min(_cosine(g, w) for g, w in zip(got, want, strict=True)) >= COSINE_MIN["f32"]
