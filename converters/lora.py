@@ -16,6 +16,9 @@ transpose), the same gather applied to ``B`` (rows) and ``A`` (columns) gives an
 delta equals the planned delta exactly. Anything else (arithmetic on the weight, stacking with
 other tensors) is refused, as is what llama.cpp's LoRA cannot express (see ``_refusals``).
 
+LoRA on transformers 5's fused MoE expert parameters (PEFT ``target_parameters``) becomes
+per-expert pairs on llama.cpp's stacked expert tensors (converters/lora_experts.py).
+
 llama.cpp scales a LoRA pair by ``scale * alpha / rank`` with one ``adapter.lora.alpha`` per file
 (src/llama-adapter.h ``get_scale``); per-module alphas (``alpha_pattern``) and rank-stabilised
 scaling (``use_rslora``: ``alpha / sqrt(r)``) are folded into ``lora_b`` so the product is PEFT's.
@@ -39,6 +42,7 @@ import numpy as np
 from converters.archs import CONVERTERS, get_converter
 from converters.archs.base import ArchConverter, TensorPlan
 from converters.checkpoint import Checkpoint, TensorRef, read_safetensors_header, to_f32
+from converters.lora_experts import expert_tensors, resolve, split_param_pairs
 from converters.quantize import tensor_type
 from ggufworker.errors import ConversionError, DiskFullError
 
@@ -76,8 +80,11 @@ class LoraPair:
         return self.a.shape[0]
 
 
-def read_peft(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraPair]]:
-    """Read a PEFT LoRA folder: its ``adapter_config.json`` and one pair per targeted module.
+def read_peft(
+    adapter_dir: str | os.PathLike[str],
+) -> tuple[dict[str, Any], list[LoraPair], dict[str, list[tuple[TensorRef, TensorRef]]]]:
+    """Read a PEFT LoRA folder: its ``adapter_config.json``, one pair per targeted module, and
+    the pairs of adapted parameters (``target_parameters``: MoE experts) by module.
 
     Raises:
         ConversionError: the folder is not a PEFT LoRA, or holds what llama.cpp cannot apply.
@@ -119,6 +126,7 @@ def read_peft(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list
         halves.setdefault(m["module"], {})[kind[-1]] = ref
     if not halves:
         raise ConversionError(f"{weights}: no LoRA tensors")
+    params, halves = split_param_pairs(cfg, halves)
     rank_default = int(cfg.get("r") or 0)
     alpha_default = float(cfg.get("lora_alpha") or rank_default or 1)
     rslora = bool(cfg.get("use_rslora"))
@@ -140,7 +148,7 @@ def read_peft(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list
                 break
         scale = alpha / math.sqrt(rank) if rslora else alpha / rank
         pairs.append(LoraPair(module, a, b, scale))
-    return cfg, pairs
+    return cfg, pairs, params
 
 
 _DORA = (
@@ -170,11 +178,6 @@ def _refusals(cfg: dict[str, Any]) -> None:
             f"modules_to_save={cfg['modules_to_save']}: the adapter replaces whole modules, "
             "which a llama.cpp LoRA adapter cannot carry"
         )
-    if cfg.get("target_parameters"):
-        raise ConversionError(
-            f"target_parameters={cfg['target_parameters']}: LoRA on raw parameters (e.g. fused "
-            "MoE expert weights) is not supported by this converter"
-        )
     if cfg.get("layer_replication"):
         raise ConversionError("layer_replication changes the base's layers; not convertible")
     init = cfg.get("init_lora_weights")
@@ -194,7 +197,7 @@ def _refusals(cfg: dict[str, Any]) -> None:
 class _GgufBase:
     """A stand-in for :class:`Checkpoint` made from a GGUF base's metadata (no tensors)."""
 
-    def __init__(self, path: Path, reader: gguf.GGUFReader) -> None:
+    def __init__(self, path: Path, reader: gguf.GGUFReader, prefer: str | None = None) -> None:
         self.dir = path.parent
         self.tensors: dict[str, TensorRef] = {}
         arch = _field(reader, "general.architecture")
@@ -212,7 +215,9 @@ class _GgufBase:
             "num_experts": "expert_count", "num_experts_per_tok": "expert_used_count",
             "num_local_experts": "expert_count",
         }  # fmt: skip
-        config: dict[str, Any] = {"architectures": [names[0]]}
+        # several HF families write one GGUF architecture (Mixtral and Mistral write llama):
+        # the adapter's own base class picks among them
+        config: dict[str, Any] = {"architectures": [prefer if prefer in names else names[0]]}
         for hf_key, key in keys.items():
             value = _field(reader, f"{arch}.{key}")
             if isinstance(value, (int, float)):
@@ -235,11 +240,11 @@ class _Base:
     vocab_size: int | None
 
 
-def _load_base(base: str | os.PathLike[str]) -> _Base:
+def _load_base(base: str | os.PathLike[str], prefer: str | None = None) -> _Base:
     path = Path(base)
     if path.is_dir():
         ckpt = Checkpoint(path)
-        conv = get_converter(ckpt.architecture)(ckpt)
+        conv = get_converter(ckpt.architecture).for_checkpoint(ckpt)(ckpt)
         shapes = {name: tuple(ref.shape) for name, ref in conv.source_tensors().items()}
         vocab = conv.cfg.get("vocab_size")
         return _Base(conv, shapes, None, int(vocab) if vocab else None)
@@ -249,7 +254,7 @@ def _load_base(base: str | os.PathLike[str]) -> _Base:
         reader = gguf.GGUFReader(path)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"base {path}: not a readable GGUF file ({exc})") from exc
-    stub = _GgufBase(path, reader)
+    stub = _GgufBase(path, reader, prefer)
     try:
         conv = get_converter(stub.config["architectures"][0])(stub)  # type: ignore[arg-type]
     except (ConversionError, KeyError, TypeError, ValueError) as exc:
@@ -349,6 +354,53 @@ def _as_gather(
     return _Gather(name, rows_i, cols_i, transposed)
 
 
+def _expert_gathers(
+    conv: ArchConverter, hf_name: str, shape: tuple[int, ...]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The family's plan for the stacked expert tensor ``hf_name`` (E, out, in), as per-output
+    (GGUF name, row gather, column gather), the same for every expert, experts in order.
+
+    Raises:
+        ConversionError: an output is not such a gather.
+    """
+    n_exp, n_rows, n_cols = shape
+
+    def axis(values: np.ndarray, ax: int) -> Callable[[], np.ndarray]:
+        view = [1, 1, 1]
+        view[ax] = len(values)
+        return lambda: np.broadcast_to(values.reshape(view), shape).astype(np.float32)
+
+    probes = [
+        axis(np.arange(n_exp, dtype=np.float32), 0),
+        axis(np.arange(n_rows, dtype=np.float32), 1),
+        axis(np.arange(n_cols, dtype=np.float32), 2),
+        lambda: np.zeros(shape, dtype=np.float32),
+    ]
+    try:
+        runs = [list(conv.tensor(hf_name, _Probe(hf_name, shape, p))) for p in probes]  # type: ignore[arg-type]
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"{hf_name}: the base's tensor plan is not a plain mapping") from exc
+    out = []
+    for plans in zip(*runs, strict=True):
+        ex, r, c, z = (to_f32(np.asarray(p.load()), p.dtype) for p in plans)
+        name = plans[0].name
+        ok = ex.ndim == 3 and ex.shape[0] == n_exp and not np.any(z)
+        ok = ok and bool((ex == np.arange(n_exp, dtype=np.float32)[:, None, None]).all())
+        ok = ok and bool((r == r[:1, :, :1]).all()) and bool((c == c[:1, :1, :]).all())
+        if not ok:
+            raise ConversionError(
+                f"{hf_name} -> {name}: the family's conversion of these experts is not a "
+                "row/column reordering, so a LoRA on them has no exact llama.cpp form"
+            )
+        rows, cols = r[0, :, 0].astype(np.int64), c[0, 0, :].astype(np.int64)
+        if rows.max() >= n_rows or cols.max() >= n_cols or np.any(rows != r[0, :, 0]):
+            raise ConversionError(f"{hf_name} -> {name}: not a reordering of the experts' rows")
+        out.append((name, rows, cols))
+    return out
+
+
 # --- conversion ------------------------------------------------------------------------------
 
 
@@ -439,7 +491,8 @@ def convert_lora(
 
     Raises:
         ConversionError: what llama.cpp cannot express (DoRA, lora_bias, trained biases,
-            modules_to_save, raw-parameter targets, embedding targets, per-expert MoE targets,
+            modules_to_save, raw parameters other than fused MoE experts, embedding targets,
+            per-expert MoE module targets,
             targets with no base tensor or a non-reordering conversion), a mismatched base, an
             existing target without ``force``.
         DiskFullError: the disk filled up; nothing is left at ``dst``.
@@ -447,7 +500,7 @@ def convert_lora(
     if outtype not in LORA_OUTTYPES:
         raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(LORA_OUTTYPES)}")
     src = Path(adapter_dir)
-    cfg, pairs = read_peft(src)
+    cfg, pairs, params = read_peft(src)
     target = Path(dst) if dst is not None else src / f"{src.resolve().name}.lora.{outtype}.gguf"
     if target.is_dir():
         target = target / f"{src.resolve().name}.lora.{outtype}.gguf"
@@ -455,8 +508,8 @@ def convert_lora(
         raise ConversionError(f"output folder {target.parent} does not exist")
     if target.exists() and not force:
         raise ConversionError(f"{target} exists; pass --force (force=True) to replace it")
-    the_base = _load_base(base)
     made_for = (cfg.get("auto_mapping") or {}).get("base_model_class")
+    the_base = _load_base(base, made_for)
     base_archs = the_base.conv.hf_architectures
     if made_for and base_archs and made_for not in base_archs:
         raise ConversionError(
@@ -466,10 +519,13 @@ def convert_lora(
     # llama.cpp scales every pair by alpha / rank(pair) with the file's one alpha: the first
     # pair's PEFT scale x rank is that alpha; any other module's differing scale (alpha_pattern,
     # rslora with several ranks) is folded into its lora_b (factor 1 for the usual adapter).
-    alpha = float(pairs[0].scale * pairs[0].rank)
+    experts = resolve(cfg, params, the_base.hf_shapes)
+    first = pairs[0] if pairs else experts[0]
+    alpha = float(first.scale * first.rank)
     if not alpha > 0:
         raise ConversionError("lora_alpha is 0: the adapter changes nothing")
     tensors = list(_adapter_tensors(the_base, pairs, alpha, bool(cfg.get("fan_in_fan_out"))))
+    tensors += expert_tensors(the_base.conv, experts, alpha, _expert_gathers)
     qtype = _QTYPES[outtype]
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:

@@ -1,9 +1,9 @@
 """PEFT LoRA -> GGUF adapter: llama.cpp with the converted adapter computes what transformers +
 peft compute, for a Llama shape (RoPE-permuted q/k, tied embeddings), a Qwen2 shape (q/k/v
-biases), a Gemma shape, a Qwen2-MoE shape (attention and the shared expert's MLP: in
-transformers 5 the routed experts are fused 3-D parameters, which PEFT reaches only through
-``target_parameters``, refused by the converter), Phi-3 (fused qkv and gate_up) and GPT-2
-(Conv1D weights, PEFT's fan_in_fan_out)."""
+biases), a Gemma shape, a Qwen2-MoE shape (attention and the shared expert's MLP; and, in
+transformers 5, the routed experts' fused 3-D parameters, which PEFT reaches through
+``target_parameters``, also on Mixtral), Phi-3 (fused qkv and gate_up) and GPT-2 (Conv1D
+weights, PEFT's fan_in_fan_out)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ GELU = {"gemma", "gpt2"}
 
 
 #: PEFT 0.22 turns bare gate/up/down targets (even inside a regex) into ``target_parameters`` on
-#: transformers 5's fused 3-D expert weights (refused, see converters/lora.py): the MoE adapter
-#: lists the attention projections and the shared expert's MLP by full name instead.
+#: transformers 5's fused 3-D expert weights (tested on their own below): this MoE adapter lists
+#: the attention projections and the shared expert's MLP by full name.
 SCOPES = {"qwen2moe": r"\.(self_attn|shared_expert)\."}
 
 
@@ -108,6 +108,44 @@ def test_adapter_logits_match_peft(variant, lora_files, prompt):
     # TOLERANCE to that.
     assert plain < (GELU_BASE_TOLERANCE if variant in GELU else TOLERANCE), plain
     assert max(errors.values()) < plain + TOLERANCE, (errors, plain)
+
+
+MIXTRAL = transformers_config(
+    "MixtralConfig", **{**builders.TINY, "num_local_experts": 4, "num_experts_per_tok": 4,
+                        "tie_word_embeddings": False},
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["qwen2moe", "mixtral"])
+def test_moe_experts_through_target_parameters(variant, lora_files, tiny_tokenizer, prompt,
+                                               tmp_path):  # fmt: skip
+    """Bare gate/up/down (w1/w3/w2) targets on a MoE: PEFT adapts transformers 5's fused
+    expert parameters (``target_parameters``; gate_up at twice the rank, block-diagonal) besides
+    any Linear projection; llama.cpp gets per-expert pairs on its stacked ``*_exps`` tensors.
+    Every expert is used (top-4 of 4), so routing has no near-ties."""
+    import gguf
+
+    if variant == "qwen2moe":
+        src, base, *_ = lora_files("qwen2moe")
+        targets = TARGETS
+    else:
+        src = builders.build_tiny("mixtral", tmp_path / "src", tiny_tokenizer, config=MIXTRAL())
+        base = convert(src, tmp_path / "base.gguf", outtype="f32")
+        targets = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
+    peft_dir = make_adapter(src, tmp_path / "experts", targets=targets)
+    cfg = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert sorted(cfg["target_parameters"]) == ["down_proj", "gate_up_proj"]
+    with pytest.raises(ConversionError, match="needs the base's checkpoint folder"):
+        convert_lora(peft_dir, tmp_path / "experts.gguf", base=base)
+    adapter = convert_lora(peft_dir, tmp_path / "experts.gguf", base=src)
+    shapes = {t.name: tuple(reversed(t.shape)) for t in gguf.GGUFReader(adapter).tensors}
+    assert shapes["blk.0.ffn_gate_exps.weight.lora_a"] == (4, 16, 64)
+    assert shapes["blk.0.ffn_down_exps.weight.lora_b"][:2] == (4, 64)
+    want = peft_logits(src, peft_dir, prompt, (0.0, 0.5, 1.0))
+    assert np.max(np.abs(want[1.0] - want[0.0])) > 0.5  # the adapter matters
+    errors = {s: rel_err(llama_lora_logits(base, adapter, prompt, s), w) for s, w in want.items()}
+    print(f"{variant} experts: " + ", ".join(f"scale {s}: {e:.2e}" for s, e in errors.items()))
+    assert max(errors.values()) < TOLERANCE, errors
 
 
 def test_adapter_gguf_metadata(lora_files):
@@ -204,7 +242,6 @@ def test_other_base_is_refused(lora_files, tiny_tokenizer, tmp_path):
     [
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"lora_bias": True}, "lora_B; llama.cpp's LoRA has no bias"),
-        ({"target_parameters": ["mlp.experts.gate_up_proj"]}, "target_parameters"),
         ({"peft_type": "IA3"}, "not a LoRA adapter"),
     ],
 )

@@ -113,8 +113,15 @@ def check_adapter(path: Path, model: Model, base_shapes: dict[str, tuple[int, ..
                 f"LoRA adapter {name} changes {stem}, which this base does not have"
             )
         out_dim, in_dim = base_shapes[stem][-2:]
+        experts = base_shapes[stem][:-2]
         a, b = ab["lora_a"], ab["lora_b"]
-        # lora_a is (rank, in), lora_b (out, rank) as numpy shapes
+        # lora_a is (rank, in), lora_b (out, rank) as numpy shapes; ([experts,] ...) for the
+        # stacked expert tensors of a MoE
+        if a[:-2] != experts or b[:-2] != experts:
+            raise InvalidRequestError(
+                f"LoRA adapter {name}: {stem} has {list(a[:-2])} experts in the adapter, "
+                f"{list(experts)} in this base (made for another base)"
+            )
         if a[-1] != in_dim or b[-2] != out_dim or a[-2] != b[-1]:
             raise InvalidRequestError(
                 f"LoRA adapter {name}: {stem} is {list(b[-2:-1]) + list(a[-1:])} in the adapter, "
