@@ -10,6 +10,8 @@ are written, with transformers' defaults where the config omits them (llama.cpp 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gguf
 
 from converters.archs.llama import LlamaConverter
@@ -24,7 +26,7 @@ MUP_DEFAULTS = {
 
 
 class GraniteConverter(LlamaConverter):
-    hf_architectures = ("GraniteForCausalLM",)
+    hf_architectures: ClassVar[tuple[str, ...]] = ("GraniteForCausalLM",)
     gguf_arch = gguf.MODEL_ARCH.GRANITE
 
     def mup(self, key: str) -> float:

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Iterable
 from functools import partial
+from typing import ClassVar
 
 import gguf
 import numpy as np
@@ -52,7 +53,7 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
 
 
 class LlamaConverter(ArchConverter):
-    hf_architectures = ("LlamaForCausalLM", "MistralForCausalLM")
+    hf_architectures: ClassVar[tuple[str, ...]] = ("LlamaForCausalLM", "MistralForCausalLM")
     gguf_arch = gguf.MODEL_ARCH.LLAMA
 
     def tensor(self, hf_name: str, ref: TensorRef) -> Iterable[TensorPlan]:
