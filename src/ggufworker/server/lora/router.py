@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ggufworker.errors import ModelNotFoundError
 from ggufworker.server.core.metrics import PREFIX
 from ggufworker.server.core.models import ModelManager
-from ggufworker.server.core.openapi import openai_errors
+from ggufworker.server.core.openapi import openai_errors, text_ok
 from ggufworker.server.lora.protocol import (
     LoadLoraAdapterRequest,
     LoraAdapterItem,
@@ -32,8 +32,7 @@ _MODEL_QUERY = Query(default=None, description="base model (default: the first o
 
 @router.post(
     "/v1/load_lora_adapter",
-    response_class=PlainTextResponse,
-    responses=openai_errors(400, 404, 500),
+    responses=openai_errors(400, 404, 500) | text_ok(description="Success: ..."),
     summary="load a LoRA adapter GGUF onto a base; it is served as model id BASE:NAME",
 )
 async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
@@ -55,8 +54,7 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> P
 
 @router.post(
     "/v1/unload_lora_adapter",
-    response_class=PlainTextResponse,
-    responses=openai_errors(400, 404, 500),
+    responses=openai_errors(400, 404, 500) | text_ok(description="Success: ..."),
     summary="unload a LoRA adapter; requests running under it end with an error",
 )
 async def unload_lora_adapter(
