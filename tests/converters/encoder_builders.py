@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -358,8 +359,9 @@ def build_checkpoint(family: str, out: Path) -> Path:
 def encoder_gguf(family: str, outtype: str, cache_dir: Path) -> tuple[Path, Path]:
     """(GGUF path, checkpoint folder) of ``family`` converted by our converter at ``outtype``.
 
-    Both are cached under ``cache_dir`` (built once per converter/builder version; a partial
-    build is never reused).
+    Both are cached under ``cache_dir`` (built once per converter/builder version). A build
+    goes to a folder of its own and is renamed into place, and conversions replace their file
+    atomically, so test processes sharing the cache never see a partial checkpoint or file.
     """
     from converters.st2gguf import convert
 
@@ -369,12 +371,19 @@ def encoder_gguf(family: str, outtype: str, cache_dir: Path) -> tuple[Path, Path
     root = Path(cache_dir) / f"encoders-{_fingerprint()}" / family
     hf_dir = root / ("qwen3-reranker-tiny" if family == "qwen3-reranker" else "hf")
     if not (root / "built").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        build_checkpoint(family, hf_dir)
-        (root / "built").write_text("ok")
+        if root.exists():  # left by an interrupted build
+            shutil.rmtree(root, ignore_errors=True)
+        tmp = root.with_name(f".{family}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_checkpoint(family, tmp / hf_dir.name)
+        (tmp / "built").write_text("ok")
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first: use its build
+            shutil.rmtree(tmp, ignore_errors=True)
     gguf_path = root / f"{family}.{outtype}.gguf"
     if not gguf_path.is_file():
-        convert(hf_dir, gguf_path, outtype=outtype)
+        convert(hf_dir, gguf_path, outtype=outtype, force=True)
     return gguf_path, hf_dir
 
 
