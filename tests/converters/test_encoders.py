@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
@@ -360,3 +361,29 @@ def test_causal_lm_with_sentence_transformers_folder_is_an_embedder(
     for enc in _encoder(path):
         got = np.stack([enc.pool(eb.hf_token_ids(src, t)) for t in eb.TEXTS])
     assert min(_cosine(g, w) for g, w in zip(got, want, strict=True)) >= COSINE_MIN["f32"]
+
+
+def test_qwen3_reranker_with_tied_head(encoder_cache: Path, tmp_path: Path) -> None:
+    """Qwen3-Reranker-0.6B ties its LM head to the embedding: cls.output then comes from the
+    embedding rows of "yes"/"no", and token_embd stays."""
+    from safetensors.torch import load_file, save_file
+
+    from converters.st2gguf import convert
+
+    _, hf_dir = _convert("qwen3-reranker", "f32", encoder_cache)
+
+    def tie(d: Path) -> None:
+        tensors = load_file(str(d / "model.safetensors"))
+        del tensors["lm_head.weight"]
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+        _edit_json(d / "config.json", tie_word_embeddings=True)
+
+    src = _edited_copy(hf_dir, tmp_path / "qwen3-reranker-tied", tie)
+    path = convert(src, tmp_path / "r.gguf", outtype="f32")
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    assert {"cls.output.weight", "token_embd.weight"} <= names
+    assert "output.weight" not in names
+    want = eb.reference_scores("qwen3-reranker", src, eb.QUERY, eb.DOCUMENTS)
+    for enc in _encoder(path):
+        got = _llama_scores(enc, "qwen3-reranker", src)
+    assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) <= SCORE_TOL["f32"]
