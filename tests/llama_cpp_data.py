@@ -35,8 +35,32 @@ def llama_cpp_models(cache: Path) -> Path:
     Raises:
         RuntimeError: the sdist could not be downloaded (the message names the command).
     """
+    return _extracted(cache, "models", _MEMBER)
+
+
+#: llama.cpp's own converters: the HF and LoRA scripts with the packages they import
+_SCRIPTS = re.compile(
+    r"^[^/]+/vendor/llama\.cpp/(?P<rest>convert_hf_to_gguf\.py|convert_lora_to_gguf\.py|"
+    r"conversion/.+|gguf-py/.+)$"
+)
+
+
+def llama_cpp_converters(cache: Path) -> Path:
+    """A folder with llama.cpp's ``convert_lora_to_gguf.py`` (and ``convert_hf_to_gguf.py``,
+    ``conversion/``, ``gguf-py/``) from the pinned sdist: the peer of our converters. Run the
+    scripts with ``PYTHONPATH=<folder>/gguf-py``.
+
+    Raises:
+        RuntimeError: the sdist could not be downloaded (the message names the command).
+    """
+    return _extracted(cache, "converters", _SCRIPTS)
+
+
+def _extracted(cache: Path, what: str, members: re.Pattern[str]) -> Path:
+    """The sdist's files matching ``members`` (their ``rest`` group kept as the path) in
+    ``cache/llama.cpp-<what>-<version>``, downloaded and extracted once."""
     version = pinned_llama_cpp_version()
-    target = cache / f"llama.cpp-models-{version}"
+    target = cache / f"llama.cpp-{what}-{version}"
     if (target / ".complete").is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
@@ -49,10 +73,10 @@ def llama_cpp_models(cache: Path) -> Path:
         archives = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if done.returncode != 0 or not archives:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
-        staging = Path(tmp) / "models"
+        staging = Path(tmp) / what
         with tarfile.open(archives[0]) as tar:
             for member in tar:
-                match = _MEMBER.match(member.name)
+                match = members.match(member.name)
                 if match is None or not member.isfile():
                     continue
                 dest = staging / match.group("rest")

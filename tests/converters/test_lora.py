@@ -263,3 +263,29 @@ def test_lm_head_target_is_refused(lora_files, tmp_path):
     peft_dir = make_adapter(src, tmp_path / "head", targets=("q_proj", "lm_head"))
     with pytest.raises(ConversionError, match="holds a full weight"):
         convert_lora(peft_dir, tmp_path / "head.gguf", base=src)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "gemma"])
+def test_same_logits_as_llama_cpps_converter(variant, lora_files, prompt, model_cache):
+    """llama.cpp's own convert_lora_to_gguf.py (the pinned sdist's) on the same PEFT folder:
+    its adapter and ours give llama.cpp the same logits."""
+    import os
+
+    from tests.llama_cpp_data import llama_cpp_converters
+
+    scripts = llama_cpp_converters(model_cache)
+    src, base, peft_dir, adapter, _want = lora_files(variant)
+    peer = adapter.with_name("peer.gguf")
+    if not peer.is_file():
+        env = {**os.environ, "PYTHONPATH": str(scripts / "gguf-py")}
+        done = subprocess.run(
+            [sys.executable, str(scripts / "convert_lora_to_gguf.py"), "--base", str(src),
+             "--outfile", str(peer), "--outtype", "f32", str(peft_dir)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    for scale in (0.5, 1.0):
+        ours = llama_lora_logits(base, adapter, prompt, scale)
+        theirs = llama_lora_logits(base, peer, prompt, scale)
+        assert rel_err(ours, theirs) < 1e-6, (scale, rel_err(ours, theirs))
