@@ -206,3 +206,22 @@ def test_unknown_adapter_and_unload(files, prompts):
         # the base still answers, and a reload gets a new id
         assert len(_greedy(eng, prompts[0], ())) == 16
         assert eng.load_lora("a", files["a"]).id == 1
+
+
+def test_base_shapes_of_a_split_model(tmp_path):
+    """The adapter check reads every shard of a split base (NAME-0000i-of-0000N.gguf)."""
+    import gguf
+
+    from ggufworker.engine.lora import base_tensor_shapes
+
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", "llama", split_max_tensors=2)
+    for i in range(5):
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((3 + i, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    first = sorted(tmp_path.glob("m-*-of-*.gguf"))[0]
+    assert first.name == "m-00001-of-00003.gguf"
+    shapes = base_tensor_shapes(first)
+    assert shapes == {f"blk.{i}.attn_q.weight": (3 + i, 8) for i in range(5)}

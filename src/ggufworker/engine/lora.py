@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -139,12 +140,21 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def base_tensor_shapes(model: Model) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the model's GGUF with its numpy shape (read from the file's header)."""
+def base_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model's GGUF with its numpy shape (read from the files' headers;
+    a split model's ``NAME-0000i-of-0000N.gguf`` shards all)."""
     import gguf
 
-    reader = gguf.GGUFReader(model.path)
-    return {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    reader = gguf.GGUFReader(path)
+    readers = [reader]
+    count = reader.get_field("split.count")
+    split = re.match(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$", path.name)
+    if count is not None and int(count.contents()) > 1 and split is not None:
+        for i in range(1, int(count.contents()) + 1):
+            shard = path.with_name(f"{split['stem']}-{i:05d}-of-{split['n']}.gguf")
+            if shard != path:
+                readers.append(gguf.GGUFReader(shard))
+    return {t.name: tuple(int(d) for d in reversed(t.shape)) for r in readers for t in r.tensors}
 
 
 # --- the engine side (any thread) ----------------------------------------------------------
@@ -196,7 +206,7 @@ class LoraAdapters:
                     f"a LoRA adapter named {name!r} is already loaded", param="lora_name"
                 )
             if self._base_shapes is None:
-                self._base_shapes = base_tensor_shapes(self._model)
+                self._base_shapes = base_tensor_shapes(self._model.path)
             shapes = self._base_shapes
         size = check_adapter(file, self._model, shapes)
 
