@@ -225,3 +225,15 @@ def test_base_shapes_of_a_split_model(tmp_path):
     assert first.name == "m-00001-of-00003.gguf"
     shapes = base_tensor_shapes(first)
     assert shapes == {f"blk.{i}.attn_q.weight": (3 + i, 8) for i in range(5)}
+
+
+def test_request_whose_adapter_went_away_ends_with_an_error(engine, prompts, monkeypatch):
+    """A request resolved to an adapter that is unloaded before the scheduler sees it ends with
+    an error (never runs on the base, never stops the scheduler)."""
+    monkeypatch.setattr(engine, "lora_key", lambda lora: ((99, 1.0),))
+    handle = engine.submit(GenerationRequest(prompts[0], GREEDY, add_bos=False, lora=()))
+    with pytest.raises(GenerationError, match="unloaded"):
+        for _ in handle:
+            pass
+    monkeypatch.undo()
+    assert len(_greedy(engine, prompts[0], (("a", 1.0),))) == 16

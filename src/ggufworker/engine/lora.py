@@ -376,9 +376,16 @@ class LoraSlots(SlotMemory):
     def _turn(self, active: list[Slot]) -> list[Slot]:
         """The slots this step decodes: those of one adapter set, the sets taking turns (the
         next set after the last one served, in key order), and that set applied."""
-        if not self.lora_ptrs and not self._lora_applied:
-            self._batch_slots = active
+        if not self._lora_applied and not any(s.req is not None and s.req.lora_key for s in active):
+            self._batch_slots = active  # the base only (the usual case): nothing to do
             return active
+        # a request that named an adapter unloaded before it reached this thread
+        for s in active:
+            req = s.req
+            if req is not None and any(i not in self.lora_ptrs for i, _ in req.lora_key):
+                self._release(s)  # type: ignore[attr-defined]
+                req.handle._deliver(GenerationError("its LoRA adapter was unloaded"))
+        active = [s for s in active if s.req is not None]
         keys = sorted({s.req.lora_key for s in active if s.req is not None})
         if not keys:
             self._batch_slots = active
