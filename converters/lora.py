@@ -11,7 +11,7 @@ stores the same weights after the family's tensor plan (converters/archs/): rena
 sometimes with rows permuted (Llama's RoPE pair order), split (fused QKV) or transposed (GPT-2's
 Conv1D). Instead of a second table of those transforms, each targeted weight is run through the
 family's own plan with index probes (a tensor holding each element's row number, one holding its
-column number, one of zeros): when every output is a pure gather of rows and columns (or of the
+column number, one of zeros; converters/lora_plan.py): when every output is a pure gather of rows and columns (or of the
 transpose), the same gather applied to ``B`` (rows) and ``A`` (columns) gives an adapter whose
 delta equals the planned delta exactly. Anything else (arithmetic on the weight, stacking with
 other tensors) is refused, as is what llama.cpp's LoRA cannot express (see ``_refusals``).
@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,9 @@ from typing import Any
 import gguf
 import numpy as np
 
-from converters.archs import CONVERTERS, get_converter
-from converters.archs.base import ArchConverter, TensorPlan
-from converters.checkpoint import Checkpoint, TensorRef, read_safetensors_header, to_f32
+from converters.checkpoint import TensorRef, read_safetensors_header, to_f32
 from converters.lora_experts import expert_tensors, resolve, split_param_pairs
+from converters.lora_plan import BasePlan, expert_gathers, gathers, load_base
 from converters.quantize import tensor_type
 from ggufworker.errors import ConversionError, DiskFullError
 
@@ -191,221 +190,11 @@ def _refusals(cfg: dict[str, Any]) -> None:
         raise ConversionError("activated LoRA (alora_invocation_tokens) is not supported")
 
 
-# --- the base: its family's tensor plan ------------------------------------------------------
-
-
-class _GgufBase:
-    """A stand-in for :class:`Checkpoint` made from a GGUF base's metadata (no tensors)."""
-
-    def __init__(self, path: Path, reader: gguf.GGUFReader, prefer: str | None = None) -> None:
-        self.dir = path.parent
-        self.tensors: dict[str, TensorRef] = {}
-        arch = _field(reader, "general.architecture")
-        if not isinstance(arch, str):
-            raise ConversionError(f"{path}: no general.architecture")
-        self.arch = arch
-        names = [n for n, cls in CONVERTERS.items() if gguf.MODEL_ARCH_NAMES[cls.gguf_arch] == arch]
-        if not names:
-            raise ConversionError(f"{path}: no converter family writes architecture {arch!r}")
-        keys = {
-            "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count",
-            "num_key_value_heads": "attention.head_count_kv", "hidden_size": "embedding_length",
-            "intermediate_size": "feed_forward_length", "head_dim": "attention.key_length",
-            "vocab_size": "vocab_size", "max_position_embeddings": "context_length",
-            "num_experts": "expert_count", "num_experts_per_tok": "expert_used_count",
-            "num_local_experts": "expert_count",
-        }  # fmt: skip
-        # several HF families write one GGUF architecture (Mixtral and Mistral write llama):
-        # the adapter's own base class picks among them
-        config: dict[str, Any] = {"architectures": [prefer if prefer in names else names[0]]}
-        for hf_key, key in keys.items():
-            value = _field(reader, f"{arch}.{key}")
-            if isinstance(value, (int, float)):
-                config[hf_key] = int(value)
-        self.config = config
-
-
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
-
-
-@dataclass(frozen=True)
-class _Base:
-    conv: ArchConverter
-    #: HF tensor name -> shape, where known (a checkpoint folder); None for a GGUF base
-    hf_shapes: dict[str, tuple[int, ...]] | None
-    #: GGUF tensor name -> numpy shape, where known (a GGUF base)
-    gguf_shapes: dict[str, tuple[int, ...]] | None
-    vocab_size: int | None
-
-
-def _load_base(base: str | os.PathLike[str], prefer: str | None = None) -> _Base:
-    path = Path(base)
-    if path.is_dir():
-        ckpt = Checkpoint(path)
-        conv = get_converter(ckpt.architecture).for_checkpoint(ckpt)(ckpt)
-        shapes = {name: tuple(ref.shape) for name, ref in conv.source_tensors().items()}
-        vocab = conv.cfg.get("vocab_size")
-        return _Base(conv, shapes, None, int(vocab) if vocab else None)
-    if not path.is_file():
-        raise ConversionError(f"base {path} is neither a checkpoint folder nor a GGUF file")
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"base {path}: not a readable GGUF file ({exc})") from exc
-    stub = _GgufBase(path, reader, prefer)
-    try:
-        conv = get_converter(stub.config["architectures"][0])(stub)  # type: ignore[arg-type]
-    except (ConversionError, KeyError, TypeError, ValueError) as exc:
-        raise ConversionError(
-            f"base {path}: cannot rebuild the {stub.arch} tensor plan from GGUF metadata "
-            f"({exc}); pass the base's checkpoint folder instead"
-        ) from exc
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
-    embd = shapes.get("token_embd.weight")
-    return _Base(conv, None, shapes, embd[0] if embd else None)
-
-
-class _Probe:
-    """A fake checkpoint tensor whose data is an index probe (see the module docstring)."""
-
-    def __init__(self, name: str, shape: tuple[int, ...], make: Callable[[], np.ndarray]):
-        self.name = name
-        self.shape = shape
-        self.dtype = "F32"
-        self._make = make
-
-    def load(self) -> np.ndarray:
-        return self._make()
-
-
-@dataclass(frozen=True)
-class _Gather:
-    """``out[i, j] = src[rows[i], cols[j]]`` (or ``src[cols[j], rows[i]]`` when transposed)."""
-
-    name: str
-    rows: np.ndarray
-    cols: np.ndarray
-    transposed: bool
-
-
-def _gathers(conv: ArchConverter, hf_name: str, shape: tuple[int, int]) -> list[_Gather]:
-    """How the family's plan turns the 2-D weight ``hf_name`` into GGUF tensors, as gathers.
-
-    Raises:
-        ConversionError: an output is not a pure gather of the weight's elements.
-    """
-    n_rows, n_cols = shape
-
-    def run(fill: Callable[[], np.ndarray]) -> list[TensorPlan]:
-        plans = list(conv.tensor(hf_name, _Probe(hf_name, shape, fill)))  # type: ignore[arg-type]
-        return plans
-
-    def rows() -> np.ndarray:
-        return np.repeat(np.arange(n_rows, dtype=np.float32)[:, None], n_cols, axis=1)
-
-    def cols() -> np.ndarray:
-        return np.repeat(np.arange(n_cols, dtype=np.float32)[None, :], n_rows, axis=0)
-
-    def zeros() -> np.ndarray:
-        return np.zeros(shape, dtype=np.float32)
-
-    try:
-        by_rows, by_cols, by_zero = run(rows), run(cols), run(zeros)
-    except ConversionError:
-        raise
-    except Exception as exc:  # a plan that needs more than the weight (sibling tensors...)
-        raise ConversionError(f"{hf_name}: the base's tensor plan is not a plain mapping") from exc
-    out = []
-    for pr, pc, pz in zip(by_rows, by_cols, by_zero, strict=True):
-        r = to_f32(np.asarray(pr.load()), pr.dtype)
-        c = to_f32(np.asarray(pc.load()), pc.dtype)
-        z = to_f32(np.asarray(pz.load()), pz.dtype)
-        gather = _as_gather(pr.name, r, c, z, shape)
-        if gather is None:
-            raise ConversionError(
-                f"{hf_name} -> {pr.name}: the family's conversion of this weight is not a "
-                "row/column reordering, so a LoRA on it has no exact llama.cpp form"
-            )
-        out.append(gather)
-    return out
-
-
-def _as_gather(
-    name: str, r: np.ndarray, c: np.ndarray, z: np.ndarray, shape: tuple[int, int]
-) -> _Gather | None:
-    if r.ndim != 2 or r.shape != c.shape or r.shape != z.shape or np.any(z != 0):
-        return None
-    if np.any(r != np.round(r)) or np.any(c != np.round(c)):
-        return None
-    if (r == r[:, :1]).all() and (c == c[:1, :]).all():
-        rows, cols, transposed = r[:, 0], c[0], False
-    elif (r == r[:1, :]).all() and (c == c[:, :1]).all():
-        rows, cols, transposed = c[:, 0], r[0], True
-    else:
-        return None
-    bound_rows, bound_cols = (shape[1], shape[0]) if transposed else shape
-    rows_i, cols_i = rows.astype(np.int64), cols.astype(np.int64)
-    if rows_i.min() < 0 or rows_i.max() >= bound_rows or cols_i.min() < 0:
-        return None
-    if cols_i.max() >= bound_cols:
-        return None
-    return _Gather(name, rows_i, cols_i, transposed)
-
-
-def _expert_gathers(
-    conv: ArchConverter, hf_name: str, shape: tuple[int, ...]
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The family's plan for the stacked expert tensor ``hf_name`` (E, out, in), as per-output
-    (GGUF name, row gather, column gather), the same for every expert, experts in order.
-
-    Raises:
-        ConversionError: an output is not such a gather.
-    """
-    n_exp, n_rows, n_cols = shape
-
-    def axis(values: np.ndarray, ax: int) -> Callable[[], np.ndarray]:
-        view = [1, 1, 1]
-        view[ax] = len(values)
-        return lambda: np.broadcast_to(values.reshape(view), shape).astype(np.float32)
-
-    probes = [
-        axis(np.arange(n_exp, dtype=np.float32), 0),
-        axis(np.arange(n_rows, dtype=np.float32), 1),
-        axis(np.arange(n_cols, dtype=np.float32), 2),
-        lambda: np.zeros(shape, dtype=np.float32),
-    ]
-    try:
-        runs = [list(conv.tensor(hf_name, _Probe(hf_name, shape, p))) for p in probes]  # type: ignore[arg-type]
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"{hf_name}: the base's tensor plan is not a plain mapping") from exc
-    out = []
-    for plans in zip(*runs, strict=True):
-        ex, r, c, z = (to_f32(np.asarray(p.load()), p.dtype) for p in plans)
-        name = plans[0].name
-        ok = ex.ndim == 3 and ex.shape[0] == n_exp and not np.any(z)
-        ok = ok and bool((ex == np.arange(n_exp, dtype=np.float32)[:, None, None]).all())
-        ok = ok and bool((r == r[:1, :, :1]).all()) and bool((c == c[:1, :1, :]).all())
-        if not ok:
-            raise ConversionError(
-                f"{hf_name} -> {name}: the family's conversion of these experts is not a "
-                "row/column reordering, so a LoRA on them has no exact llama.cpp form"
-            )
-        rows, cols = r[0, :, 0].astype(np.int64), c[0, 0, :].astype(np.int64)
-        if rows.max() >= n_rows or cols.max() >= n_cols or np.any(rows != r[0, :, 0]):
-            raise ConversionError(f"{hf_name} -> {name}: not a reordering of the experts' rows")
-        out.append((name, rows, cols))
-    return out
-
-
 # --- conversion ------------------------------------------------------------------------------
 
 
 def _adapter_tensors(
-    base: _Base, pairs: list[LoraPair], alpha: float, fan_in_fan_out: bool
+    base: BasePlan, pairs: list[LoraPair], alpha: float, fan_in_fan_out: bool
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(gguf name + .lora_a/.lora_b, float32 data)`` for every targeted module."""
     seen: dict[str, str] = {}
@@ -437,13 +226,13 @@ def _adapter_tensors(
                 "stacks experts into one tensor)"
             )
         try:
-            gathers = _gathers(conv, hf_name, stored)
+            outputs = gathers(conv, hf_name, stored)
         except ConversionError as exc:
             if "no GGUF name" in str(exc):
                 raise ConversionError(f"target {pair.module!r} maps to no base tensor") from None
             raise
         factor = np.float32(pair.scale * pair.rank / alpha)
-        for g in gathers:
+        for g in outputs:
             if g.transposed:
                 lora_b, lora_a = right[:, g.rows].T, left[g.cols].T
             else:
@@ -509,7 +298,7 @@ def convert_lora(
     if target.exists() and not force:
         raise ConversionError(f"{target} exists; pass --force (force=True) to replace it")
     made_for = (cfg.get("auto_mapping") or {}).get("base_model_class")
-    the_base = _load_base(base, made_for)
+    the_base = load_base(base, made_for)
     base_archs = the_base.conv.hf_architectures
     if made_for and base_archs and made_for not in base_archs:
         raise ConversionError(
@@ -525,7 +314,7 @@ def convert_lora(
     if not alpha > 0:
         raise ConversionError("lora_alpha is 0: the adapter changes nothing")
     tensors = list(_adapter_tensors(the_base, pairs, alpha, bool(cfg.get("fan_in_fan_out"))))
-    tensors += expert_tensors(the_base.conv, experts, alpha, _expert_gathers)
+    tensors += expert_tensors(the_base.conv, experts, alpha, expert_gathers)
     qtype = _QTYPES[outtype]
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -543,7 +332,7 @@ def convert_lora(
 
 def _write(
     path: Path,
-    base: _Base,
+    base: BasePlan,
     tensors: list[tuple[str, np.ndarray]],
     alpha: float,
     qtype: gguf.GGMLQuantizationType,
