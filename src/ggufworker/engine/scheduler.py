@@ -50,7 +50,7 @@ from ggufworker.engine.batch import Batch
 from ggufworker.engine.batch_sampling import sample_rows
 from ggufworker.engine.graph_cut import GraphCut
 from ggufworker.engine.handle import RequestHandle, deliver_many
-from ggufworker.engine.lora import LoraSlots
+from ggufworker.engine.lora_slots import LoraSlots
 from ggufworker.engine.model import Model
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
