@@ -147,9 +147,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n_batch=max(512, clients),
         )  # fmt: skip
         try:
+            # the first load also reads the base's tensor table once: measure from the second
             rss0 = _rss_bytes()
-            infos = [engine.load_lora(f"lora{i}", f) for i, f in enumerate(files)]
-            rss_per = (_rss_bytes() - rss0) / max(1, len(infos))
+            infos = [engine.load_lora("lora0", files[0])]
+            rss1 = _rss_bytes()
+            infos += [engine.load_lora(f"lora{i}", f) for i, f in enumerate(files) if i]
+            rss_per = (_rss_bytes() - rss1) / (len(infos) - 1) if len(infos) > 1 else rss1 - rss0
             base_sets: list[Any] = [()] * clients
             lora_sets: list[Any] = [((f"lora{i % len(infos)}", 1.0),) for i in range(clients)]
             _phase(engine, prompts, base_sets, min(8, args.tokens))  # warm-up
