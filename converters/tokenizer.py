@@ -348,7 +348,13 @@ def load_unigram_vocab(src: Path, n_vocab: int) -> Vocab:
     vocab.add_space_prefix = _json_adds_space_prefix(tok)
     norm = tok.get("normalizer") or {}
     steps = norm.get("normalizers", [norm]) if norm else []
+    pre = tok.get("pre_tokenizer") or {}
+    pre_steps = pre.get("pretokenizers", [pre]) if pre else []
+    # SentencePiece's remove_extra_whitespaces (strip, collapse runs) is spelt as a
+    # WhitespaceSplit pre-tokenizer (XLM-R's tokenizer.json) or a Replace(" {2,}", " ") step
     vocab.remove_extra_whitespaces = any(
+        p.get("type") in ("WhitespaceSplit", "Whitespace") for p in pre_steps
+    ) or any(
         n.get("type") == "Replace"
         and (n.get("pattern") or {}).get("Regex") == " {2,}"
         and n.get("content") == " "

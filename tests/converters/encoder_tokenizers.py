@@ -82,16 +82,38 @@ def wordpiece_tokenizer(out: Path) -> int:
     return int(tok.get_vocab_size())
 
 
+def nmt_nfkc_charsmap() -> bytes:
+    """SentencePiece's ``nmt_nfkc`` character map (XLM-R's normaliser), as compiled into a model.
+
+    sentencepiece compiles its built-in rule into every model it trains; a throwaway model of a
+    few pieces is trained to read it back (the same bytes every time).
+    """
+    import io
+
+    import sentencepiece as spm
+
+    from converters.tokenizer import _fields  # the converter's protobuf reader
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["hello world this is a test"] * 50), model_writer=buf,
+        vocab_size=16, hard_vocab_limit=False, model_type="unigram",
+        normalization_rule_name="nmt_nfkc", num_threads=1, minloglevel=2,
+    )  # fmt: skip
+    spec = next(v for n, _, v in _fields(buf.getvalue()) if n == 3)  # ModelProto.normalizer_spec
+    return bytes(next(v for n, _, v in _fields(spec) if n == 2))  # .precompiled_charsmap
+
+
 def unigram_tokenizer(out: Path) -> int:
     """XLM-R-style SentencePiece Unigram: <s> <pad> </s> <unk> first, <mask> last,
-    ``<s> A </s></s> B </s>``, whitespace runs collapsed, a dummy prefix space.
+    ``<s> A </s></s> B </s>``, whitespace split off (runs collapse, ends are stripped), a dummy
+    prefix space.
 
     Pieces: ``▁word`` for the corpus's words of up to 6 characters (scored by frequency), the
     word pieces, and every character with and without ``▁`` (scored low), so longer and unseen
     words are segmented by the Unigram lattice.
     """
     from tokenizers import (
-        Regex,
         Tokenizer,
         decoders,
         models,
@@ -115,8 +137,13 @@ def unigram_tokenizer(out: Path) -> int:
     specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab = specials + sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])) + [("<mask>", 0.0)]
     tok = Tokenizer(models.Unigram(vocab, unk_id=3))
-    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" {2,}"), " ")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    # XLM-R's tokenizer.json layout: the SentencePiece character map as the normaliser,
+    # whitespace split off, then the dummy prefix
+    tok.normalizer = normalizers.Precompiled(nmt_nfkc_charsmap())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always"),
+    ])  # fmt: skip
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.add_special_tokens([t for t, _ in specials] + ["<mask>"])
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))

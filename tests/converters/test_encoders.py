@@ -176,23 +176,13 @@ def test_metadata_declares_pooling_and_normalisation(family: str, encoder_cache:
 
 #: varied texts (unicode, CJK, emoji, code, whitespace runs, digits) beside the plain ones
 VARIED_TEXTS = (*SAMPLE_TEXTS, *EXTRA_TEXTS)
-#: families whose vocabulary is SentencePiece Unigram (llama.cpp's t5 tokenizer)
-UNIGRAM_FAMILIES = ("xlm-roberta", "xlm-roberta-reranker")
-
-
-def _texts_for(family: str) -> list[str]:
-    texts = [*eb.TEXTS, *VARIED_TEXTS]
-    if family in UNIGRAM_FAMILIES:
-        # see test_unigram_trailing_whitespace_differs
-        texts = [t for t in texts if t == t.rstrip()]
-    return texts
 
 
 @pytest.mark.parametrize("family", EMBEDDERS + RERANKERS)
 def test_token_ids_equal_the_tokenizer(family: str, encoder_cache: Path) -> None:
     path, hf_dir = _convert(family, "f32", encoder_cache)
     for enc in _encoder(path):
-        texts = _texts_for(family)
+        texts = [*eb.TEXTS, *VARIED_TEXTS]
         singles = {t: (enc.tokenize(t), eb.hf_token_ids(hf_dir, t)) for t in texts}
         if family == "qwen3-reranker":
             template = enc.rerank_template()
@@ -208,20 +198,6 @@ def test_token_ids_equal_the_tokenizer(family: str, encoder_cache: Path) -> None
     bad = {k: v for k, v in {**singles, **pairs}.items() if v[0] != v[1]}
     record(SUPPORT_FAMILY[family], "tokenizer", passed=not bad, detail=family)
     assert not bad, f"llama.cpp vs tokenizer.json ids differ: {bad}"
-
-
-TRAILING_WS = (
-    "llama.cpp's Unigram (t5) normaliser strips trailing whitespace as SentencePiece does; "
-    "the tokenizer.json keeps a final '\u2581'"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=TRAILING_WS)
-def test_unigram_trailing_whitespace_differs(encoder_cache: Path) -> None:
-    path, hf_dir = _convert("xlm-roberta", "f32", encoder_cache)
-    text = "trailing space "
-    for enc in _encoder(path):
-        assert enc.tokenize(text) == eb.hf_token_ids(hf_dir, text)
 
 
 @pytest.mark.parametrize("outtype", OUTTYPES)
