@@ -113,6 +113,22 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_cli("--lora", "NAME=PATH[:SCALE]"),
     )
 
+    @field_validator("loras")
+    @classmethod
+    def _check_loras(cls, value: list[str]) -> list[str]:
+        """Each entry is NAME=PATH[:SCALE] with an existing file (one line otherwise)."""
+        from ggufworker.errors import InvalidRequestError
+        from ggufworker.server.lora.table import parse_adapter
+
+        for entry in value:
+            try:
+                spec = parse_adapter(entry)
+            except InvalidRequestError as exc:
+                raise ValueError(str(exc)) from None
+            if not spec.path.is_file():
+                raise ValueError(f"--lora {spec.name}: no file at {spec.path}")
+        return value
+
     @field_validator("loras", mode="before")
     @classmethod
     def _split_loras(cls, value: Any) -> Any:

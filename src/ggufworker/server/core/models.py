@@ -198,8 +198,9 @@ class ModelManager:
                 raise ModelNotFoundError(f"no {kind} model is served")
             return next(iter(table.values()))
         model = next((table[n] for n in self.name_candidates(name) if n in table), None)
-        if model is None and not embedding and self.adapter_of(name) is not None:
-            return self._generation[self.adapter_of(name)[0]]  # type: ignore[index]
+        adapter = None if model is not None or embedding else self.adapter_of(name)
+        if adapter is not None:  # a LoRA adapter's id BASE:NAME: its base serves it
+            return self._generation[adapter[0]]
         if model is None:
             other = self._generation if embedding else self._embedding
             if any(n in other for n in self.name_candidates(name)):
