@@ -11,10 +11,11 @@ stores the same weights after the family's tensor plan (converters/archs/): rena
 sometimes with rows permuted (Llama's RoPE pair order), split (fused QKV) or transposed (GPT-2's
 Conv1D). Instead of a second table of those transforms, each targeted weight is run through the
 family's own plan with index probes (a tensor holding each element's row number, one holding its
-column number, one of zeros; converters/lora_plan.py): when every output is a pure gather of rows and columns (or of the
-transpose), the same gather applied to ``B`` (rows) and ``A`` (columns) gives an adapter whose
-delta equals the planned delta exactly. Anything else (arithmetic on the weight, stacking with
-other tensors) is refused, as is what llama.cpp's LoRA cannot express (see ``_refusals``).
+column number, one of zeros; converters/lora_plan.py): when every output is a pure gather of
+rows and columns (or of the transpose), the same gather applied to ``B`` (rows) and ``A``
+(columns) gives an adapter whose delta equals the planned delta exactly. Anything else
+(arithmetic on the weight, stacking with other tensors) is refused, as is what llama.cpp's LoRA
+cannot express (see ``_refusals``).
 
 LoRA on transformers 5's fused MoE expert parameters (PEFT ``target_parameters``) becomes
 per-expert pairs on llama.cpp's stacked expert tensors (converters/lora_experts.py).
