@@ -8,6 +8,7 @@ cancellation without llama.cpp. Every behaviour is also tested end to end with a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,14 @@ class FakeEngine:
     def embed(self, texts: list[str]) -> list[list[float]]:
         return [[float(len(t)), 1.0, 0.5, 0.25] for t in texts]
 
-    def embed_inputs(self, inputs: list[Any], *, truncate: bool = False) -> EmbedResult:
-        return EmbedResult(self.embed([str(x) for x in inputs]), sum(len(x) for x in inputs))
+    def submit_embeddings(
+        self, inputs: list[Any], *, truncate: bool = False
+    ) -> concurrent.futures.Future[EmbedResult]:
+        fut: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
+        fut.set_result(
+            EmbedResult(self.embed([str(x) for x in inputs]), sum(len(x) for x in inputs))
+        )
+        return fut
 
     def stats(self) -> FakeStats:
         busy = min(len(self.active), self.n_parallel)

@@ -70,7 +70,9 @@ async def embed(
         raise InvalidRequestError(
             f"dimensions must be at most {pooling.n_out} for this model", param="dimensions"
         )
-    result = await asyncio.to_thread(engine.embed_inputs, list(inputs), truncate=truncate)
+    # awaited, not run in a worker thread: concurrent requests must all be queued in the
+    # engine at once to share its decodes (the default thread pool holds only a few)
+    result = await asyncio.wrap_future(engine.submit_embeddings(list(inputs), truncate=truncate))
     vectors = result.vectors
     if dimensions is not None and dimensions < pooling.n_out:
         vectors = [v[:dimensions] for v in vectors]
@@ -96,7 +98,9 @@ async def rerank(
     if not documents:
         raise InvalidRequestError("documents must not be empty", param="documents")
     _pooling(engine)
-    result = await asyncio.to_thread(engine.rerank, query, list(documents), truncate=truncate)
+    result = await asyncio.wrap_future(
+        engine.submit_rerank(query, list(documents), truncate=truncate)
+    )
     ranked = [Ranked(i, float(v[0])) for i, v in enumerate(result.vectors)]
     ranked.sort(key=lambda r: r.score, reverse=True)
     if top_n is not None:

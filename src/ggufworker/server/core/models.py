@@ -97,9 +97,6 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
             n_batch=settings.embedding_batch_size,
             embed_seqs=settings.embedding_parallel,
             kv_layout="unified",
-            # llama.cpp's CPU flash attention computes in f16 (~1e-3 of a vector, measured in
-            # tests/engine/test_embed_batched.py); embeddings are compared by cosine
-            flash_attn=settings.flash_attn if settings.flash_attn is not None else False,
         )
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)

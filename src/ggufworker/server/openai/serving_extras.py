@@ -7,6 +7,8 @@ import struct
 from dataclasses import asdict
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from ggufworker.chat_formats import capabilities as chat_capabilities
 from ggufworker.server.core import embeddings as core_embeddings
 from ggufworker.server.core.models import ModelManager
@@ -69,7 +71,7 @@ def list_models(manager: ModelManager) -> ModelList:
     return ModelList(data=list(cards.values()))
 
 
-async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str, Any]:
+async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> JSONResponse:
     """OpenAI embeddings from a model served for embeddings (batched in its engine)."""
     inputs = body.inputs()
     lease = await manager.acquire(body.model, embedding=True)
@@ -86,12 +88,15 @@ async def embeddings(manager: ModelManager, body: EmbeddingRequest) -> dict[str,
             value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = result.prompt_tokens
-    return {
-        "object": "list",
-        "data": data,
-        "model": lease.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    # a JSONResponse as is: FastAPI's encoder walks every float of a dict it is handed
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": lease.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 async def tokenize(manager: ModelManager, body: TokenizeRequest) -> dict[str, Any]:
