@@ -285,7 +285,8 @@ def test_embeddings_need_an_embedding_model(factory: FakeFactory) -> None:
         r = c.post("/v1/embeddings", json={"model": "alpha", "input": "a"})
         _assert_envelope(r, 400, "model_not_supported")
         assert "served for generation only" in r.json()["error"]["message"]
-        r = c.post("/v1/chat/completions", json={"model": "emb", "messages": [{"role": "user", "content": "hi"}]})
+        chat = {"model": "emb", "messages": [{"role": "user", "content": "hi"}]}
+        r = c.post("/v1/chat/completions", json=chat)
         _assert_envelope(r, 400, "model_not_supported")
         _assert_envelope(
             c.post("/v1/embeddings", json={"model": "nope", "input": "a"}), 404, "model_not_found"

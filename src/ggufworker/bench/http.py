@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ModelNotFoundError / DownloadError: the model cannot be resolved.
     """
     from ggufworker.config import ServerSettings
-    from ggufworker.server.core.models import resolve_source
+    from ggufworker.server.core.loading import resolve_source
 
     path = resolve_source(args.model, ServerSettings(home=args.home))
     clients = args.clients

@@ -196,7 +196,7 @@ async def _client(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a server, run the clients for ``--seconds``, return the report as a dict."""
     from ggufworker.config import ServerSettings
-    from ggufworker.server.core.models import resolve_source
+    from ggufworker.server.core.loading import resolve_source
 
     path = resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
     clients = args.soak_clients

@@ -16,14 +16,9 @@ from ggufworker.server.core.auth import APIKeyMiddleware
 from ggufworker.server.core.chat import ChatPipeline
 from ggufworker.server.core.errors import install_error_handlers
 from ggufworker.server.core.limits import BodyLimitMiddleware
+from ggufworker.server.core.loading import load_engine, resolve_source
 from ggufworker.server.core.metrics import Metrics, RequestMetricsMiddleware
-from ggufworker.server.core.models import (
-    EngineFactory,
-    ModelManager,
-    Resolver,
-    load_engine,
-    resolve_source,
-)
+from ggufworker.server.core.models import EngineFactory, ModelManager, Resolver
 from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router

@@ -23,6 +23,7 @@ from ggufworker.errors import (
     WrongModelKindError,
 )
 from ggufworker.registry.schema import LATEST_TAG
+from ggufworker.server.core.loading import load_engine, resolve_source
 from ggufworker.server.lora.table import AdapterSpec, LoraTable, model_id
 
 logger = logging.getLogger(__name__)
@@ -49,60 +50,6 @@ def served_name(source: str) -> str:
     if source.endswith(".gguf") or "/" in source or Path(source).is_file():
         return Path(source.rstrip("/")).stem
     return source
-
-
-def resolve_source(source: str, settings: ServerSettings) -> Path:
-    """A GGUF path for a registry name or path (pulls registry models on first use)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    from ggufworker.registry import pull
-
-    return pull(source, home=settings.home, offline=settings.offline or None, progress=False)
-
-
-def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
-    """Load a GGUF into a batched engine with the server's engine settings (several
-    engines behind one :class:`~ggufworker.server.core.replicas.ReplicaSet` with ``--replicas``)."""
-    from ggufworker.engine import Engine
-    from ggufworker.engine.prompt_cache import PromptCacheOptions
-    from ggufworker.server.core.replicas import ReplicaSet, plan_placements
-
-    placements = plan_placements(settings, embedding=spec.embedding)
-    prompt_cache = PromptCacheOptions(
-        ram_mib=0 if spec.embedding else settings.cache_ram,
-        checkpoints=settings.ctx_checkpoints,
-        checkpoint_every=settings.checkpoint_every,
-        similarity=settings.slot_prompt_similarity,
-        disk_dir=None if spec.embedding else settings.prompt_cache_dir,
-        disk_mib=settings.cache_disk,
-    )
-    options: dict[str, Any] = dict(
-        name=spec.name,
-        n_ctx=settings.ctx_size,
-        n_parallel=1 if spec.embedding else settings.parallel,
-        n_batch=settings.batch_size,
-        n_gpu_layers=settings.gpu_layers,
-        flash_attn=settings.flash_attn,
-        embedding=spec.embedding,
-        max_queue=settings.max_queue,
-        kv_layout=settings.kv_layout,
-        backend_sampling=settings.backend_sampling,
-        prompt_cache=prompt_cache,
-    )
-    if spec.embedding:
-        # sequences are cleared after each decode: one pool of a decode's tokens is enough
-        options.update(
-            n_ctx=settings.embedding_batch_size,
-            n_batch=settings.embedding_batch_size,
-            embed_seqs=settings.embedding_parallel,
-            kv_layout="unified",
-        )
-    if len(placements) > 1:
-        return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
-    return Engine.load(
-        path, n_threads=settings.threads, **options, **placements[0].engine_options()
-    )
 
 
 @dataclass
