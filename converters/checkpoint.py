@@ -82,6 +82,24 @@ def release_pages(arr: np.ndarray) -> None:
         base.madvise(mmap.MADV_DONTNEED)
 
 
+def read_json(path: Path, *, missing: str | None = None) -> Any:
+    """A JSON file of a checkpoint folder.
+
+    Args:
+        missing: when given, a missing file is "FOLDER: no NAME (MISSING)"; otherwise it is
+            reported like an unreadable one.
+
+    Raises:
+        ConversionError: the file is missing, unreadable or not JSON.
+    """
+    if missing is not None and not path.is_file():
+        raise ConversionError(f"{path.parent}: no {path.name} ({missing})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: cannot read: {exc}") from exc
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     """Parse one .safetensors header into tensor references.
 
@@ -123,13 +141,9 @@ class Checkpoint:
         self.dir = Path(directory)
         if not self.dir.is_dir():
             raise ConversionError(f"{self.dir}: not a directory")
-        config_path = self.dir / "config.json"
-        if not config_path.is_file():
-            raise ConversionError(f"{self.dir}: no config.json (not a Hugging Face checkpoint?)")
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConversionError(f"{config_path}: invalid JSON: {exc}") from exc
+        self.config: dict[str, Any] = read_json(
+            self.dir / "config.json", missing="not a Hugging Face checkpoint?"
+        )
         self.files, weight_map = self._find_files()
         self.tensors: dict[str, TensorRef] = {}
         for path in self.files:

@@ -27,7 +27,6 @@ scaling (``use_rslora``: ``alpha / sqrt(r)``) are folded into ``lora_b`` so the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from converters.checkpoint import TensorRef, read_safetensors_header, to_f32
+from converters.checkpoint import TensorRef, read_json, read_safetensors_header, to_f32
 from converters.lora_experts import expert_tensors, resolve, split_param_pairs
 from converters.lora_plan import BasePlan, expert_gathers, gathers, load_base
 from converters.quantize import tensor_type
@@ -90,13 +89,9 @@ def read_peft(
         ConversionError: the folder is not a PEFT LoRA, or holds what llama.cpp cannot apply.
     """
     folder = Path(adapter_dir)
-    cfg_path = folder / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ConversionError(f"{folder}: no adapter_config.json (not a PEFT adapter folder?)")
-    try:
-        cfg: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConversionError(f"{cfg_path}: invalid JSON: {exc}") from exc
+    cfg: dict[str, Any] = read_json(
+        folder / "adapter_config.json", missing="not a PEFT adapter folder?"
+    )
     _refusals(cfg)
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():

@@ -27,6 +27,7 @@ from typing import Any
 
 import gguf
 
+from converters.checkpoint import read_json
 from converters.pretok_hashes import CHECK_TEXT, PRE_TOKENIZER_HASHES
 from ggufworker.errors import ConversionError
 
@@ -264,13 +265,9 @@ def _json_adds_space_prefix(tok: dict[str, Any]) -> bool:
 
 
 def _read_tokenizer_json(src: Path) -> dict[str, Any]:
-    path = src / "tokenizer.json"
-    if not path.is_file():
-        raise ConversionError(f"{src}: no tokenizer.json (encoder vocabularies are read from it)")
-    try:
-        tok: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConversionError(f"{path}: invalid JSON: {exc}") from exc
+    tok: dict[str, Any] = read_json(
+        src / "tokenizer.json", missing="encoder vocabularies are read from it"
+    )
     return tok
 
 

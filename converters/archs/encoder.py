@@ -12,16 +12,14 @@ gguf has no key for normalisation, so it is written as ``ggufworker.embedding.no
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gguf
 
 from converters.archs.base import ArchConverter
-from converters.checkpoint import Checkpoint, TensorRef, read_safetensors_header
+from converters.checkpoint import Checkpoint, TensorRef, read_json, read_safetensors_header
 from ggufworker.errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -69,15 +67,8 @@ class SentenceTransformersInfo:
     has_modules: bool = False
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot read: {exc}") from exc
-
-
 def _pooling_from_config(path: Path) -> gguf.PoolingType:
-    cfg = _read_json(path)
+    cfg = read_json(path)
     bad = [k for k in _UNSUPPORTED_FLAGS if cfg.get(k)]
     mode = cfg.get("pooling_mode")
     if bad or (mode is not None and mode not in _POOLING_MODES):
@@ -101,7 +92,7 @@ def _pooling_from_config(path: Path) -> gguf.PoolingType:
 
 def _dense_module(src: Path, path: str) -> DenseModule:
     folder = src / path
-    cfg = _read_json(folder / "config.json")
+    cfg = read_json(folder / "config.json")
     act = str(cfg.get("activation_function") or "torch.nn.modules.linear.Identity")
     if not act.endswith("Identity"):
         raise ConversionError(f"{folder}: Dense activation {act} is not supported (identity only)")
@@ -134,7 +125,7 @@ def sentence_transformers_info(src: Path) -> SentenceTransformersInfo:
     pooling: gguf.PoolingType | None = None
     normalize = False
     dense: list[DenseModule] = []
-    for mod in _read_json(modules_path):
+    for mod in read_json(modules_path):
         kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
         path = str(mod.get("path", ""))
         if kind == "Pooling":

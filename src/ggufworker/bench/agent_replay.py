@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.servers import free_port, peak_rss_kib, server
+from ggufworker.bench.servers import bench_model_path, free_port, peak_rss_kib, server
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ModelNotFoundError / DownloadError: the model cannot be resolved.
     """
-    from ggufworker.config import ServerSettings
-    from ggufworker.server.core.loading import resolve_source
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    path = resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
+    path = bench_model_path(args)
     slots = args.replay_parallel
     counts = (
         [int(c) for c in args.conversations.split(",") if c.strip()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import logging
 import os
 import shlex
 import statistics
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.servers import free_port, peak_rss_kib, server
+from ggufworker.bench.servers import bench_model_path, free_port, peak_rss_kib, server
 
 _WORDS = (
     "river model index query vector cache token server batch document answer search "
@@ -127,11 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ModelNotFoundError / DownloadError: the model cannot be resolved.
     """
-    from ggufworker.config import ServerSettings
-    from ggufworker.server.core.loading import resolve_source
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    path = resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
+    path = bench_model_path(args)
     threads = args.threads or os.cpu_count() or 1
     out: dict[str, Any] = {
         "mode": "rerank" if args.rerank else "embeddings",

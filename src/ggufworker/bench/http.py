@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufworker.bench.prompts import PROMPTS
-from ggufworker.bench.servers import free_port, server
+from ggufworker.bench.servers import bench_model_path, free_port, server
 from ggufworker.bench.targets import HttpTarget, OllamaTarget, Stream
 from ggufworker.paths import DEFAULT_MODEL
 
@@ -222,10 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ModelNotFoundError / DownloadError: the model cannot be resolved.
     """
-    from ggufworker.config import ServerSettings
-    from ggufworker.server.core.loading import resolve_source
-
-    path = resolve_source(args.model, ServerSettings(home=args.home))
+    path = bench_model_path(args)
     clients = args.clients
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     n_threads = _threads(args)

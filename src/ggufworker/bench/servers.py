@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,15 +22,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def peak_rss_kib(pid: int) -> int | None:
-    """A process's peak resident memory (Linux ``VmHWM``), None where it cannot be read."""
+def _status_kib(pid: int, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """A process's peak resident memory (Linux ``VmHWM``), None where it cannot be read."""
+    return _status_kib(pid, "VmHWM")
+
+
+def rss_kib(pid: int) -> int | None:
+    """A process's resident memory now (Linux ``VmRSS``), None where it cannot be read."""
+    return _status_kib(pid, "VmRSS")
+
+
+def bench_model_path(args: Any) -> Path:
+    """The GGUF a benchmark's ``--model`` names (a path, or a registry name pulled into
+    ``--home``); quiets httpx's per-request log lines for the run.
+
+    Raises:
+        ModelNotFoundError / DownloadError: the model cannot be resolved.
+    """
+    import logging
+
+    from ggufworker.config import ServerSettings
+    from ggufworker.server.core.loading import resolve_source
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
 
 
 def _die_with_parent() -> None:

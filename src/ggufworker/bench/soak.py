@@ -21,20 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import random
 import statistics
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ggufworker.bench.prompts import PROMPTS
-from ggufworker.bench.servers import free_port, server
+from ggufworker.bench.servers import bench_model_path, free_port, rss_kib, server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,16 +62,6 @@ class Tally:
     backoffs: int = 0
     latencies: list[float] = field(default_factory=list)
     tokens: int = 0
-
-
-def _rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 async def _chat_stream(
@@ -195,10 +183,7 @@ async def _client(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a server, run the clients for ``--seconds``, return the report as a dict."""
-    from ggufworker.config import ServerSettings
-    from ggufworker.server.core.loading import resolve_source
-
-    path = resolve_source(args.model, ServerSettings(home=getattr(args, "home", None)))
+    path = bench_model_path(args)
     clients = args.soak_clients
     port = free_port()
     queue = args.soak_queue if args.soak_queue is not None else clients
@@ -211,22 +196,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    # one log line per request would drown the report
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     tally = Tally()
     rss: dict[str, int | None] = {}
     procs: list[Any] = []
     with server(cmd, port, args.startup_timeout, "/health", procs) as base:
         pid = procs[0].pid
         model = httpx.get(base + "/v1/models", timeout=10).json()["data"][0]["id"]
-        rss["start"] = _rss_kib(pid)
+        rss["start"] = rss_kib(pid)
         started = time.monotonic()
         deadline = started + args.seconds
 
         async def main() -> None:
             async def warmup_probe() -> None:
                 await asyncio.sleep(min(20.0, args.seconds * 0.15))
-                rss["after_warmup"] = _rss_kib(pid)
+                rss["after_warmup"] = rss_kib(pid)
 
             probe = asyncio.create_task(warmup_probe())
             await asyncio.gather(
@@ -239,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         asyncio.run(main())
         elapsed = time.monotonic() - started
-        rss["end"] = _rss_kib(pid)
+        rss["end"] = rss_kib(pid)
         healthy = httpx.get(base + "/health", timeout=5).status_code == 200
     lat = sorted(tally.latencies)
     growth = None
