@@ -1,29 +1,26 @@
 """Adapter routes: vLLM's ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` and
-llama-server's ``GET/POST /lora-adapters``. Errors come in OpenAI's envelope (404: no such
-adapter or model; 400: an adapter made for another base, with the engine's one-line reason)."""
+llama-server's ``GET/POST /lora-adapters``, thin over :mod:`ggufworker.server.lora.serving`.
+Errors come in OpenAI's envelope (404: no such adapter or model; 400: an adapter made for
+another base, with the engine's one-line reason)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ggufworker.errors import ModelNotFoundError
 from ggufworker.server.core.metrics import PREFIX
 from ggufworker.server.core.models import ModelManager
 from ggufworker.server.core.openapi import openai_errors, text_ok
+from ggufworker.server.lora import serving
 from ggufworker.server.lora.protocol import (
     LoadLoraAdapterRequest,
     LoraAdapterItem,
     LoraScaleItem,
     UnloadLoraAdapterRequest,
 )
-from ggufworker.server.lora.table import AdapterSpec, model_id
 
 router = APIRouter(tags=["lora"])
 
@@ -36,20 +33,7 @@ _MODEL_QUERY = Query(default=None, description="base model (default: the first o
     summary="load a LoRA adapter GGUF onto a base; it is served as model id BASE:NAME",
 )
 async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
-    manager: ModelManager = request.app.state.manager
-    base = manager.lookup(body.model).spec.name
-    spec = AdapterSpec(body.lora_name, Path(body.lora_path).expanduser(), body.scale)
-    lease = await manager.acquire(base)
-    try:
-        if any(s.name == spec.name for s in manager.loras.adapters(base)):
-            manager.loras.add(base, spec)  # raises: the name is taken
-        await asyncio.to_thread(lease.engine.load_lora, spec.name, spec.path, scale=spec.scale)
-        manager.loras.add(base, spec)
-    finally:
-        lease.release()
-    return PlainTextResponse(
-        f"Success: LoRA adapter '{spec.name}' added successfully as {model_id(base, spec.name)}."
-    )
+    return PlainTextResponse(await serving.load_adapter(request.app.state.manager, body))
 
 
 @router.post(
@@ -60,20 +44,7 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> P
 async def unload_lora_adapter(
     body: UnloadLoraAdapterRequest, request: Request
 ) -> PlainTextResponse:
-    manager: ModelManager = request.app.state.manager
-    found = manager.loras.find(body.lora_name)
-    if found is None:
-        raise ModelNotFoundError(f"no LoRA adapter {body.lora_name!r} is loaded")
-    base, spec = found
-    manager.loras.remove(base, spec.name)
-    model = manager.lookup(base)
-    engine = model.engine
-    if model.state == "ready" and engine is not None:
-        try:
-            await asyncio.to_thread(engine.unload_lora, spec.name)
-        except ModelNotFoundError:
-            pass  # the engine never had it (it failed to attach); the table no longer does
-    return PlainTextResponse(f"Success: LoRA adapter '{spec.name}' removed successfully.")
+    return PlainTextResponse(await serving.unload_adapter(request.app.state.manager, body))
 
 
 @router.get(
@@ -85,12 +56,7 @@ async def unload_lora_adapter(
 async def list_lora_adapters(
     request: Request, model: str | None = _MODEL_QUERY
 ) -> list[LoraAdapterItem]:
-    manager: ModelManager = request.app.state.manager
-    lease = await manager.acquire(model)
-    try:
-        return _items(lease.name, lease.engine.loras())
-    finally:
-        lease.release()
+    return await serving.list_adapters(request.app.state.manager, model)
 
 
 @router.post(
@@ -103,28 +69,7 @@ async def list_lora_adapters(
 async def set_lora_adapters(
     body: list[LoraScaleItem], request: Request, model: str | None = _MODEL_QUERY
 ) -> list[LoraAdapterItem]:
-    manager: ModelManager = request.app.state.manager
-    lease = await manager.acquire(model)
-    try:
-        infos = lease.engine.set_lora_scales({item.id: item.scale for item in body})
-        return _items(lease.name, infos)
-    finally:
-        lease.release()
-
-
-def _items(base: str, infos: list[Any]) -> list[LoraAdapterItem]:
-    return [
-        LoraAdapterItem(
-            id=i.id,
-            path=i.path,
-            scale=i.global_scale,
-            name=i.name,
-            model=base,
-            model_scale=i.scale,
-            size_bytes=i.size_bytes,
-        )  # fmt: skip
-        for i in infos
-    ]
+    return await serving.set_scales(request.app.state.manager, model, body)
 
 
 class LoraCollector:
