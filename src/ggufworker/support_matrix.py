@@ -76,6 +76,8 @@ class Row:
     quants: dict[str, str] = field(default_factory=dict)
     served: str = NOT_TESTED
     backends: dict[str, str] = field(default_factory=dict)
+    pooling: str = ""  # embedding and rerank families (models.yaml)
+    notes: str = ""
 
 
 def read_evidence(paths: Iterable[Path]) -> list[Evidence]:
@@ -189,7 +191,8 @@ def build_rows(registry: Registry, records: Iterable[Evidence]) -> tuple[list[Ro
             family=family, gguf_arch=arch.gguf_arch, converter=converter, tokenizer=tokenizer,
             f32=_figure(of("f32")), quants={c: _within(of(c)) for c in QUANT_CHECKS},
             served=" + ".join(served_parts) if served_parts else NOT_TESTED,
-            backends=per_backend,
+            backends=per_backend, pooling=arch.pooling or "",
+            notes=" ".join((arch.notes or "").split()),
         ))  # fmt: skip
     return rows, backends
 
@@ -224,6 +227,21 @@ def render(rows: Sequence[Row], backends: Sequence[str]) -> str:
                  *(r.quants[c] for c in QUANT_CHECKS), r.served,
                  *(r.backends[b] for b in backends)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    pooled = [r for r in rows if r.pooling]
+    if pooled:
+        lines += [
+            "",
+            "## Embedding and rerank families",
+            "",
+            "Their figures above compare pooled vectors (or rerank scores) with",
+            "sentence-transformers / transformers. A converted file declares the pooling of the",
+            "checkpoint's sentence-transformers modules, else this default (`rank`: a classifier's",
+            "score of a query-document pair, served on `/v1/rerank`).",
+            "",
+            "| family | default pooling | notes |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{r.family}` | {r.pooling} | {r.notes} |" for r in pooled]
     return "\n".join(lines) + "\n"
 
 

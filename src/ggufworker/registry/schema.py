@@ -40,6 +40,11 @@ class Architecture(_Strict):
         min_length=1, description="config.json `architectures` names this family covers"
     )
     converter: bool = Field(description="converters.st2gguf can convert SafeTensors checkpoints")
+    pooling: Literal["mean", "cls", "last", "rank"] | None = Field(
+        default=None,
+        description="embedding and rerank families: the pooling a converted file declares when "
+        "the checkpoint's sentence-transformers modules name none",
+    )
     notes: str | None = None
 
 
