@@ -110,7 +110,7 @@ class ResponseStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -212,3 +212,18 @@ class ResponseStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _set_wal(db: sqlite3.Connection, *, wait_s: float = 10.0) -> None:
+    """Switch to WAL, waiting for other processes' connections: the switch needs the file to
+    itself, and SQLite answers "database is locked" at once instead of calling its busy
+    handler when two processes open a new store together."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
