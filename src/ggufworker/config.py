@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from ggufworker.paths import DEFAULT_MODEL, ENV_PREFIX
@@ -30,6 +30,10 @@ ENV_CONFIG = f"{ENV_PREFIX}CONFIG"
 
 StrList = Annotated[list[str], NoDecode]
 FloatList = Annotated[list[float], NoDecode]
+
+
+#: the KV cache element types llama.cpp takes (engine/model.py KV_CACHE_TYPES)
+KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 
 
 def default_parallel() -> int:
@@ -177,6 +181,13 @@ class ServerSettings(BaseSettings):
         default=None, description="layers to offload to the GPU (-1: all)"
     )
     flash_attn: bool | None = Field(default=None, description="flash attention (default: auto)")
+    cache_type_k: KvCacheType = Field(
+        default="f16", description="KV cache element type of K (q8_0 halves its memory)"
+    )
+    cache_type_v: KvCacheType = Field(
+        default="f16",
+        description="KV cache element type of V (a quantized one needs flash attention)",
+    )
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a slot before 429")
 
     # --- prompt cache (docs/ENGINE.md "Prompt cache") ----------------------------------------
@@ -354,6 +365,15 @@ class ServerSettings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self) -> ServerSettings:
+        if self.cache_type_v not in ("f32", "f16", "bf16") and self.flash_attn is False:
+            raise ValueError(
+                f"a {self.cache_type_v} V cache (--cache-type-v) needs flash attention: "
+                "drop --no-flash-attn"
+            )
+        return self
+
     def served_models(self) -> list[str]:
         """Generation models, with the registry default when none was named."""
         if self.models:
@@ -438,7 +458,10 @@ def _settings_error(exc: ValidationError) -> str:
     """One line naming each bad setting by its flag and env var."""
     parts = []
     for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a rule over several settings: its message names them
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(err["loc"][0])
         info = ServerSettings.model_fields.get(name)
         flag = (_cli_meta(info).get("flag") if info else None) or "--" + name.replace("_", "-")
         got = err.get("input")

@@ -70,3 +70,13 @@ def test_bad_values_and_files(tmp_path: Path) -> None:
         resolve_settings({}, config_file=bad)
     with pytest.raises(InvalidRequestError):
         resolve_settings({}, config_file=tmp_path / "missing.toml")
+
+
+def test_kv_cache_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = resolve_settings({"cache_type_k": "q8_0", "cache_type_v": "q8_0"})
+    assert (s.cache_type_k, s.cache_type_v) == ("q8_0", "q8_0")
+    monkeypatch.setenv("GGUFWORKER_CACHE_TYPE_V", "q4_0")
+    with pytest.raises(InvalidRequestError, match=r"^invalid setting a q4_0 V cache .* flash"):
+        resolve_settings({"flash_attn": False})
+    with pytest.raises(InvalidRequestError, match="--cache-type-k"):
+        resolve_settings({"cache_type_k": "q3"})

@@ -353,9 +353,14 @@ class PromptCacheTiers(AttachedChains):
         )
 
 
-def layout_key(*, unified: bool, n_seq: int) -> str:
-    """What a saved state's block layout depends on: one KV stream, or one per sequence."""
-    return "unified" if unified else f"per-slot:{n_seq}"
+def layout_key(*, unified: bool, n_seq: int, cache_types: tuple[str, str] = ("f16", "f16")) -> str:
+    """What a saved state's block layout depends on: one KV stream, or one per sequence, and
+    the KV cache's element types (named only when they are not llama.cpp's f16 default, so
+    states saved before the types were a setting still match)."""
+    key = "unified" if unified else f"per-slot:{n_seq}"
+    if cache_types != ("f16", "f16"):
+        key += ";kv={}/{}".format(*cache_types)
+    return key
 
 
 __all__ = ["PromptCacheTiers", "layout_key"]

@@ -27,7 +27,7 @@ from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.kv_layout import KvLayout
 from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.lora import LoraAdapters
-from ggufworker.engine.model import ContextOptions, Model
+from ggufworker.engine.model import KV_CACHE_TYPES, ContextOptions, Model
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
@@ -68,7 +68,11 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         # what saved states are checked against: the model file and the memory layout
         self._digest = model_digest(model.path) if cache_opts.disk_dir is not None else None
         n_seq = opts.n_parallel + opts.n_embed_seqs
-        self._layout = layout_key(unified=opts.kv_unified, n_seq=n_seq)
+        self._layout = layout_key(
+            unified=opts.kv_unified,
+            n_seq=n_seq,
+            cache_types=(opts.cache_type_k, opts.cache_type_v),
+        )
         self._ctx = model.new_context(opts)
         # the context one sequence can use (the whole pool, or its own stream)
         n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))
@@ -129,6 +133,8 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         tensor_split: Sequence[float] | None = None,
         backend_sampling: BackendSampling = "auto",
         prompt_cache: PromptCacheOptions | None = None,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -162,6 +168,9 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             prompt_cache: the prompt cache's RAM and disk tiers, checkpoints and slot reuse
                 threshold (default: :class:`PromptCacheOptions`' defaults, see
                 :mod:`ggufworker.engine.prompt_cache`).
+            cache_type_k, cache_type_v: the KV cache's element types (``f16`` default, ``f32``,
+                ``bf16``, ``q8_0``, ``q5_1``, ``q5_0``, ``q4_1``, ``q4_0``, ``iq4_nl``); a
+                quantized V cache needs flash attention (an error with ``flash_attn=False``).
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
@@ -169,6 +178,18 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         """
         if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
+        for param, kind in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
+            if kind not in KV_CACHE_TYPES:
+                raise InvalidRequestError(
+                    f"{param} must be one of {', '.join(KV_CACHE_TYPES)}, not {kind!r}",
+                    param=param,
+                )
+        if cache_type_v not in ("f32", "f16", "bf16") and flash_attn is False:
+            # llama.cpp refuses the context: its non-flash attention reads V unquantized
+            raise InvalidRequestError(
+                f"a {cache_type_v} V cache needs flash attention (turn it on or leave it auto)",
+                param="cache_type_v",
+            )
         embed_seqs = max(1, embed_seqs) if embedding else 0
         if n_parallel + embed_seqs > 256:  # llama.cpp's LLAMA_MAX_SEQ
             raise InvalidRequestError("n_parallel plus embed_seqs must be at most 256")
@@ -207,6 +228,8 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             embedding=embedding,
             n_embed_seqs=embed_seqs,
             kv_unified=kv_unified,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
             swa_full=swa_full,
             backend_sampling=not embedding and backend_enabled(backend_sampling, model.backend),
         )
@@ -416,6 +439,11 @@ class Engine(SlotCache, Embedding, LoraAdapters):
     def kv_layout(self) -> str:
         """``unified`` (one KV pool shared by the slots) or ``per-slot`` (a stream each)."""
         return "unified" if self._opts.kv_unified else "per-slot"
+
+    @property
+    def kv_cache_type(self) -> str:
+        """The KV cache's element types, ``K/V`` (``f16/f16`` unless set at load)."""
+        return f"{self._opts.cache_type_k}/{self._opts.cache_type_v}"
 
     @property
     def sampling(self) -> str:

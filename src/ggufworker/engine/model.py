@@ -24,6 +24,20 @@ logger = logging.getLogger(__name__)
 _META_BUF = 64 * 1024
 
 
+#: KV cache element types (llama-server's --cache-type-k/-v names) -> ggml_type
+KV_CACHE_TYPES = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "bf16": 30,  # GGML_TYPE_BF16 in ggml.h; llama-cpp-python binds no name for it
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+    "q5_0": llama_cpp.GGML_TYPE_Q5_0,
+    "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+    "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
+}
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     """Settings of the one llama_context the scheduler owns."""
@@ -38,6 +52,9 @@ class ContextOptions:
     n_embed_seqs: int = 0
     kv_unified: bool = True
     swa_full: bool = True
+    # KV cache element types (KV_CACHE_TYPES); a quantized V cache needs flash attention
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
     # backend sampling (engine/backend_sampling.py): the context is told to expect at most one
     # output row per sequence in a step (what the scheduler makes), and llama.cpp sizes each
     # sequence's sampler graph for one row
@@ -272,6 +289,8 @@ class Model:
         }[opts.flash_attn]
         params.kv_unified = opts.kv_unified
         params.swa_full = opts.swa_full
+        params.type_k = KV_CACHE_TYPES[opts.cache_type_k]
+        params.type_v = KV_CACHE_TYPES[opts.cache_type_v]
         params.no_perf = True
         if opts.backend_sampling:
             params.n_outputs_max_per_seq = 1

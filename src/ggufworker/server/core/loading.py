@@ -48,6 +48,8 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         n_batch=settings.batch_size,
         n_gpu_layers=settings.gpu_layers,
         flash_attn=settings.flash_attn,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
         embedding=spec.embedding,
         max_queue=settings.max_queue,
         kv_layout=settings.kv_layout,

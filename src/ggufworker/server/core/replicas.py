@@ -242,6 +242,10 @@ class ReplicaSet:
     def sampling(self) -> str:
         return str(self.replicas[0].engine.sampling)
 
+    @property
+    def kv_cache_type(self) -> str:
+        return str(self.replicas[0].engine.kv_cache_type)
+
     def stats(self) -> EngineStats:
         """The replicas' loads and totals added up."""
         from ggufworker.engine.handle import EngineStats

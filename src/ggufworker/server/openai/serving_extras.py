@@ -53,6 +53,8 @@ def list_models(manager: ModelManager) -> ModelList:
                 "memory": info.memory,
                 # per-slot: greedy output independent of other traffic (engine/kv_layout.py)
                 "kv_layout": getattr(model.engine, "kv_layout", "unified"),
+                # the KV cache's element types, K/V (--cache-type-k/-v)
+                "kv_cache_type": getattr(model.engine, "kv_cache_type", "f16/f16"),
                 # where sampled requests are drawn: backend (llama.cpp's graph) or host (numpy)
                 "sampling": getattr(model.engine, "sampling", "host"),
             }
