@@ -10,14 +10,12 @@ so a new setting is one field here and shows up as a flag, an env var and a conf
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
@@ -463,7 +461,7 @@ def _settings_error(exc: ValidationError) -> str:
             continue
         name = str(err["loc"][0])
         info = ServerSettings.model_fields.get(name)
-        flag = (_cli_meta(info).get("flag") if info else None) or "--" + name.replace("_", "-")
+        flag = (cli_meta(info).get("flag") if info else None) or "--" + name.replace("_", "-")
         got = err.get("input")
         shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
         msg = str(err["msg"]).removeprefix("Value error, ")
@@ -474,7 +472,7 @@ def _settings_error(exc: ValidationError) -> str:
 # --- CLI flags derived from the fields ---------------------------------------------------------
 
 
-def _cli_meta(info: Any) -> dict[str, Any]:
+def cli_meta(info: Any) -> dict[str, Any]:
     """The ``cli`` entry of a field's ``json_schema_extra`` (flag name, metavar, short flag)."""
     extra = info.json_schema_extra
     meta = extra.get("cli") if isinstance(extra, dict) else None
@@ -485,58 +483,7 @@ def _flag_aliases() -> dict[str, str]:
     """Singular flag names (``model``) to field names (``models``)."""
     out = {}
     for name, info in ServerSettings.model_fields.items():
-        cli = _cli_meta(info)
+        cli = cli_meta(info)
         if cli.get("flag"):
             out[cli["flag"].lstrip("-").replace("-", "_")] = name
     return out
-
-
-def _base_type(annotation: Any) -> Any:
-    """``int | None`` -> int; ``Annotated[list[str], ...]`` -> list."""
-    if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else str
-    origin = get_origin(annotation)
-    return origin or annotation
-
-
-def _literal_choices(annotation: Any) -> list[Any]:
-    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation."""
-    if get_origin(annotation) is Literal:
-        return list(get_args(annotation))
-    return [v for a in get_args(annotation) for v in _literal_choices(a)]
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per settings field. Defaults are None, so "not given" is visible to
-    :func:`resolve_settings` and env vars / the config file still apply."""
-    parser.add_argument(
-        "--config", metavar="FILE", help=f"TOML/YAML/JSON settings file (env {ENV_CONFIG})"
-    )
-    for name, info in ServerSettings.model_fields.items():
-        cli = _cli_meta(info)
-        flag = cli.get("flag") or "--" + name.replace("_", "-")
-        flags = [flag] + ([cli["short"]] if cli.get("short") else [])
-        env = ENV_PREFIX + name.upper()
-        default = info.get_default(call_default_factory=True)
-        shown = "" if default in (None, []) else f"; default {default}"
-        help_text = f"{info.description} (env {env}{shown})"
-        kind = _base_type(info.annotation)
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind is list:
-            kwargs.update(action="append", metavar=cli.get("metavar") or name.upper())
-        elif kind is Literal:
-            kwargs.update(choices=_literal_choices(info.annotation), metavar=cli.get("metavar"))
-        else:
-            kwargs.update(type=kind, metavar=cli.get("metavar") or name.upper())
-        parser.add_argument(*flags, **kwargs)
-
-
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """Resolve settings from a parsed namespace built with :func:`add_settings_arguments`."""
-    values = {name: getattr(args, name, None) for name in ServerSettings.model_fields}
-    return resolve_settings(values, config_file=getattr(args, "config", None))

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ggufworker.config import (
-    ServerSettings,
-    add_settings_arguments,
-    resolve_settings,
-    settings_from_args,
-)
+from ggufworker.config import ServerSettings, resolve_settings
 from ggufworker.errors import InvalidRequestError
 from ggufworker.paths import DEFAULT_MODEL
+from ggufworker.settings_flags import add_settings_arguments, settings_from_args
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.kv_layout import KvLayout
 from ggufworker.engine.kv_layout import resolve as kv_resolve
 from ggufworker.engine.lora import LoraAdapters
-from ggufworker.engine.model import KV_CACHE_TYPES, ContextOptions, Model
+from ggufworker.engine.model import ContextOptions, Model, check_cache_types
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
@@ -178,18 +178,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         """
         if n_parallel < 1 or n_ctx < 8 or n_batch < n_parallel:
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
-        for param, kind in (("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
-            if kind not in KV_CACHE_TYPES:
-                raise InvalidRequestError(
-                    f"{param} must be one of {', '.join(KV_CACHE_TYPES)}, not {kind!r}",
-                    param=param,
-                )
-        if cache_type_v not in ("f32", "f16", "bf16") and flash_attn is False:
-            # llama.cpp refuses the context: its non-flash attention reads V unquantized
-            raise InvalidRequestError(
-                f"a {cache_type_v} V cache needs flash attention (turn it on or leave it auto)",
-                param="cache_type_v",
-            )
+        check_cache_types(cache_type_k, cache_type_v, flash_attn=flash_attn)
         embed_seqs = max(1, embed_seqs) if embedding else 0
         if n_parallel + embed_seqs > 256:  # llama.cpp's LLAMA_MAX_SEQ
             raise InvalidRequestError("n_parallel plus embed_seqs must be at most 256")

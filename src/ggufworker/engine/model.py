@@ -38,6 +38,25 @@ KV_CACHE_TYPES = {
 }
 
 
+def check_cache_types(type_k: str, type_v: str, *, flash_attn: bool | None) -> None:
+    """Refuse KV cache types llama.cpp does not take, before anything loads.
+
+    Raises:
+        InvalidRequestError: an unknown type, or a quantized V cache with flash attention
+            off (llama.cpp's other attention path reads V unquantized).
+    """
+    for param, kind in (("cache_type_k", type_k), ("cache_type_v", type_v)):
+        if kind not in KV_CACHE_TYPES:
+            raise InvalidRequestError(
+                f"{param} must be one of {', '.join(KV_CACHE_TYPES)}, not {kind!r}", param=param
+            )
+    if type_v not in ("f32", "f16", "bf16") and flash_attn is False:
+        raise InvalidRequestError(
+            f"a {type_v} V cache needs flash attention (turn it on or leave it auto)",
+            param="cache_type_v",
+        )
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     """Settings of the one llama_context the scheduler owns."""

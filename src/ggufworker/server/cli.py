@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from ggufworker.config import add_settings_arguments, settings_from_args
+from ggufworker.settings_flags import add_settings_arguments, settings_from_args
 
 logger = logging.getLogger(__name__)
 
