@@ -31,7 +31,12 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.servers import bench_model_path, free_port, peak_rss_kib, server
+from ggufworker.bench.servers import (
+    bench_model_path,
+    llama_server_cmd,
+    peak_rss_kib,
+    started_target,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,18 +250,12 @@ def _commands(args: argparse.Namespace, path: Path, ctx: int, threads: int) -> d
             *shlex.split(args.server_args),
         ]  # fmt: skip
     if "llama-server" in wanted:
-        if not args.llama_server or not Path(args.llama_server).is_file():
-            raise SystemExit(
-                "ggufworker bench: the llama-server target needs --llama-server PATH "
-                "(build it with: python3 scripts/build_llama_server.py)"
-            )
-        cmds["llama_server"] = [
-            args.llama_server, "-m", str(path), "-t", str(threads), "-tb", str(threads),
+        cmds["llama_server"] = llama_server_cmd(
+            args, "-m", str(path), "-t", str(threads), "-tb", str(threads),
             "-np", str(n), "-kvu", "-c", str(ctx * n), "-ngl", "999", "--no-webui",
             "--log-disable", "--cache-ram", str(args.cache_ram),
             "--ctx-checkpoints", str(args.ctx_checkpoints),
-            *shlex.split(args.llama_server_args),
-        ]  # fmt: skip
+        )  # fmt: skip
     return cmds
 
 
@@ -293,12 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {},
     }
     for name, cmd in _commands(args, path, ctx, threads).items():
-        port = free_port()
-        procs: list[Any] = []
-        with server(
-            [*cmd, "--port", str(port)], port, args.startup_timeout, "/health", procs
-        ) as base:
-            model = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+        with started_target(cmd, args.startup_timeout) as target:
+            base, model = target.base, target.model
             with httpx.Client(timeout=600) as client:  # warm-up: graphs, first allocations
                 _chat(client, base, model, [{"role": "user", "content": "Hello"}], 4)
             results: dict[str, Any] = {}
@@ -307,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[str(c)] = replay(
                     base, model, conversations=c, first_id=100 * (i + 1), args=args
                 )
-            results["peak_rss_kib"] = peak_rss_kib(procs[0].pid)
+            results["peak_rss_kib"] = peak_rss_kib(target.pid)
         out["targets"][name] = results
     out["load_after"] = os.getloadavg()
     ours, theirs = out["targets"].get("ggufworker"), out["targets"].get("llama_server")

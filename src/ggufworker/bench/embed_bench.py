@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -22,7 +21,12 @@ from typing import Any
 
 import httpx
 
-from ggufworker.bench.servers import bench_model_path, free_port, peak_rss_kib, server
+from ggufworker.bench.servers import (
+    bench_model_path,
+    llama_server_cmd,
+    peak_rss_kib,
+    started_target,
+)
 
 _WORDS = (
     "river model index query vector cache token server batch document answer search "
@@ -106,17 +110,11 @@ def _commands(args: argparse.Namespace, path: Path, threads: int) -> dict[str, l
             "--keep-alive", "-1", "--log-level", "warning",
         ]  # fmt: skip
     if "llama-server" in wanted:
-        if not args.llama_server or not Path(args.llama_server).is_file():
-            raise SystemExit(
-                "ggufworker bench: the llama-server target needs --llama-server PATH "
-                "(build it with: python3 scripts/build_llama_server.py)"
-            )
-        cmds["llama_server"] = [
-            args.llama_server, "-m", str(path), "-t", str(threads), "-tb", str(threads),
+        cmds["llama_server"] = llama_server_cmd(
+            args, "-m", str(path), "-t", str(threads), "-tb", str(threads),
             "-np", str(n), "-c", str(512 * n), "-b", "2048", "-ub", "2048",
             "--rerank" if args.rerank else "--embedding", "--no-webui", "--log-disable",
-            *shlex.split(getattr(args, "llama_server_args", "") or ""),
-        ]  # fmt: skip
+        )  # fmt: skip
     return cmds
 
 
@@ -141,12 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {},
     }
     for name, cmd in _commands(args, path, threads).items():
-        port = free_port()
-        procs: list[Any] = []
-        with server(
-            [*cmd, "--port", str(port)], port, args.startup_timeout, "/health", procs
-        ) as base:
-            model = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+        with started_target(cmd, args.startup_timeout) as target:
+            base, model = target.base, target.model
             with httpx.Client(timeout=600) as client:  # warm-up
                 _request(client, base, model, args.rerank, texts(4, args.embed_words, 0))
             batched = [_batched(base, model, args, 10 + r) for r in range(args.runs)]
@@ -156,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "concurrent_inputs_per_s": conc,
                 "batched_median": statistics.median(batched),
                 "concurrent_median": statistics.median(conc),
-                "peak_rss_kib": peak_rss_kib(procs[0].pid),
+                "peak_rss_kib": peak_rss_kib(target.pid),
             }
     out["load_after"] = os.getloadavg()
     ours, theirs = out["targets"].get("ggufworker"), out["targets"].get("llama_server")

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufworker.bench.prompts import PROMPTS
-from ggufworker.bench.servers import bench_model_path, free_port, server
+from ggufworker.bench.servers import bench_model_path, free_port, llama_server_cmd, server
 from ggufworker.bench.targets import HttpTarget, OllamaTarget, Stream
 from ggufworker.paths import DEFAULT_MODEL
 
@@ -271,20 +270,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]  # fmt: skip
         servers.append(("llama_cpp_python", cmd, port, "/v1/models"))
     if "llama-server" in wanted:
-        if not args.llama_server or not Path(args.llama_server).is_file():
-            raise SystemExit(
-                "ggufworker bench: the llama-server target needs --llama-server PATH "
-                "(build it with: python3 scripts/build_llama_server.py)"
-            )
         port = free_port()
         parallel = args.parallel or clients
-        cmd = [
-            args.llama_server, "-m", str(path), "--port", str(port),
+        cmd = llama_server_cmd(
+            args, "-m", str(path), "--port", str(port),
             "-t", threads, "-tb", threads,
             "-np", str(parallel), "-kvu", "-c", str(_ctx(args, clients)),
             "-ngl", "999", "--no-webui", "--log-disable",
-        ]  # fmt: skip
-        cmd += shlex.split(args.llama_server_args)
+        )  # fmt: skip
         servers.append(("llama_server", cmd, port, "/health"))
     procs = args.client_procs or max(1, min(os.cpu_count() or 1, clients // 16))
     out["client_procs"] = procs

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,22 @@ def peak_rss_kib(pid: int) -> int | None:
 def rss_kib(pid: int) -> int | None:
     """A process's resident memory now (Linux ``VmRSS``), None where it cannot be read."""
     return _status_kib(pid, "VmRSS")
+
+
+def llama_server_cmd(args: Any, *flags: str) -> list[str]:
+    """llama-server's command line: ``--llama-server``'s binary, ``flags``, then the user's
+    ``--llama-server-args``.
+
+    Raises:
+        SystemExit: no ``--llama-server`` binary was given, or it is not a file.
+    """
+    binary = getattr(args, "llama_server", None)
+    if not binary or not Path(binary).is_file():
+        raise SystemExit(
+            "ggufworker bench: the llama-server target needs --llama-server PATH "
+            "(build it with: python3 scripts/build_llama_server.py)"
+        )
+    return [binary, *flags, *shlex.split(getattr(args, "llama_server_args", "") or "")]
 
 
 def bench_model_path(args: Any) -> Path:
@@ -114,3 +132,23 @@ def server(
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@dataclass
+class Target:
+    """A benchmark target's server, up: its URL, the model it serves, its process id."""
+
+    base: str
+    model: str
+    pid: int
+
+
+@contextlib.contextmanager
+def started_target(cmd: list[str], timeout: float) -> Iterator[Target]:
+    """Run a server command (``--port`` added) that answers ``/health`` and serves one model
+    on ``/v1/models``, until the block ends."""
+    port = free_port()
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    with server([*cmd, "--port", str(port)], port, timeout, "/health", procs) as base:
+        model = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+        yield Target(base, str(model), procs[0].pid)

@@ -18,7 +18,6 @@ llama-server does by default).
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,7 +75,7 @@ class _Job:
     future: concurrent.futures.Future[list[list[float]]] = field(
         default_factory=concurrent.futures.Future
     )
-    results: list[list[float] | None] = field(default_factory=list)
+    results: list[list[float] | None] = field(init=False)
     next: int = 0  # the first input not yet packed
 
     def __post_init__(self) -> None:
@@ -100,10 +99,17 @@ def describe_pooling(model: Model, ctx: Any) -> Pooling:
     )
 
 
-def l2_normalized(vector: Sequence[float]) -> list[float]:
-    """``vector`` scaled to unit length (a zero vector stays zero)."""
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
+def l2_normalized(rows: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Each row scaled to unit length (a zero row stays zero)."""
+    if not rows:
+        return []
+    arr = np.asarray(rows, dtype=np.float64)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return (arr / np.where(norms > 0, norms, 1.0)).tolist()  # type: ignore[no-any-return]
+
+
+def _as_is(rows: list[list[float]]) -> list[list[float]]:
+    return rows
 
 
 class Embedding:
@@ -168,14 +174,7 @@ class Embedding:
         pooling = self._embedding_pooling()
         token_lists = [self._input_tokens(x, i, truncate) for i, x in enumerate(inputs)]
 
-        def finish(raw: list[list[float]]) -> list[list[float]]:
-            if not pooling.normalize or not raw:
-                return raw
-            arr = np.asarray(raw, dtype=np.float64)
-            norms = np.linalg.norm(arr, axis=1, keepdims=True)
-            return (arr / np.where(norms > 0, norms, 1.0)).tolist()  # type: ignore[no-any-return]
-
-        return self._start_job(token_lists, finish)
+        return self._start_job(token_lists, l2_normalized if pooling.normalize else _as_is)
 
     def rerank(
         self, query: str, documents: Sequence[str], *, truncate: bool = False
@@ -204,7 +203,7 @@ class Embedding:
             self._checked(self.pair_tokens(query, d), i, truncate, param="documents")
             for i, d in enumerate(documents)
         ]
-        return self._start_job(token_lists, lambda raw: raw)
+        return self._start_job(token_lists, _as_is)
 
     def pair_tokens(self, query: str, document: str) -> list[int]:
         """The tokens a (query, document) pair becomes for a reranker: the model's rerank

@@ -77,7 +77,7 @@ async def embed(
     if dimensions is not None and dimensions < pooling.n_out:
         vectors = [v[:dimensions] for v in vectors]
         if pooling.normalize:
-            vectors = [l2_normalized(v) for v in vectors]
+            vectors = l2_normalized(vectors)
     return Embeddings(vectors, result.prompt_tokens)
 
 
