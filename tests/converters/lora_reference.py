@@ -89,21 +89,9 @@ def peft_logits(
 def llama_lora_logits(base: Path, adapter: Path | None, ids: list[int], scale: float) -> np.ndarray:
     """Logits llama.cpp computes for ``ids`` with ``adapter`` at ``scale`` (f32 KV cache, flash
     attention off)."""
-    import logging
+    from .reference import llama_logits
 
-    import llama_cpp
-
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-    n = max(32, len(ids))
     kwargs: dict[str, Any] = {}
     if adapter is not None:
         kwargs = {"lora_path": str(adapter), "lora_scale": scale}
-    llm = llama_cpp.Llama(
-        str(base), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=2,
-        verbose=False, type_k=0, type_v=0, flash_attn=False, **kwargs,
-    )  # fmt: skip
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
+    return llama_logits(base, ids, flash_attn=False, **kwargs)

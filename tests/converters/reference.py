@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 
-def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
-    """Logits llama.cpp computes for every position of ``ids`` (shape: len(ids) x n_vocab)."""
+def llama_logits(gguf_path: Path, ids: list[int], **options: Any) -> np.ndarray:
+    """Logits llama.cpp computes for every position of ``ids`` (shape: len(ids) x n_vocab);
+    ``options`` go to ``llama_cpp.Llama`` as well (an adapter, flash attention)."""
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -20,6 +21,7 @@ def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
         str(gguf_path), n_ctx=max(32, len(ids)), n_batch=max(32, len(ids)),
         n_ubatch=max(32, len(ids)), logits_all=True, n_threads=2, verbose=False,
         type_k=0, type_v=0,  # f32 KV cache: the default f16 cache rounds activations
+        **options,
     )  # fmt: skip
     try:
         llm.eval(ids)
