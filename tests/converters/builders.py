@@ -80,6 +80,20 @@ def _config(arch: str, vocab_size: int, overrides: dict | None = None):
     return cls(**{**kwargs, **(overrides or {})})
 
 
+def randomise(model: Any) -> None:
+    """Perturb every weight in place: 1-D params (norms, biases) around their init (1 or 0),
+    so that norm offsets and bias handling are exercised; matrices with a wider spread than
+    the default init, so that outputs are far from uniform."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:
+                param.add_(torch.randn_like(param) * 0.2)
+            else:
+                param.normal_(0.0, 0.08)
+
+
 def build_tiny(
     arch: str,
     out: Path,
@@ -106,15 +120,7 @@ def build_tiny(
     elif vocab_size:
         config.vocab_size = vocab_size
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for param in model.parameters():
-            # 1-D params are norms/biases: perturb around their init (1 or 0) so that norm
-            # offsets and bias handling are exercised; matrices get a wider spread than the
-            # default init so logits are far from uniform.
-            if param.ndim == 1:
-                param.add_(torch.randn_like(param) * 0.2)
-            else:
-                param.normal_(0.0, 0.08)
+    randomise(model)
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, safe_serialization=True, **kwargs)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .builders import randomise
 from .encoder_tokenizers import (
     bpe_tokenizer,
     unigram_tokenizer,
@@ -85,18 +86,6 @@ def _fingerprint() -> str:
 _SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
 
-def _randomise(model: Any) -> None:
-    """Perturb every weight (norms around 1, biases around 0, matrices wider than init)."""
-    import torch
-
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 1:
-                param.add_(torch.randn_like(param) * 0.2)
-            else:
-                param.normal_(0.0, 0.08)
-
-
 def _save(model: Any, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
@@ -108,7 +97,7 @@ def _build_bert(out: Path) -> None:
     cfg = tf.BertConfig(vocab_size=n_vocab, max_position_embeddings=96, type_vocab_size=2,
                         pad_token_id=0, **_SIZES)  # fmt: skip
     model = tf.BertModel(cfg, add_pooling_layer=True)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
 
@@ -126,7 +115,7 @@ def _build_xlmr(out: Path) -> None:
     import transformers as tf
 
     model = tf.XLMRobertaModel(_xlmr_config(unigram_tokenizer(out)), add_pooling_layer=True)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     write_sentence_transformers(out, 64, "cls_token", normalize=True)
 
@@ -155,7 +144,7 @@ def _build_xlmr_reranker(out: Path) -> None:
     tok_dir = out
     model = tf.XLMRobertaForSequenceClassification(_xlmr_config(unigram_tokenizer(tok_dir),
                                                                 num_labels=1))  # fmt: skip
-    _randomise(model)
+    randomise(model)
     model.eval()
     with torch.no_grad():
         rows = []
@@ -187,7 +176,7 @@ def _build_modernbert(out: Path) -> None:
         cls_token_id=1, sep_token_id=2, norm_eps=1e-5,
     )  # fmt: skip
     model = tf.ModernBertModel(cfg)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     write_sentence_transformers(out, 64, "mean_tokens", normalize=True)
 
@@ -206,7 +195,7 @@ def _build_nomic_bert(out: Path) -> None:
                              layer_norm_eps=1e-12, rope_parameters={"rope_type": "default",
                              "rope_theta": 1000.0}, **_SIZES)  # fmt: skip
     model = tf.NomicBertModel(cfg)
-    _randomise(model)
+    randomise(model)
     native = model.state_dict()
     hub: dict[str, torch.Tensor] = {}
     renames = (("embeddings.LayerNorm", "emb_ln"), ("self_attn.o_proj", "attn.out_proj"),
@@ -246,7 +235,7 @@ def _build_nomic_bert_native(out: Path) -> None:
                              rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
                              **_SIZES)  # fmt: skip
     model = tf.NomicBertModel(cfg)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     write_sentence_transformers(out, 64, "mean_tokens", normalize=False)
 
@@ -270,12 +259,12 @@ def _build_gemma_embedding(out: Path) -> None:
     )  # fmt: skip
     cfg.architectures = ["Gemma3TextModel"]
     model = tf.Gemma3TextModel(cfg)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     up = torch.nn.Linear(64, 192, bias=False)
     down = torch.nn.Linear(192, 64, bias=False)
-    _randomise(up)
-    _randomise(down)
+    randomise(up)
+    randomise(down)
     write_sentence_transformers(out, 64, "mean_tokens", normalize=True, dense=[up, down])
 
 
@@ -300,7 +289,7 @@ def _build_qwen3_embedding(out: Path) -> None:
     cfg = _qwen_config(n_vocab)
     cfg.architectures = ["Qwen3Model"]
     model = tf.Qwen3Model(cfg)
-    _randomise(model)
+    randomise(model)
     _save(model, out)
     write_sentence_transformers(out, 64, "lasttoken", normalize=True)
 
@@ -315,7 +304,7 @@ def _build_qwen3_reranker(out: Path) -> None:
     cfg = _qwen_config(n_vocab)
     cfg.tie_word_embeddings = False
     model = tf.Qwen3ForCausalLM(cfg)
-    _randomise(model)
+    randomise(model)
     model.eval()
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
