@@ -109,11 +109,14 @@ def choose_cmake_args() -> tuple[str, str]:
     user = os.environ.get("CMAKE_ARGS", "").strip()
     if user:
         return "user", user
+    # The RPC backend is built in everywhere: `ggufworker rpc-worker` serves it from the same
+    # build, and the protocol needs client and worker from one source line.
+    rpc = "-DGGML_RPC=ON"
     system, machine = platform.system(), platform.machine().lower()
     if system == "Darwin" and machine == "arm64":
-        return "metal", "-DGGML_METAL=ON"
+        return "metal", f"-DGGML_METAL=ON {rpc}"
     if has_cuda():
-        args = ["-DGGML_CUDA=ON"]
+        args = ["-DGGML_CUDA=ON", rpc]
         arch = cuda_architectures()
         if arch:
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
@@ -122,8 +125,8 @@ def choose_cmake_args() -> tuple[str, str]:
             args += x86_flags()
         return "cuda", " ".join(args)
     if machine in {"x86_64", "amd64"}:
-        return "cpu", " ".join(x86_flags())
-    return "cpu", ""
+        return "cpu", " ".join([*x86_flags(), rpc])
+    return "cpu", rpc
 
 
 def run(cmd: list[str], **kwargs: object) -> None:

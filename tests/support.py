@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def backend() -> str:
     """``cuda``/``metal``/... when llama.cpp offloads to a GPU here, else ``cpu``."""
-    import llama_cpp
+    from ggufworker.engine.devices import gpu_devices
 
-    if not llama_cpp.llama_supports_gpu_offload():
+    # not llama_supports_gpu_offload(): a CPU-only build with the RPC backend says true there
+    if not gpu_devices():
         return "cpu"
     return os.environ.get("GGUFWORKER_SUPPORT_BACKEND", "gpu")
 

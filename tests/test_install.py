@@ -58,13 +58,14 @@ def test_cuda_chosen_when_gpu_and_nvcc(install, monkeypatch: pytest.MonkeyPatch)
     assert backend == "cuda"
     assert "-DGGML_CUDA=ON" in args and "-DCMAKE_CUDA_ARCHITECTURES=90" in args
     assert "AMX" not in args
+    assert "-DGGML_RPC=ON" in args  # rpc-worker is served from the same build
 
 
 def test_metal_on_apple_silicon(install, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CMAKE_ARGS", raising=False)
     monkeypatch.setattr(install.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(install.platform, "machine", lambda: "arm64")
-    assert install.choose_cmake_args() == ("metal", "-DGGML_METAL=ON")
+    assert install.choose_cmake_args() == ("metal", "-DGGML_METAL=ON -DGGML_RPC=ON")
 
 
 def test_installed_build_passes_the_multi_token_self_check() -> None:

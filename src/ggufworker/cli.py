@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ggufworker.registry.cli",  # pull, list
     "ggufworker.run_cli",  # run, ps, show, rm, stop, cp, completion
     "ggufworker.bench",  # bench
+    "ggufworker.rpc_worker",  # rpc-worker
     "converters.cli",  # convert
 )
 

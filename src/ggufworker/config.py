@@ -263,6 +263,23 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_cli(metavar="N"),
     )
 
+    # --- several hosts: llama.cpp RPC workers (docs/DEPLOY.md) --------------------------------
+    rpc: StrList = Field(
+        default_factory=list,
+        description="split a model over `ggufworker rpc-worker`s, in a child process: "
+        "HOST:PORT[,...] for the first --model, or MODEL=HOST:PORT[,...]; repeatable",
+        json_schema_extra=_cli("--rpc", "[MODEL=]HOST:PORT[,...]"),
+    )
+
+    @field_validator("rpc", mode="before")
+    @classmethod
+    def _rpc_entries(cls, value: Any) -> Any:
+        """A JSON list, or one entry (its commas separate workers); checked at start-up."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [text] if text else []
+        return value
+
     # --- security and limits ---------------------------------------------------------------
     api_keys: StrList = Field(
         default_factory=list,

@@ -90,6 +90,15 @@ class GenerationError(GGUFWorkerError):
     """A failure inside one sequence; the request ends, others keep running."""
 
 
+class RpcWorkerUnavailableError(GGUFWorkerError):
+    """A llama.cpp RPC worker that a split model needs does not answer: that model's requests
+    fail (its message names the worker) until the worker is back and the model reloaded."""
+
+    def __init__(self, message: str, *, workers: tuple[str, ...] = ()) -> None:
+        super().__init__(message, param="model")
+        self.workers = workers
+
+
 # --- server ---------------------------------------------------------------------------------
 
 
@@ -142,6 +151,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorSpec], ...] = (
     (QueueFullError, ErrorSpec(429, "server_overloaded", "queue_full")),
     (ModelLoadingError, ErrorSpec(503, "server_error", "model_loading")),
     (EngineClosedError, ErrorSpec(503, "server_error", "engine_closed")),
+    (RpcWorkerUnavailableError, ErrorSpec(503, "server_error", "rpc_worker_unavailable")),
     (ModelLoadError, ErrorSpec(500, "server_error", "model_unavailable")),
     (GGUFWorkerError, ErrorSpec(500, "server_error", None)),
 )

@@ -135,6 +135,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         prompt_cache: PromptCacheOptions | None = None,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
+        rpc_servers: Sequence[str] = (),
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -171,6 +172,10 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             cache_type_k, cache_type_v: the KV cache's element types (``f16`` default, ``f32``,
                 ``bf16``, ``q8_0``, ``q5_1``, ``q5_0``, ``q4_1``, ``q4_0``, ``iq4_nl``); a
                 quantized V cache needs flash attention (an error with ``flash_attn=False``).
+            rpc_servers: ``host:port`` of llama.cpp RPC workers whose devices take the
+                offloaded layers (before local GPUs; see :mod:`ggufworker.engine.rpc`). A
+                worker that goes away aborts the process: run such an engine in a child
+                process (:mod:`ggufworker.engine.child`).
 
         Raises:
             ModelLoadError: the file is missing or llama.cpp cannot load it.
@@ -194,6 +199,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             split_mode=split_mode,
             main_gpu=main_gpu,
             tensor_split=tensor_split,
+            rpc_servers=rpc_servers,
         )
         if kv_unified is None and embed_seqs > 1:
             # llama.cpp splits a batch over per-sequence KV streams into equal-length

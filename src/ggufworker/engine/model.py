@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggufworker.engine._native import ensure_backend, llama_cpp
-from ggufworker.engine.devices import SPLIT_MODES, SplitMode, check_placement
+from ggufworker.engine.devices import SPLIT_MODES, Device, SplitMode, check_placement, gpu_devices
 from ggufworker.engine.threads import available_cpus
 from ggufworker.engine.types import ModelInfo
 from ggufworker.errors import InvalidRequestError, ModelLoadError
@@ -93,13 +93,31 @@ class Model:
         split_mode: SplitMode | None = None,
         main_gpu: int | None = None,
         tensor_split: Sequence[float] | None = None,
+        rpc_servers: Sequence[str] = (),
+        vocab_only: bool = False,
     ) -> None:
         ensure_backend()
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
         params = llama_cpp.llama_model_default_params()
-        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        params.vocab_only = vocab_only
+        # llama_supports_gpu_offload() is also true for a CPU-only build with the RPC backend,
+        # so offload follows the devices that are there: local GPUs, or RPC workers asked for.
+        local_gpus = gpu_devices()
+        devices = None
+        placement_devices = local_gpus
+        if rpc_servers:
+            from ggufworker.engine import rpc
+
+            remote = rpc.remote_devices(rpc_servers)
+            local = rpc.local_offload_devices()
+            # RPC devices first (llama.cpp's own order: fewer transfers), then local GPUs
+            devices = rpc.device_array([*remote, *local])
+            names = rpc.device_names([*remote, *local])
+            placement_devices = [Device(i, n, n, "gpu", 0, 0) for i, n in enumerate(names)]
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
+        gpu = bool(placement_devices)
         if n_gpu_layers is None:
             n_gpu_layers = -1 if gpu else 0
         params.n_gpu_layers = n_gpu_layers
@@ -107,7 +125,12 @@ class Model:
         # "Extra buffer types" repack weights for faster CPU matmuls (see docs/ENGINE.md).
         params.use_extra_bufts = repack
         # Several GPUs (see engine/devices.py); None leaves llama.cpp's default in place.
-        check_placement(split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split)
+        check_placement(
+            split_mode=split_mode,
+            main_gpu=main_gpu,
+            tensor_split=tensor_split,
+            gpus=placement_devices,
+        )
         if split_mode is not None:
             params.split_mode = SPLIT_MODES[split_mode]
         if main_gpu is not None:
@@ -117,12 +140,14 @@ class Model:
             shares = (ctypes.c_float * int(llama_cpp.llama_max_devices()))(*tensor_split)
             params.tensor_split = shares
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
-        del shares  # llama.cpp copied the split during the load
+        del shares, devices  # llama.cpp copied the split and the device list during the load
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (see log for the reason)")
         self.ptr = ptr
         self.gpu_layers = n_gpu_layers if gpu else 0
-        self.backend = "gpu" if gpu and n_gpu_layers != 0 else "cpu"
+        offloaded = gpu and n_gpu_layers != 0
+        # "rpc": layers on RPC workers (decoding waits on the network, not a local GPU)
+        self.backend = ("rpc" if rpc_servers else "gpu") if offloaded else "cpu"
         self.vocab = llama_cpp.llama_model_get_vocab(ptr)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._eog: tuple[int, ...] | None = None

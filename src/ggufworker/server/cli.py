@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     # GPU flags are checked against the devices before serving: a bad one is a start-up error
     # (one line, non-zero exit), not a model that fails to load later.
     plan_placements(settings)
+    if settings.rpc:  # --rpc entries name served models and well-formed workers
+        from ggufworker.server.core.rpc_split import rpc_assignments
+
+        rpc_assignments(settings)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         logger.warning(
             "listening on %s without API keys: anyone who can reach it can use it", settings.host

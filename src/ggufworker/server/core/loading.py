@@ -12,7 +12,7 @@ from ggufworker.config import ServerSettings
 if TYPE_CHECKING:
     from ggufworker.server.core.models import ModelSpec
 
-__all__ = ["load_engine", "resolve_source"]
+__all__ = ["load_engine", "resolve_source", "rpc_endpoints", "rpc_placement"]
 
 
 def resolve_source(source: str, settings: ServerSettings) -> Path:
@@ -23,6 +23,26 @@ def resolve_source(source: str, settings: ServerSettings) -> Path:
     from ggufworker.registry import pull
 
     return pull(source, home=settings.home, offline=settings.offline or None, progress=False)
+
+
+def rpc_endpoints(spec: ModelSpec, settings: ServerSettings) -> tuple[str, ...]:
+    """The RPC workers a served model is split over (none: it runs in this process)."""
+    if not settings.rpc or spec.embedding:
+        return ()
+    from ggufworker.server.core.rpc_split import rpc_assignments
+
+    return rpc_assignments(settings).get(spec.name, ())
+
+
+def rpc_placement(settings: ServerSettings) -> dict[str, Any]:
+    """Where an RPC-split model's layers go: ``--gpu-layers`` of them offloaded (the rest on
+    this host's CPU), shared by ``--tensor-split`` over the workers' devices, then local GPUs."""
+    return {
+        "n_threads": settings.threads,
+        "split_mode": settings.split_mode,
+        "main_gpu": settings.main_gpu,
+        "tensor_split": settings.tensor_split or None,
+    }
 
 
 def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
@@ -64,6 +84,11 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
             embed_seqs=settings.embedding_parallel,
             kv_layout="unified",
         )
+    endpoints = rpc_endpoints(spec, settings)
+    if endpoints:  # split over RPC workers: one engine, in a supervised child process
+        from ggufworker.server.core.rpc_split import load_split
+
+        return load_split(path, endpoints, {**options, **rpc_placement(settings)})
     if len(placements) > 1:
         return ReplicaSet.load(path, placements, n_threads=settings.threads, **options)
     return Engine.load(

@@ -20,6 +20,7 @@ from ggufworker.errors import (
     GGUFWorkerError,
     ModelLoadError,
     ModelNotFoundError,
+    RpcWorkerUnavailableError,
     WrongModelKindError,
 )
 from ggufworker.registry.schema import LATEST_TAG
@@ -341,7 +342,8 @@ class ModelManager:
                     await asyncio.to_thread(engine.close)
                     raise
                 model.engine = engine
-            except ModelNotFoundError as exc:
+            except (ModelNotFoundError, RpcWorkerUnavailableError) as exc:
+                # as they are: a 404, or a 503 naming the RPC worker that does not answer
                 model.state, model.error = "failed", str(exc)
                 raise
             except Exception as exc:

@@ -312,7 +312,8 @@ def plan_placements(settings: ServerSettings, *, embedding: bool = False) -> lis
             1 if embedding else settings.replicas,
             split_mode=settings.split_mode,
             main_gpu=settings.main_gpu,
-            tensor_split=settings.tensor_split or None,
+            # with --rpc the split is over the RPC-split models' devices (loading.rpc_placement)
+            tensor_split=None if settings.rpc else settings.tensor_split or None,
             n_gpu_layers=settings.gpu_layers,
         )
     except InvalidRequestError as exc:

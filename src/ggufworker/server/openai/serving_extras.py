@@ -60,6 +60,9 @@ def list_models(manager: ModelManager) -> ModelList:
             }
             if not model.spec.embedding:  # per-replica (per-GPU) slots, see server/replicas.py
                 card.meta["replicas"] = [asdict(r) for r in replica_stats(model.engine)]
+            if hasattr(model.engine, "rpc_workers"):  # split over llama.cpp RPC workers
+                card.meta["rpc_workers"] = model.engine.rpc_workers()
+                card.meta["rpc_state"] = model.engine.state
     # LoRA adapters: a card each, its parent the base (vLLM's shape), id BASE:NAME
     for base, spec in manager.loras.items():
         parent = cards.get(base)
