@@ -245,6 +245,22 @@ class LoraAdapters:
         with self._lora_lock:
             return [self._adapters[i].info for i in sorted(self._adapters)]
 
+    def lora_activity(self) -> tuple[list[str], list[str]]:
+        """Names of the adapters that running requests use, and of those that waiting
+        requests use (sorted; the base alone is no adapter). Read without stopping the
+        scheduler: a gauge for routers, possibly one step stale."""
+        with self._lora_lock:
+            names = {i: a.info.name for i, a in self._adapters.items()}
+        running: set[str] = set()
+        for slot in list(self._sched.slots):
+            req = slot.req
+            if req is not None:
+                running.update(names[i] for i, _ in req.lora_key if i in names)
+        waiting = {
+            names[i] for req in list(self._sched.waiting) for i, _ in req.lora_key if i in names
+        }
+        return sorted(running), sorted(waiting)
+
     def set_lora_scales(self, scales: dict[int, float]) -> list[LoraInfo]:
         """Set the global scales (applied to requests that carry no adapter list; 0 by default,
         so the base id is the base), as llama-server's ``POST /lora-adapters`` does.

@@ -75,6 +75,21 @@ class SlotCache:
             best = max(best, common_prefix(cached, wanted))
         return best
 
+    def kv_usage(self) -> float:
+        """The share (0..1) of the KV cache holding tokens: cells in use over the pool's cells
+        (one pool shared by the slots, or a stream per slot), or, for fixed-size recurrent
+        state, the share of sequences in use. Read without stopping the scheduler (a gauge,
+        possibly one step stale)."""
+        sched = self._sched
+        slots = list(sched.slots)
+        if not slots:
+            return 0.0
+        if sched.state_memory and not sched.kv_cells:
+            return sum(1 for s in slots if s.req is not None or s.cache) / len(slots)
+        capacity = sched.n_ctx if sched.kv_cells else sched.n_ctx * len(slots)
+        used = sum(len(s.cache) for s in slots)
+        return min(1.0, used / capacity) if capacity > 0 else 0.0
+
     def clear_cache(self) -> None:
         """Forget every idle slot's cached prefix, their checkpoints and the RAM tier (the next
         requests start cold unless the disk tier holds their prompt)."""
