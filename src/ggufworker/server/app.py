@@ -23,6 +23,7 @@ from ggufworker.server.core.openapi import install_openapi
 from ggufworker.server.core.router_metrics import RouterGaugeCollector
 from ggufworker.server.core.routes import public
 from ggufworker.server.core.routes import router as lifecycle_router
+from ggufworker.server.core.rpc_split import RpcCollector
 from ggufworker.server.core.slots_router import router as slots_router
 from ggufworker.server.lifecycle.router import router as models_router
 from ggufworker.server.lora.router import LoraCollector
@@ -98,6 +99,8 @@ def create_app(
     app.state.metrics.registry.register(LoraCollector(current))
     # vLLM-named gauges for Kubernetes routers (llm-d, Gateway API Inference Extension)
     app.state.metrics.registry.register(RouterGaugeCollector(current))
+    # the llama.cpp RPC workers of split models, up or down
+    app.state.metrics.registry.register(RpcCollector(lambda: getattr(app.state, "manager", None)))
     install_error_handlers(app)
     install_openapi(app)  # every route's real statuses and content types (server/openapi.py)
     # one router per API surface over the shared core; same keys, limits and metrics for all
