@@ -262,6 +262,12 @@ class ServerSettings(BaseSettings):
         "holding their prefix, else the one with the most free slots",
         json_schema_extra=_cli(metavar="N"),
     )
+    ray: str | None = Field(
+        default=None,
+        description="serve through the Ray cluster at ADDRESS (host:port, or auto): --replicas "
+        "engine replicas per model over its nodes (needs ggufworker[ray], see docs/DEPLOY.md)",
+        json_schema_extra=_cli(metavar="ADDRESS"),
+    )
 
     # --- several hosts: llama.cpp RPC workers (docs/DEPLOY.md) --------------------------------
     rpc: StrList = Field(

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ggufworker.server.core.replicas import plan_placements
 
     settings = settings_from_args(args)
+    if settings.ray:
+        return _run_on_ray(settings)
     # GPU flags are checked against the devices before serving: a bad one is a start-up error
     # (one line, non-zero exit), not a model that fails to load later.
     plan_placements(settings)
@@ -66,4 +68,18 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         log_config=None,
     )
+    return 0
+
+
+def _run_on_ray(settings: Any) -> int:
+    """``--ray ADDRESS``: the same app on Ray Serve, engine replicas over the cluster."""
+    from ggufworker.errors import InvalidRequestError
+
+    try:
+        from ggufworker.deploy import run_on_ray
+    except ImportError as exc:
+        raise InvalidRequestError(
+            f"--ray needs Ray Serve: pip install 'ggufworker[ray]' ({exc})", param="ray"
+        ) from None
+    run_on_ray(settings, address=settings.ray)
     return 0

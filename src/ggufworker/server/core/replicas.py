@@ -273,7 +273,11 @@ def _alive(engine: Any) -> bool:
 
 
 def replica_stats(engine: Any) -> list[ReplicaStats]:
-    """Per-replica load of a loaded model: one entry per replica, one for a plain engine."""
+    """Per-replica load of a loaded model: one entry per replica, one for a plain engine
+    (an engine that knows its replicas itself, as the Ray path's, answers for them)."""
+    own = getattr(engine, "replica_stats", None)
+    if callable(own):
+        return list(own())
     if isinstance(engine, ReplicaSet):
         members = [(r.index, r.device, r.engine) for r in engine.replicas]
     else:
