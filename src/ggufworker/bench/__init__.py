@@ -9,6 +9,8 @@ of an embedding or rerank model, batched and concurrent, against llama-server
 (:mod:`ggufworker.bench.embed_bench`). With ``--lora-adapters N``: clients spread over N LoRA
 adapters of the model against the same clients on the base alone
 (:mod:`ggufworker.bench.lora_bench`).
+With ``--rpc-workers N``: the model split over N loopback llama.cpp RPC workers against it
+local (:mod:`ggufworker.bench.rpc_bench`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     from ggufworker.bench import lora_bench
 
     lora_bench.add_arguments(p)
+    from ggufworker.bench import rpc_bench
+
+    rpc_bench.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -74,6 +79,12 @@ def _http_module() -> Any:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.rpc_workers:
+        from ggufworker.bench import rpc_bench
+
+        result = rpc_bench.run(args)
+        print(json.dumps(result, indent=2) if args.json else rpc_bench.format_report(result))
+        return 0
     if args.lora_adapters:
         from ggufworker.bench import lora_bench
 
