@@ -11,6 +11,8 @@ adapters of the model against the same clients on the base alone
 (:mod:`ggufworker.bench.lora_bench`).
 With ``--rpc-workers N``: the model split over N loopback llama.cpp RPC workers against it
 local (:mod:`ggufworker.bench.rpc_bench`).
+With ``--ray``: the Ray Serve path's overhead per request against the server direct
+(:mod:`ggufworker.bench.ray_bench`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     from ggufworker.bench import rpc_bench
 
     rpc_bench.add_arguments(p)
+    from ggufworker.bench import ray_bench
+
+    ray_bench.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -79,6 +84,12 @@ def _http_module() -> Any:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.ray:
+        from ggufworker.bench import ray_bench
+
+        result = ray_bench.run(args)
+        print(json.dumps(result, indent=2) if args.json else ray_bench.format_report(result))
+        return 0
     if args.rpc_workers:
         from ggufworker.bench import rpc_bench
 
