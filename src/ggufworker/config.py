@@ -188,6 +188,25 @@ class ServerSettings(BaseSettings):
     )
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a slot before 429")
 
+    # --- speculative decoding (docs/ENGINE.md "Speculative decoding") ------------------------
+    spec_type: Literal["none", "ngram", "draft", "ngram-simple", "draft-simple"] = Field(
+        default="none",
+        description="speculative decoding: ngram (drafts from the request's own prompt and "
+        "output, for edits, quotes and listings), draft (a small draft model, "
+        "--spec-draft-model) or none; the engine plans draft lengths from acceptance and load",
+    )
+    spec_draft_model: str | None = Field(
+        default=None,
+        description="draft model (GGUF path or registry name) sharing the model's vocabulary",
+        json_schema_extra=_cli(short="-md", metavar="MODEL"),
+    )
+    spec_draft_n_max: int = Field(
+        default=16, ge=1, le=64, description="most draft tokens per sequence and step"
+    )
+    spec_draft_n_min: int = Field(
+        default=0, ge=0, le=64, description="shorter drafts are not verified"
+    )
+
     # --- prompt cache (docs/ENGINE.md "Prompt cache") ----------------------------------------
     cache_ram: int = Field(
         default=1024,
@@ -393,6 +412,14 @@ class ServerSettings(BaseSettings):
                 f"a {self.cache_type_v} V cache (--cache-type-v) needs flash attention: "
                 "drop --no-flash-attn"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _draft_needs_a_model(self) -> ServerSettings:
+        if self.spec_draft_model and self.spec_type == "none":
+            self.spec_type = "draft"  # as llama-server: naming a draft model turns it on
+        if self.spec_type in ("draft", "draft-simple") and not self.spec_draft_model:
+            raise ValueError("--spec-type draft needs a draft model (--spec-draft-model)")
         return self
 
     def served_models(self) -> list[str]:

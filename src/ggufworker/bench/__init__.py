@@ -8,7 +8,9 @@ the HTTP-level benchmark of :mod:`ggufworker.bench.http` when that module is pre
 of an embedding or rerank model, batched and concurrent, against llama-server
 (:mod:`ggufworker.bench.embed_bench`). With ``--lora-adapters N``: clients spread over N LoRA
 adapters of the model against the same clients on the base alone
-(:mod:`ggufworker.bench.lora_bench`).
+(:mod:`ggufworker.bench.lora_bench`). With ``--speculation``: speculative decoding per workload
+(edit, quote, structured, chat) against no speculation and llama-server's n-gram speculation
+(:mod:`ggufworker.bench.spec_bench`).
 With ``--rpc-workers N``: the model split over N loopback llama.cpp RPC workers against it
 local (:mod:`ggufworker.bench.rpc_bench`).
 With ``--ray``: the Ray Serve path's overhead per request against the server direct
@@ -70,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     from ggufworker.bench import rpc_bench
 
     rpc_bench.add_arguments(p)
+    from ggufworker.bench import spec_bench
+
+    spec_bench.add_arguments(p)
     from ggufworker.bench import ray_bench
 
     ray_bench.add_arguments(p)
@@ -89,6 +94,12 @@ def _main(args: argparse.Namespace) -> int:
 
         result = ray_bench.run(args)
         print(json.dumps(result, indent=2) if args.json else ray_bench.format_report(result))
+        return 0
+    if args.speculation:
+        from ggufworker.bench import spec_bench
+
+        result = spec_bench.run(args)
+        print(json.dumps(result, indent=2) if args.json else spec_bench.format_report(result))
         return 0
     if args.rpc_workers:
         from ggufworker.bench import rpc_bench

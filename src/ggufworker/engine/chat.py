@@ -14,6 +14,7 @@ import copy
 import datetime
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
@@ -123,3 +124,44 @@ def render_chat(
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
         # templates are untrusted code: their runtime errors are the request's problem
         raise TemplateError(f"chat template failed: {exc}") from exc
+
+
+class TextHelpers:
+    """The engine's tokenizer and chat template helpers (any thread)."""
+
+    _model: Any
+    info: Any
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        """Tokenize ``text`` (BOS added if the model wants it and ``add_special``)."""
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Token ids back to text."""
+        return self._model.detokenize(ids)
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        **template_kwargs: Any,
+    ) -> str:
+        """Render messages with the model's chat template (ChatML if it has none);
+        ``template_kwargs`` become extra template variables (``enable_thinking``...).
+
+        Tokenize the result with ``parse_special=True``; user text inside it stays plain text
+        only if callers never let users inject template tokens, which is the server's job.
+        """
+        return render_chat(
+            self.info.chat_template,
+            messages,
+            bos_token=self.info.bos_token,
+            eos_token=self.info.eos_token,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+        )

@@ -12,7 +12,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ggufworker.engine._native import llama_cpp
 from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, request_mode
@@ -20,7 +20,7 @@ from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.budget import thinking_budget
 from ggufworker.engine.cache_tiers import layout_key
-from ggufworker.engine.chat import render_chat
+from ggufworker.engine.chat import TextHelpers
 from ggufworker.engine.devices import SplitMode
 from ggufworker.engine.embedding import Embedding
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
@@ -32,11 +32,13 @@ from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import bias_arrays, build_chain, is_plain_greedy, validate
 from ggufworker.engine.scheduler import Request, Scheduler
 from ggufworker.engine.slot_cache import SlotCache
+from ggufworker.engine.speculation import SpeculationOptions
+from ggufworker.engine.speculation_draft import DraftModel
 from ggufworker.engine.state_files import (
     model_digest,
 )
 from ggufworker.engine.threads import ForeignLoad, ThreadTuner, available_cpus
-from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
+from ggufworker.engine.types import GenerationRequest, ModelInfo
 from ggufworker.errors import (
     ContextLengthExceededError,
     EngineClosedError,
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Engine(SlotCache, Embedding, LoraAdapters):
+class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
     """A loaded model serving many requests at once through continuous batching."""
 
     def __init__(
@@ -61,6 +63,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         max_queue: int,
         pipeline: bool | None = None,
         prompt_cache: PromptCacheOptions | None = None,
+        speculation: SpeculationOptions | None = None,
     ) -> None:
         self._model = model
         self._opts = opts
@@ -73,7 +76,18 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             n_seq=n_seq,
             cache_types=(opts.cache_type_k, opts.cache_type_v),
         )
-        self._ctx = model.new_context(opts)
+        spec = speculation or SpeculationOptions()
+        self._draft = (
+            DraftModel(spec.draft_model, model, opts)
+            if spec.mode == "draft" and spec.draft_model
+            else None
+        )
+        try:
+            self._ctx = model.new_context(opts)
+        except BaseException:
+            if self._draft is not None:
+                self._draft.close()
+            raise
         # the context one sequence can use (the whole pool, or its own stream)
         n_ctx = int(llama_cpp.llama_n_ctx_seq(self._ctx))
         self.info: ModelInfo = model.info(name=name, n_ctx=n_ctx, n_parallel=opts.n_parallel)
@@ -96,6 +110,8 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             prompt_cache=cache_opts,
             model_id=self._digest,
             layout=self._layout,
+            speculation=spec,
+            draft=self._draft,
         )
         self._init_embedding()
         self._init_lora()
@@ -136,6 +152,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         rpc_servers: Sequence[str] = (),
+        speculation: SpeculationOptions | None = None,
     ) -> Engine:
         """Load a GGUF file and start its scheduler thread.
 
@@ -172,6 +189,8 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             cache_type_k, cache_type_v: the KV cache's element types (``f16`` default, ``f32``,
                 ``bf16``, ``q8_0``, ``q5_1``, ``q5_0``, ``q4_1``, ``q4_0``, ``iq4_nl``); a
                 quantized V cache needs flash attention (an error with ``flash_attn=False``).
+            speculation: speculative decoding (n-gram prompt lookup or a draft model, see
+                :mod:`ggufworker.engine.speculation`); None: off.
             rpc_servers: ``host:port`` of llama.cpp RPC workers whose devices take the
                 offloaded layers (before local GPUs; see :mod:`ggufworker.engine.rpc`). A
                 worker that goes away aborts the process: run such an engine in a child
@@ -185,6 +204,9 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             raise InvalidRequestError("need n_parallel >= 1, n_ctx >= 8 and n_batch >= n_parallel")
         check_cache_types(cache_type_k, cache_type_v, flash_attn=flash_attn)
         embed_seqs = max(1, embed_seqs) if embedding else 0
+        spec = speculation or SpeculationOptions()
+        if spec.mode == "draft" and not spec.draft_model:
+            raise InvalidRequestError("draft speculation needs a draft model", param="draft_model")
         if n_parallel + embed_seqs > 256:  # llama.cpp's LLAMA_MAX_SEQ
             raise InvalidRequestError("n_parallel plus embed_seqs must be at most 256")
         if backend_sampling not in ("auto", "on", "off"):
@@ -227,6 +249,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             cache_type_v=cache_type_v,
             swa_full=swa_full,
             backend_sampling=not embedding and backend_enabled(backend_sampling, model.backend),
+            rows_per_seq=1 + spec.n_max if spec.enabled else 1,
         )
         try:
             return cls(
@@ -236,46 +259,11 @@ class Engine(SlotCache, Embedding, LoraAdapters):
                 max_queue=max_queue,
                 pipeline=pipeline,
                 prompt_cache=prompt_cache,
+                speculation=spec,
             )
         except BaseException:
             model.close()
             raise
-
-    # --- text helpers ------------------------------------------------------------------------
-
-    def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = False
-    ) -> list[int]:
-        """Tokenize ``text`` (BOS added if the model wants it and ``add_special``)."""
-        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Token ids back to text."""
-        return self._model.detokenize(ids)
-
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        tools: list[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        **template_kwargs: Any,
-    ) -> str:
-        """Render messages with the model's chat template (ChatML if it has none);
-        ``template_kwargs`` become extra template variables (``enable_thinking``...).
-
-        Tokenize the result with ``parse_special=True``; user text inside it stays plain text
-        only if callers never let users inject template tokens, which is the server's job.
-        """
-        return render_chat(
-            self.info.chat_template,
-            messages,
-            bos_token=self.info.bos_token,
-            eos_token=self.info.eos_token,
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-            **template_kwargs,
-        )
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -319,6 +307,13 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         # a RowSampler draws on the host: from the graph's top-k, or from the copied logits
         host_draw = not greedy and not backend and self.batched_sampling and vectorised(params)
         sampler = RowSampler(params) if backend in HOST_DRAWN or host_draw else None
+        # drafts are verified for tokens chosen on the host from the step's rows
+        speculative = (
+            params.speculative
+            and (greedy or host_draw)
+            and params.logprobs is None
+            and params.reasoning_budget is None
+        )
         try:
             # (a backend-sampled request gets its slot's chain at admission)
             chain = (
@@ -346,6 +341,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
                 backend=backend,
                 budget=thinking_budget(params.reasoning_budget, self._model),
                 lora_key=lora_key,
+                speculative=speculative,
             ),
         )
         if self._closed:  # closed while we were queuing: the scheduler may never see it
@@ -382,27 +378,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
 
     def generate(self, request: GenerationRequest) -> Completion:
         """Run a request to the end and return the whole completion (blocking)."""
-        handle = self.submit(request)
-        parts: list[str] = []
-        ids: list[int] = []
-        events: list[TokenEvent] = []
-        final: TokenEvent | None = None
-        for ev in handle:
-            parts.append(ev.text)
-            if ev.token_id is not None:
-                ids.append(ev.token_id)
-                events.append(ev)
-            if ev.finish_reason is not None:
-                final = ev
-        if final is None or final.usage is None:
-            raise EngineClosedError("the request was cancelled before it finished")
-        return Completion(
-            text="".join(parts),
-            token_ids=ids,
-            finish_reason=final.finish_reason,  # type: ignore[arg-type]
-            usage=final.usage,
-            logprobs=events if request.params.logprobs is not None else None,
-        )
+        return self.submit(request).collect(logprobs=request.params.logprobs is not None)
 
     # --- embeddings --------------------------------------------------------------------------
 
@@ -457,6 +433,7 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         with self._lock:
             queued = max(0, self._outstanding - busy)
             t = list(self._totals)
+        spec = self._sched.spec_counters
         return EngineStats(
             n_parallel=self._opts.n_parallel,
             busy_slots=busy,
@@ -466,6 +443,10 @@ class Engine(SlotCache, Embedding, LoraAdapters):
             total_generated_tokens=t[1],
             total_cached_tokens=t[2],
             total_requests=t[3],
+            spec_drafts=spec.drafts,
+            spec_draft_tokens=spec.draft_tokens,
+            spec_accepted_tokens=spec.accepted_tokens,
+            spec_accepted_per_pos=tuple(spec.accepted_per_pos),
         )
 
     def close(self) -> None:
@@ -478,6 +459,8 @@ class Engine(SlotCache, Embedding, LoraAdapters):
         llama_cpp.llama_free(self._ctx)
         self._free_loras()
         self._ctx = None  # type: ignore[assignment]
+        if self._draft is not None:
+            self._draft.close()
         self._model.close()
 
     def __enter__(self) -> Engine:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from ggufworker.engine.types import TokenEvent, Usage
+from ggufworker.errors import EngineClosedError
 
 _END = object()  # stream ended without a final event (cancelled)
 
@@ -66,6 +67,12 @@ class EngineStats:
     total_generated_tokens: int
     total_cached_tokens: int = 0
     total_requests: int = 0
+    #: speculation (llama-server's spec_decode_* counters): verifications with drafts, draft
+    #: tokens verified, draft tokens accepted, and accepted ones by draft position (from 1)
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_accepted_per_pos: tuple[int, ...] = ()
 
 
 class RequestHandle:
@@ -165,3 +172,31 @@ class RequestHandle:
 
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
         return self._aiter()
+
+    def collect(self, *, logprobs: bool = False) -> Completion:
+        """Iterate to the end and return the whole completion (blocking); ``logprobs`` keeps
+        each token's event.
+
+        Raises:
+            EngineClosedError: the request was cancelled before it finished.
+        """
+        parts: list[str] = []
+        ids: list[int] = []
+        events: list[TokenEvent] = []
+        final: TokenEvent | None = None
+        for ev in self:
+            parts.append(ev.text)
+            if ev.token_id is not None:
+                ids.append(ev.token_id)
+                events.append(ev)
+            if ev.finish_reason is not None:
+                final = ev
+        if final is None or final.usage is None:
+            raise EngineClosedError("the request was cancelled before it finished")
+        return Completion(
+            text="".join(parts),
+            token_ids=ids,
+            finish_reason=str(final.finish_reason),
+            usage=final.usage,
+            logprobs=events if logprobs else None,
+        )

@@ -78,6 +78,9 @@ class ContextOptions:
     # output row per sequence in a step (what the scheduler makes), and llama.cpp sizes each
     # sequence's sampler graph for one row
     backend_sampling: bool = False
+    #: most output rows one sequence has in a step: 1, or 1 + the draft tokens speculation
+    #: may verify (engine/speculation.py)
+    rows_per_seq: int = 1
 
 
 class Model:
@@ -337,7 +340,7 @@ class Model:
         params.type_v = KV_CACHE_TYPES[opts.cache_type_v]
         params.no_perf = True
         if opts.backend_sampling:
-            params.n_outputs_max_per_seq = 1
+            params.n_outputs_max_per_seq = opts.rows_per_seq
         if opts.embedding:
             pooling = self.metadata.get(f"{self.architecture}.pooling_type")
             params.pooling_type = int(pooling) if pooling else llama_cpp.LLAMA_POOLING_TYPE_MEAN

@@ -55,6 +55,9 @@ from ggufworker.engine.model import Model
 from ggufworker.engine.prompt_cache import PromptCacheOptions
 from ggufworker.engine.sampling import biased_argmax, free_chain, logprobs_of
 from ggufworker.engine.slots import Request, Slot
+from ggufworker.engine.spec_slots import SpecSlots
+from ggufworker.engine.speculation import SpeculationOptions
+from ggufworker.engine.speculation_draft import DraftModel
 from ggufworker.engine.threads import ThreadTuner
 from ggufworker.engine.types import TokenEvent, Usage
 from ggufworker.errors import EngineClosedError, GenerationError
@@ -62,7 +65,7 @@ from ggufworker.errors import EngineClosedError, GenerationError
 logger = logging.getLogger(__name__)
 
 
-class Scheduler(LoraSlots):
+class Scheduler(LoraSlots, SpecSlots):
     """Owns the llama_context; runs in its own thread; talk to it through :meth:`post`."""
 
     def __init__(
@@ -78,6 +81,8 @@ class Scheduler(LoraSlots):
         prompt_cache: PromptCacheOptions | None = None,
         model_id: str | None = None,
         layout: str = "unified",
+        speculation: SpeculationOptions | None = None,
+        draft: DraftModel | None = None,
     ) -> None:
         self.model = model
         # Follows the CPU time really available (engine/threads.py); None: fixed threads.
@@ -110,6 +115,7 @@ class Scheduler(LoraSlots):
         self._init_prompt_cache(
             prompt_cache or PromptCacheOptions(), model_id=model_id, layout=layout
         )
+        self._init_speculation(speculation or SpeculationOptions(), draft)
         self.thread = threading.Thread(target=self._run, name="ggufworker-scheduler", daemon=True)
 
     # --- control ---------------------------------------------------------------------------
@@ -235,13 +241,10 @@ class Scheduler(LoraSlots):
                 self._emit(victim)  # its last sampled token first (may end it on a stop)
             if victim.req is not None:
                 self._finish(victim, "length", "", None)
-        n_out = 0
-        for s in decoding:
-            s.out_idx = batch.add(s.next_token, len(s.cache), s.seq, True)
-            s.out_row = n_out
-            n_out += 1
-        budget = min(self.n_batch - batch.n, free_cells - len(decoding))
         prefilling = [s for s in active if s.req is not None and s.next_token < 0]
+        # one token per decoding slot (and its drafts, engine/spec_slots.py)
+        n_out, n_draft = self._add_decoding(decoding, prefilling, free_cells)
+        budget = min(self.n_batch - batch.n, free_cells - len(decoding) - n_draft)
         prefilling.sort(key=lambda s: s.req.t_submit)  # type: ignore[union-attr]
         for s in prefilling:
             s.out_idx = -1
@@ -296,6 +299,8 @@ class Scheduler(LoraSlots):
                     self._take_checkpoint(s)
         if self.tuner is not None:
             self._tune_threads(took, len(active), decode_only)
+        if decode_only:
+            self._observe_step(batch.n, took)
         if self.pipeline:
             # The GPU is computing this step: make the previous step's events meanwhile.
             self._emit_pending(active)
@@ -304,7 +309,11 @@ class Scheduler(LoraSlots):
         logits: np.ndarray | None = None
         batched: list[Slot] = []
         cut: list[Slot] = []
+        spec: list[Slot] = []
         for s in active:
+            if s.draft:  # verified below (also when its request just ended: cells to remove)
+                spec.append(s)
+                continue
             req = s.req
             if req is None or s.out_idx < 0:
                 continue
@@ -337,6 +346,8 @@ class Scheduler(LoraSlots):
             self._sample_batched(batched, logits, now)
         if cut:
             self._sample_cut(cut, now)
+        if spec:
+            self._verify(spec, logits, now)
         if not self.pipeline:
             self._emit_pending(active)
 

@@ -11,6 +11,7 @@ from ggufworker.engine.batch_sampling import RowSampler
 from ggufworker.engine.budget import ThinkingBudget
 from ggufworker.engine.handle import RequestHandle
 from ggufworker.engine.prompt_cache import Checkpoint
+from ggufworker.engine.speculation import SlotSpec
 from ggufworker.engine.text import TextStream
 from ggufworker.engine.types import SamplingParams
 
@@ -47,6 +48,9 @@ class Request:
     budget: ThinkingBudget | None = None
     # the LoRA adapter set it runs under ((adapter id, scale) pairs; () is the base)
     lora_key: tuple[tuple[int, float], ...] = ()
+    # may draft tokens be verified for it (engine/spec_slots.py): greedy or row-sampled, no
+    # logprobs, no thinking budget, not backend-sampled, not turned off by the request
+    speculative: bool = False
 
 
 @dataclass(eq=False)
@@ -80,6 +84,10 @@ class Slot:
     ckpt_plan: list[int] = field(default_factory=list)
     # the LoRA adapter set this sequence's memory was computed under (engine/lora.py)
     lora_key: tuple[tuple[int, float], ...] = ()
+    # speculation (engine/spec_slots.py): this step's draft tokens, decoded after next_token,
+    # and the slot's acceptance history and n-gram index
+    draft: list[int] = field(default_factory=list)
+    spec: SlotSpec = field(default_factory=SlotSpec)
 
 
 def common_prefix(a: list[int], b: list[int], chunk: int = 256) -> int:

@@ -66,6 +66,8 @@ class SamplingParams:
     render_special: bool = False
     #: most thinking tokens before the block is closed (None: no cap)
     reasoning_budget: ReasoningBudget | None = None
+    #: may the engine verify draft tokens for this request (when it speculates at all)
+    speculative: bool = True
 
 
 @dataclass(frozen=True)

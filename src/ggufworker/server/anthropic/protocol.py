@@ -302,6 +302,12 @@ class MessageCreateRequest(CountTokensRequest):
     )
     top_k: int | None = Field(default=None, ge=0, description="top-k sampling (0: off)")
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    # --- ggufworker extension ---
+    speculative: bool = Field(
+        default=True,
+        description="verify draft tokens when the server speculates (--spec-type); false "
+        "turns speculation off for this request",
+    )
 
     def to_sampling_params(self) -> SamplingParams:
         """The engine's sampling settings (Anthropic's temperature default; the engine's
@@ -317,6 +323,7 @@ class MessageCreateRequest(CountTokensRequest):
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             stop=stop_strings(self.stop_sequences),
             json_schema=schema,
+            speculative=self.speculative,
         )
 
 

@@ -76,6 +76,17 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
         backend_sampling=settings.backend_sampling,
         prompt_cache=prompt_cache,
     )
+    if not spec.embedding and settings.spec_type not in ("none",):
+        from ggufworker.engine.speculation import SpeculationOptions, spec_mode
+
+        mode = spec_mode(settings.spec_type)
+        draft = settings.spec_draft_model
+        options["speculation"] = SpeculationOptions(
+            mode=mode,
+            draft_model=str(resolve_source(draft, settings)) if mode == "draft" and draft else None,
+            n_max=settings.spec_draft_n_max,
+            n_min=settings.spec_draft_n_min,
+        )
     if spec.embedding:
         # sequences are cleared after each decode: one pool of a decode's tokens is enough
         options.update(

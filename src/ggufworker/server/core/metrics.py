@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ggufworker.server.core.replicas import replica_stats
+from ggufworker.server.core.spec_metrics import SpecCollector
 
 if TYPE_CHECKING:
     from ggufworker.server.core.models import ModelManager
@@ -202,6 +203,7 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(manager))
+        r.register(SpecCollector(manager, PREFIX))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

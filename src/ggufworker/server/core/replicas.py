@@ -15,6 +15,7 @@ CPU engines sharing the cores. :class:`ReplicaSet` looks like one engine to the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -260,6 +261,15 @@ class ReplicaSet:
             total_generated_tokens=sum(s.total_generated_tokens for s in parts),
             total_cached_tokens=sum(s.total_cached_tokens for s in parts),
             total_requests=sum(s.total_requests for s in parts),
+            spec_drafts=sum(s.spec_drafts for s in parts),
+            spec_draft_tokens=sum(s.spec_draft_tokens for s in parts),
+            spec_accepted_tokens=sum(s.spec_accepted_tokens for s in parts),
+            spec_accepted_per_pos=tuple(
+                sum(c)
+                for c in itertools.zip_longest(
+                    *(s.spec_accepted_per_pos for s in parts), fillvalue=0
+                )
+            ),
         )
 
     def close(self) -> None:

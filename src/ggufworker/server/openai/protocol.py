@@ -104,6 +104,11 @@ class SamplingFields(OpenAIBaseModel):
     )
     grammar: str | None = Field(default=None, description="GBNF grammar constraining the output")
     ignore_eos: bool = Field(default=False, description="keep generating past end-of-sequence")
+    speculative: bool = Field(
+        default=True,
+        description="verify draft tokens when the server speculates (--spec-type); false "
+        "turns speculation off for this request",
+    )
     # --- extensions (LoRA adapters, as llama-server's per-request field) ---
     lora: list[LoraRef] | None = Field(
         default=None,
@@ -153,6 +158,7 @@ class SamplingFields(OpenAIBaseModel):
             json_schema=json_schema,
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
+            speculative=self.speculative,
         )
 
 

@@ -241,6 +241,11 @@ class ResponsesRequest(ResponsesInput):
     seed: int | None = Field(default=None, description="sampling seed, for reproducible output")
     top_k: int | None = Field(default=None, ge=0, description="top-k sampling (0: off)")
     min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="min-p sampling")
+    speculative: bool = Field(
+        default=True,
+        description="verify draft tokens when the server speculates (--spec-type); false "
+        "turns speculation off for this request",
+    )
     repeat_penalty: float | None = Field(
         default=None, ge=0.0, le=10.0, description="repetition penalty"
     )
@@ -285,6 +290,7 @@ class ResponsesRequest(ResponsesInput):
             seed=self.seed,
             stop=stop_strings(self.stop),
             json_schema=schema,
+            speculative=self.speculative,
         )
 
     def to_chat_request(
