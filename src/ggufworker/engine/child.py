@@ -112,10 +112,15 @@ class ChildEngine:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([*sys.path, env.get("PYTHONPATH", "")])
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ggufworker.engine.child_main", str(theirs.fileno())],
+            [
+                sys.executable,
+                "-m",
+                "ggufworker.engine.child_main",
+                str(theirs.fileno()),
+                str(os.getpid()),
+            ],
             pass_fds=[theirs.fileno()],
             env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         theirs.close()
         self._conn = Connection(ours.detach())
@@ -444,17 +449,6 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
-
-
-def _die_with_parent() -> None:
-    """Child side: killed when the server process dies (Linux), so no engine is left behind."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 __all__ = ["ChildEngine", "ChildExitedError", "pack_error", "unpack_error"]

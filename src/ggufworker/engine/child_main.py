@@ -8,6 +8,8 @@ server gone) ends the child.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -106,9 +108,27 @@ def _submit(
     threading.Thread(target=forward, name=f"forward-{key}", daemon=True).start()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the server process ``parent`` dies (Linux), so no engine is left behind.
+    Set here, not in a ``preexec_fn`` (unsafe in the server's threaded process)."""
+    if sys.platform != "linux":
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os._exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ggufworker.engine.child_main FD``: serve an engine on the socket ``FD``."""
+    """``python -m ggufworker.engine.child_main FD [PARENT_PID]``: serve an engine on the
+    socket ``FD`` (and die with ``PARENT_PID``)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1:
+        _die_with_parent(int(args[1]))
     conn = Connection(int(args[0]))
     try:
         serve_child(conn)

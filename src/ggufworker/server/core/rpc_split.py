@@ -253,7 +253,11 @@ class RpcSplitEngine:
                 continue
             if self._stop.wait(backoff - self.poll_s):
                 return
-            down = self._down_now()
+            # only the down workers are tried until they answer (a probe of an idle worker is a
+            # client connection it logs); the load checks them all again
+            with self._lock:
+                waiting = sorted(self._down)
+            down = [e for e in waiting if not self._probe(e)]
             with self._lock:
                 self._down = set(down)
             if down:
