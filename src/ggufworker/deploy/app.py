@@ -14,12 +14,14 @@ docs/DEPLOY.md) or ``ggufworker serve --ray ADDRESS --replicas N``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
@@ -73,6 +75,12 @@ class DeployOptions(BaseModel):
     health_check_period_s: float = Field(
         default=10.0, gt=0, description="how often Ray checks each replica"
     )
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _settings_json(cls, value: Any) -> Any:
+        """``settings='{"models": [...]}'`` on ``serve run``'s command line is a JSON string."""
+        return json.loads(value) if isinstance(value, str) else value
 
     def server_settings(self) -> ServerSettings:
         return resolve_settings(self.settings, config_file=self.config_file)
@@ -175,14 +183,22 @@ def _deployment(cls: type) -> Any:
     return serve.deployment(cls)
 
 
-def app(args: DeployOptions) -> Application:
-    """``serve run ggufworker.deploy:app``'s application builder."""
-    return build_app(args)
+def app(args: dict[str, Any]) -> Application:
+    """``serve run ggufworker.deploy:app``'s application builder: its arguments (``KEY=VALUE``
+    on the command line, ``args`` in a config file) are :class:`DeployOptions`' fields.
+
+    Raises:
+        pydantic.ValidationError: an unknown or invalid argument.
+    """
+    return build_app(
+        args if isinstance(args, DeployOptions) else DeployOptions.model_validate(args)
+    )
 
 
 def run_on_ray(settings: ServerSettings, *, address: str) -> None:
     """``ggufworker serve --ray ADDRESS``: deploy on a running Ray cluster and serve HTTP on
-    ``settings.host:settings.port`` through Ray Serve's proxy until interrupted.
+    ``settings.host:settings.port`` through Ray Serve's proxy until interrupted (then the
+    application is deleted from the cluster).
 
     One replica per ``--replicas`` of each model, each reserving ``--threads`` CPUs (one if
     unset) or, on a cluster with GPUs and ``--gpu-layers`` not 0, one GPU.
@@ -198,4 +214,10 @@ def run_on_ray(settings: ServerSettings, *, address: str) -> None:
     )
     serve.start(http_options={"host": settings.host, "port": settings.port})
     logger.info("deploying %s on Ray at %s", APP_NAME, address)
-    serve.run(build_app(options, settings=settings), name=APP_NAME, route_prefix="/", blocking=True)
+    try:
+        serve.run(
+            build_app(options, settings=settings), name=APP_NAME, route_prefix="/", blocking=True
+        )
+    finally:  # interrupted: take the application down with the command (serve deploy keeps one)
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
