@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,14 @@ from ggufworker.errors import (
     ContextLengthExceededError,
     GenerationError,
     InvalidRequestError,
+    RegistryError,
     RpcWorkerUnavailableError,
     error_spec,
 )
+from ggufworker.registry import load_registry
 from ggufworker.rpc_worker import check_bind
+from ggufworker.server.core.loading import rpc_endpoints
+from ggufworker.server.core.models import ModelSpec
 from ggufworker.server.core.rpc_split import (
     parse_endpoint,
     parse_rpc_entry,
@@ -123,3 +128,38 @@ def test_worker_unavailable_is_a_503_naming_the_worker() -> None:
     ctx = unpack_error(pack_error(ContextLengthExceededError("too long")))
     assert type(ctx) is ContextLengthExceededError and ctx.param == "messages"
     assert type(unpack_error(("KeyError", "x", None))) is GenerationError
+
+
+REGISTRY = """
+version: 1
+default_model: big
+architectures:
+  llama: {gguf_arch: llama, hf_architectures: [LlamaForCausalLM], converter: true}
+models:
+  - name: big
+    architecture: llama
+    quantization: Q4_1
+    filename: big.gguf
+    license: apache-2.0
+    sources: [{type: hf, repo: someone/big, filename: big.gguf}]
+    rpc: [10.8.0.2:50052, 10.8.0.3:50052]
+"""
+
+
+def test_registry_entry_names_its_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = tmp_path / "models.yaml"
+    registry.write_text(REGISTRY)
+    monkeypatch.setenv("GGUFWORKER_REGISTRY", str(registry))
+    spec = ModelSpec("big", "big")
+    assert rpc_endpoints(spec, ServerSettings(models=["big"])) == (
+        "10.8.0.2:50052",
+        "10.8.0.3:50052",
+    )
+    # --rpc for the model wins; a model served by path has no registry entry
+    assert rpc_endpoints(spec, ServerSettings(models=["big"], rpc=["big=10.8.0.9:1"])) == (
+        "10.8.0.9:1",
+    )
+    assert rpc_endpoints(ModelSpec("x", "/m/x.gguf"), ServerSettings(models=["/m/x.gguf"])) == ()
+    registry.write_text(REGISTRY.replace("10.8.0.3:50052", "10.8.0.3"))
+    with pytest.raises(RegistryError, match=r"models\[0\]\.rpc\[1\]"):
+        load_registry()

@@ -123,6 +123,11 @@ class ModelEntry(_Strict):
     license: str
     description: str | None = None
     sources: list[Source] = Field(min_length=1, description="in order of preference")
+    rpc: list[Annotated[str, Field(pattern=r"^\S+:\d{1,5}$")]] = Field(
+        default_factory=list,
+        description="llama.cpp RPC workers (HOST:PORT) the model is split over when served; "
+        "`serve --rpc` for the model overrides them (docs/DEPLOY.md)",
+    )
 
     @model_validator(mode="after")
     def _pinned_unless_hub_only(self) -> ModelEntry:

@@ -26,12 +26,27 @@ def resolve_source(source: str, settings: ServerSettings) -> Path:
 
 
 def rpc_endpoints(spec: ModelSpec, settings: ServerSettings) -> tuple[str, ...]:
-    """The RPC workers a served model is split over (none: it runs in this process)."""
-    if not settings.rpc or spec.embedding:
+    """The RPC workers a served model is split over: its ``--rpc`` entry, else the ``rpc`` of
+    its registry entry (none: it runs in this process)."""
+    if spec.embedding:
         return ()
-    from ggufworker.server.core.rpc_split import rpc_assignments
+    from ggufworker.server.core.rpc_split import parse_endpoint, rpc_assignments
 
-    return rpc_assignments(settings).get(spec.name, ())
+    if settings.rpc:
+        named = rpc_assignments(settings).get(spec.name)
+        if named:
+            return named
+    source = spec.source
+    if "/" in source or source.endswith(".gguf"):
+        return ()
+    from ggufworker.errors import RegistryError
+    from ggufworker.registry import load_registry
+
+    try:
+        entry = load_registry().get(source)
+    except RegistryError:  # a broken models.yaml fails the pull with its own message
+        return ()
+    return tuple(parse_endpoint(e) for e in entry.rpc) if entry is not None else ()
 
 
 def rpc_placement(settings: ServerSettings) -> dict[str, Any]:
