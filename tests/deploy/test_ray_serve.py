@@ -182,13 +182,20 @@ def test_other_api_surfaces_through_ray(deployment: Deployment) -> None:
     assert deployment.model in [m.id for m in models.data]
 
 
-def _long_stream(deployment: Deployment, prompt: str, outcome: dict[str, Any]) -> None:
+def _long_stream(
+    deployment: Deployment, prompt: str, outcome: dict[str, Any], seen: dict[str, int]
+) -> None:
+    """Stream a long completion; ``seen[prompt]`` counts chunks as they come, ``outcome[prompt]``
+    is the chunk count at the end or the error that ended it."""
+    seen[prompt] = 0
     try:
         stream = deployment.client.completions.create(
-            model=deployment.model, prompt=prompt, max_tokens=400, temperature=0, stream=True,
+            model=deployment.model, prompt=prompt, max_tokens=500, temperature=0, stream=True,
             extra_body={"ignore_eos": True},
         )  # fmt: skip
-        outcome[prompt] = sum(1 for _ in stream)
+        for _ in stream:
+            seen[prompt] += 1
+        outcome[prompt] = seen[prompt]
     except openai.APIError as exc:
         outcome[prompt] = exc
 
@@ -202,13 +209,17 @@ def test_killed_replica_fails_its_streams_cleanly_and_comes_back(
     replicas = _engine_replicas()
     assert len(replicas) == 2
     outcome: dict[str, Any] = {}
+    seen: dict[str, int] = {}
     prompts = ["Write a long story about a fox.", "Write a long poem about the sea."]
     threads = [
-        threading.Thread(target=_long_stream, args=(deployment, p, outcome)) for p in prompts
+        threading.Thread(target=_long_stream, args=(deployment, p, outcome, seen)) for p in prompts
     ]
     for t in threads:
         t.start()
-    time.sleep(2.0)  # both streams are generating
+    deadline = time.monotonic() + 60
+    while not (len(seen) == 2 and min(seen.values()) >= 4):  # both streams are generating
+        assert time.monotonic() < deadline and not outcome, (seen, outcome)
+        time.sleep(0.05)
     victim = ray.get_actor(replicas[0], namespace="serve")
     ray.kill(victim, no_restart=True)
     # sent while the dead replica is still listed: none is lost
