@@ -30,7 +30,7 @@ from typing import Any
 from ggufworker import errors
 from ggufworker.engine.handle import Completion, EngineStats, RequestHandle
 from ggufworker.engine.model import Model
-from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
+from ggufworker.engine.types import GenerationRequest, ModelInfo
 from ggufworker.errors import EngineClosedError, GGUFWorkerError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ def unpack_error(packed: tuple[str, str, str | None]) -> GGUFWorkerError:
     if param is not None:
         exc.param = param
     return exc
+
+
+def render_with(info: ModelInfo, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """Render messages with the chat template of a model described by ``info`` (as
+    :meth:`Engine.render_chat` does with its own), without the model."""
+    from ggufworker.engine.chat import render_chat
+
+    return render_chat(
+        info.chat_template, messages, bos_token=info.bos_token, eos_token=info.eos_token, **kwargs
+    )
 
 
 class ChildEngine:
@@ -309,24 +319,7 @@ class ChildEngine:
 
     def generate(self, request: GenerationRequest) -> Completion:
         """Run a request to the end and return the whole completion (blocking)."""
-        parts: list[str] = []
-        events: list[TokenEvent] = []
-        final: TokenEvent | None = None
-        for event in self.submit(request):
-            parts.append(event.text)
-            if event.token_id is not None:
-                events.append(event)
-            if event.finish_reason is not None:
-                final = event
-        if final is None or final.usage is None:
-            raise EngineClosedError("the request was cancelled before it finished")
-        return Completion(
-            text="".join(parts),
-            token_ids=[e.token_id for e in events if e.token_id is not None],
-            finish_reason=str(final.finish_reason),
-            usage=final.usage,
-            logprobs=events if request.params.logprobs is not None else None,
-        )
+        return self.submit(request).collect(logprobs=request.params.logprobs is not None)
 
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = False
@@ -342,15 +335,7 @@ class ChildEngine:
 
     def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         """Render messages with the model's chat template (see :meth:`Engine.render_chat`)."""
-        from ggufworker.engine.chat import render_chat
-
-        return render_chat(
-            self.info.chat_template,
-            messages,
-            bos_token=self.info.bos_token,
-            eos_token=self.info.eos_token,
-            **kwargs,
-        )
+        return render_with(self.info, messages, **kwargs)
 
     def stats(self) -> EngineStats:
         """The child engine's load; its last answer (nothing busy) once it is gone."""
@@ -451,4 +436,4 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-__all__ = ["ChildEngine", "ChildExitedError", "pack_error", "unpack_error"]
+__all__ = ["ChildEngine", "ChildExitedError", "pack_error", "render_with", "unpack_error"]

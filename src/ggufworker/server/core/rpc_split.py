@@ -341,15 +341,9 @@ class RpcSplitEngine:
         return self._vocab.detokenize(ids)
 
     def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        from ggufworker.engine.chat import render_chat
+        from ggufworker.engine.child import render_with
 
-        return render_chat(
-            self.info.chat_template,
-            messages,
-            bos_token=self.info.bos_token,
-            eos_token=self.info.eos_token,
-            **kwargs,
-        )
+        return render_with(self.info, messages, **kwargs)
 
     def stats(self) -> EngineStats:
         """The child's load (nothing busy while it is down)."""
