@@ -13,7 +13,6 @@ import argparse
 import ipaddress
 import logging
 import socket
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +97,7 @@ def serve_worker(
 
     host = check_bind(host, port, allow_remote=allow_remote)
     if not ipaddress.IPv4Address(host).is_loopback:
-        print("\n" + REMOTE_WARNING.format(host=host) + "\n", file=sys.stderr, flush=True)
+        logger.warning("\n%s", REMOTE_WARNING.format(host=host))
     if not rpc.supported():
         raise InvalidRequestError(
             "this llama.cpp build has no RPC backend: reinstall with scripts/install.py "
