@@ -265,6 +265,8 @@ class RpcSplitEngine:
             try:
                 self._reload()
                 backoff = self.poll_s
+            except RpcWorkerUnavailableError:  # down again (recorded): wait for it
+                continue
             except Exception as exc:  # logged; tried again later
                 logger.warning("reloading %s failed: %s", self.name, exc)
                 backoff = min(30.0, backoff * 2)
