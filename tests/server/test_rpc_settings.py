@@ -64,6 +64,8 @@ def test_assignments_follow_the_served_models() -> None:
         rpc_assignments(ServerSettings(models=["small"], rpc=["other=a:1"]))
     with pytest.raises(InvalidRequestError, match="twice"):
         rpc_assignments(ServerSettings(models=["small"], rpc=["a:1", "small=b:2"]))
+    with pytest.raises(InvalidRequestError, match="worker b:2 is named for 'big' and 'small'"):
+        rpc_assignments(ServerSettings(models=["big", "small"], rpc=["a:1,b:2", "small=b:2"]))
 
 
 def test_rpc_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,8 +87,8 @@ def rpc_assignments(settings: ServerSettings) -> dict[str, tuple[str, ...]]:
     is for the first ``--model``).
 
     Raises:
-        InvalidRequestError: an entry names a model that is not served for generation, or two
-            entries name the same model.
+        InvalidRequestError: an entry names a model that is not served for generation, two
+            entries name the same model, or two models the same worker.
     """
     from ggufworker.server.core.models import served_name
 
@@ -111,6 +111,15 @@ def rpc_assignments(settings: ServerSettings) -> dict[str, tuple[str, ...]]:
                 )
         if name in out:
             raise InvalidRequestError(f"--rpc names model {name!r} twice", param="rpc")
+        # llama.cpp's worker serves one client at a time: a second model would wait for ever
+        shared = next((m for m, e in out.items() if set(e) & set(endpoints)), None)
+        if shared is not None:
+            worker = sorted(set(out[shared]) & set(endpoints))[0]
+            raise InvalidRequestError(
+                f"--rpc: worker {worker} is named for {shared!r} and {name!r}; a worker serves "
+                "one model at a time (start another worker)",
+                param="rpc",
+            )
         out[name] = endpoints
     return out
 
