@@ -206,6 +206,11 @@ class ServerSettings(BaseSettings):
     spec_draft_n_min: int = Field(
         default=0, ge=0, le=64, description="shorter drafts are not verified"
     )
+    spec_adaptive: bool = Field(
+        default=True,
+        description="plan draft lengths per step from acceptance and load; off: verify "
+        "--spec-draft-n-max drafts whenever a draft exists (for measurements)",
+    )
 
     # --- prompt cache (docs/ENGINE.md "Prompt cache") ----------------------------------------
     cache_ram: int = Field(

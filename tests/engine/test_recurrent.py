@@ -140,3 +140,29 @@ def test_same_prompt_again_resumes_from_a_checkpoint(engine: Engine) -> None:
     b, b_cached = _run(engine, prompt)
     assert b_cached == len(prompt) - 4
     assert a == b
+
+
+def test_speculation_requested_still_answers_correctly(
+    family: str, tiny_gguf: dict[str, Path]
+) -> None:
+    """Rejected drafts cannot be cut out of a recurrent state: the engine turns speculation
+    off for these models and answers as without it."""
+    from ggufworker.engine.speculation import SpeculationOptions
+
+    prompts = _prompts()[:4]
+    spec = SpeculationOptions(mode="ngram", adaptive=False)
+    eng = Engine.load(tiny_gguf[family], n_ctx=1024, n_parallel=4, n_batch=256, speculation=spec)
+    try:
+        # prompts that repeat themselves, so prompt lookup would find drafts
+        handles = [eng.submit(GenerationRequest(p + p, GREEDY)) for p in prompts]
+        got = [[e.token_id for e in h if e.token_id is not None] for h in handles]
+        assert not eng._sched.spec_on
+        assert eng.stats().spec_draft_tokens == 0
+    finally:
+        eng.close()
+    model = Model(tiny_gguf[family])
+    try:
+        ref = raw_greedy(model, [p + p for p in prompts], N_GEN, together=False).tokens
+    finally:
+        model.close()
+    assert got == ref

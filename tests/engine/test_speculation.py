@@ -86,7 +86,7 @@ def _agree(engine: Engine, req: GenerationRequest, ref: list[int], got: list[int
 
 
 def test_ngram_lookup_drafts_what_followed_the_latest_match() -> None:
-    index = NgramIndex((3, 2), owner=None)
+    index = NgramIndex((3, 2))
     index.extend([1, 2, 3, 4, 5, 6, 1, 2])
     # the sequence is the history plus the last token: ... 1, 2, 3 -> (1, 2, 3) at 0..2
     assert index.lookup(3, 3) == [4, 5, 6]

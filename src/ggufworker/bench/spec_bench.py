@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--spec-targets",
         default="ggufworker,ggufworker-ngram,llama-server,llama-server-ngram",
-        help="comma-separated: ggufworker, ggufworker-ngram, llama-server, llama-server-ngram",
+        help="comma-separated: ggufworker, ggufworker-ngram, ggufworker-ngram-always (drafts "
+        "without the planner), llama-server, llama-server-ngram",
     )
     g.add_argument("--spec-clients", type=int, default=1, help="concurrent requests")
     g.add_argument(
@@ -145,6 +146,8 @@ def _commands(args: argparse.Namespace, path: Path, threads: int) -> dict[str, l
             cmds[name] = ours
         elif name == "ggufworker-ngram":
             cmds[name] = [*ours, "--spec-type", "ngram"]
+        elif name == "ggufworker-ngram-always":  # no planner: every draft found is verified
+            cmds[name] = [*ours, "--spec-type", "ngram", "--no-spec-adaptive"]
         elif name == "llama-server":
             cmds[name] = llama_server_cmd(args, *peer)
         elif name == "llama-server-ngram":
@@ -222,6 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _ratios(targets: dict[str, Any]) -> dict[str, dict[str, float]]:
     pairs = {
         "ngram_vs_plain": ("ggufworker-ngram", "ggufworker"),
+        "always_vs_plain": ("ggufworker-ngram-always", "ggufworker"),
         "ngram_vs_llama_server_ngram": ("ggufworker-ngram", "llama-server-ngram"),
         "llama_server_ngram_vs_plain": ("llama-server-ngram", "llama-server"),
         "plain_vs_llama_server": ("ggufworker", "llama-server"),

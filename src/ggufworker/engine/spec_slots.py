@@ -24,6 +24,7 @@ from ggufworker.engine.sampling import biased_argmax
 from ggufworker.engine.slots import Request, Slot
 from ggufworker.engine.speculation import (
     NgramIndex,
+    SlotSpec,
     SpecCounters,
     SpecPlanner,
     SpeculationOptions,
@@ -105,6 +106,8 @@ class SpecSlots:
             req = s.req
             if req is None or not req.speculative:
                 continue
+            if s.spec.owner is not req:  # acceptance and n-grams are the request's own
+                s.spec = SlotSpec(owner=req)
             # leave room for the bonus token and the request's remaining budget
             left = self.n_ctx - len(s.cache) - 2
             if req.params.max_tokens is not None:
@@ -159,8 +162,8 @@ class SpecSlots:
     def _lookup(self, s: Slot, n: int) -> list[int]:
         """Prompt lookup over the request's own tokens (the slot's KV tokens)."""
         index = s.spec.index
-        if index is None or index.owner is not s.req:
-            index = s.spec.index = NgramIndex(self.spec_opts.ngram_sizes, s.req)
+        if index is None:
+            index = s.spec.index = NgramIndex(self.spec_opts.ngram_sizes)
         index.extend(s.cache)
         return index.lookup(s.next_token, n)
 

@@ -96,13 +96,12 @@ class NgramIndex:
     is extended incrementally; a new request in the slot starts a new index.
     """
 
-    __slots__ = ("sizes", "maps", "hist", "owner")
+    __slots__ = ("sizes", "maps", "hist")
 
-    def __init__(self, sizes: tuple[int, ...], owner: object) -> None:
+    def __init__(self, sizes: tuple[int, ...]) -> None:
         self.sizes = sizes
         self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in sizes}
         self.hist: list[int] = []
-        self.owner = owner  # the request the index belongs to
 
     def extend(self, tokens: list[int]) -> None:
         """Index ``tokens[len(hist):]`` (``tokens`` extends the history indexed so far)."""
@@ -135,6 +134,7 @@ class SlotSpec:
     tried: float = 0.0  # decayed draft positions tested (up to and including a rejection)
     idle: int = 0  # plans in a row that gave this slot no draft although one existed
     index: NgramIndex | None = None
+    owner: object = None  # the request these belong to (a new request starts afresh)
 
     def rate(self, prior: float = 0.5, weight: float = 2.0) -> float:
         """Estimated probability that the next draft token is accepted."""

@@ -101,6 +101,7 @@ def load_engine(path: Path, spec: ModelSpec, settings: ServerSettings) -> Any:
             draft_model=str(resolve_source(draft, settings)) if mode == "draft" and draft else None,
             n_max=settings.spec_draft_n_max,
             n_min=settings.spec_draft_n_min,
+            adaptive=settings.spec_adaptive,
         )
     if spec.embedding:
         # sequences are cleared after each decode: one pool of a decode's tokens is enough
