@@ -1,10 +1,11 @@
 """Server settings: one pydantic-settings class for flags, ``GGUFWORKER_*`` env vars and a
 config file.
 
-Precedence, highest first, is resolved in :func:`resolve_settings`:
+Precedence, highest first, is resolved in :func:`ggufworker.settings_sources.resolve_settings`:
 command-line flags > environment variables > config file > defaults.
 
-The ``serve`` command's flags are derived from the fields below (:func:`add_settings_arguments`),
+The ``serve`` command's flags are derived from the fields below
+(:func:`ggufworker.settings_flags.add_settings_arguments`),
 so a new setting is one field here and shows up as a flag, an env var and a config-file key.
 """
 
@@ -13,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ggufworker.paths import DEFAULT_MODEL, ENV_PREFIX
 
@@ -439,89 +439,6 @@ class ServerSettings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a config file (TOML, YAML or JSON, by extension) into a dict of settings.
-
-    Keys are field names; dashes are accepted for underscores, and ``model``/``api_key``-style
-    flag names for their list fields.
-
-    Raises:
-        InvalidRequestError: the file is missing, unreadable or not a mapping.
-    """
-    from ggufworker.errors import InvalidRequestError
-
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidRequestError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # parse errors of three libraries, one message
-        raise InvalidRequestError(f"config file {path} is not valid: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise InvalidRequestError(f"config file {path} must hold a mapping of settings")
-    aliases = _flag_aliases()
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        out[aliases.get(name, name)] = value
-    return out
-
-
-def resolve_settings(
-    cli_values: Mapping[str, Any] | None = None,
-    *,
-    config_file: str | Path | None = None,
-) -> ServerSettings:
-    """Build the settings from every source: flags > env vars > config file > defaults.
-
-    Args:
-        cli_values: values given on the command line (None values mean "not given").
-        config_file: a TOML/YAML/JSON file; default ``$GGUFWORKER_CONFIG`` when set.
-
-    Returns:
-        The validated settings.
-    """
-    env_values = EnvSettingsSource(ServerSettings)()
-    path = config_file or os.environ.get(ENV_CONFIG)
-    file_values = read_config_file(path) if path else {}
-    given = {k: v for k, v in (cli_values or {}).items() if v is not None}
-    merged = {**file_values, **env_values, **given}
-    try:
-        return ServerSettings(**merged)
-    except ValidationError as exc:
-        from ggufworker.errors import InvalidRequestError
-
-        raise InvalidRequestError(_settings_error(exc)) from exc
-
-
-def _settings_error(exc: ValidationError) -> str:
-    """One line naming each bad setting by its flag and env var."""
-    parts = []
-    for err in exc.errors():
-        if not err["loc"]:  # a rule over several settings: its message names them
-            parts.append(str(err["msg"]).removeprefix("Value error, "))
-            continue
-        name = str(err["loc"][0])
-        info = ServerSettings.model_fields.get(name)
-        flag = (cli_meta(info).get("flag") if info else None) or "--" + name.replace("_", "-")
-        got = err.get("input")
-        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{flag} / {ENV_PREFIX}{name.upper()}: {msg}{shown}")
-    return "invalid setting " + "; ".join(dict.fromkeys(parts))
 
 
 # --- CLI flags derived from the fields ---------------------------------------------------------

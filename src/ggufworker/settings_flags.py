@@ -1,7 +1,7 @@
 """``ggufworker serve``'s flags, derived from :class:`~ggufworker.config.ServerSettings`: one
 flag per field (its name, metavar and short form from the field's ``cli`` metadata), parsed
-into the values :func:`~ggufworker.config.resolve_settings` merges with env vars and the config
-file."""
+into the values :func:`~ggufworker.settings_sources.resolve_settings` merges with env vars and
+the config file."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import argparse
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from ggufworker.config import (
-    ENV_CONFIG,
-    ServerSettings,
-    cli_meta,
-    resolve_settings,
-)
+from ggufworker.config import ENV_CONFIG, ServerSettings, cli_meta
 from ggufworker.paths import ENV_PREFIX
+from ggufworker.settings_sources import resolve_settings
 
 __all__ = ["add_settings_arguments", "settings_from_args"]
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ggufworker.config import resolve_settings
 from ggufworker.errors import InvalidRequestError
 from ggufworker.server.anthropic.protocol import CountTokensRequest, MessageCreateRequest
 from ggufworker.server.anthropic.serving import tool_use_id, with_pings
 from ggufworker.server.app import create_app
+from ggufworker.settings_sources import resolve_settings
 from tests.server.fake_engine import FakeFactory, fake_resolver
 
 ASK = {"model": "alpha", "max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}

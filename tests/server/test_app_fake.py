@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ggufworker.config import resolve_settings
 from ggufworker.server.app import create_app
+from ggufworker.settings_sources import resolve_settings
 from tests.server.fake_engine import FakeFactory, fake_answer, fake_resolver
 
 CHAT = {"messages": [{"role": "user", "content": "hello there"}]}

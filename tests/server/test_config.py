@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ggufworker.config import ServerSettings, resolve_settings
+from ggufworker.config import ServerSettings
 from ggufworker.errors import InvalidRequestError
 from ggufworker.paths import DEFAULT_MODEL
 from ggufworker.settings_flags import add_settings_arguments, settings_from_args
+from ggufworker.settings_sources import resolve_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from ggufworker.config import resolve_settings
 from ggufworker.engine.handle import EngineStats
 from ggufworker.engine.types import GenerationRequest, SamplingParams
 from ggufworker.errors import EngineClosedError, InvalidRequestError
@@ -29,6 +28,7 @@ from ggufworker.server.core.replicas import (
     replica_stats,
 )
 from ggufworker.settings_flags import add_settings_arguments, settings_from_args
+from ggufworker.settings_sources import resolve_settings
 from tests.conftest import REPO, SMOLLM2
 from tests.engine.prompts import PROMPTS as BATCH_SAFE_PROMPTS
 from tests.server.conftest import ServerProcess, cached_server, running

@@ -21,7 +21,6 @@ from openai.types.responses import Response as OpenAIResponse
 from openai.types.responses import ResponseItemList
 
 from ggufworker import chat_formats as cf
-from ggufworker.config import resolve_settings
 from ggufworker.errors import GenerationError, InvalidRequestError
 from ggufworker.server.app import create_app
 from ggufworker.server.core.chat import ChatAnswer, ChatUsage
@@ -33,6 +32,7 @@ from ggufworker.server.openai.responses.objects import (
     seal_reasoning,
 )
 from ggufworker.server.openai.responses.store import ResponseStore
+from ggufworker.settings_sources import resolve_settings
 from tests.server.fake_engine import FakeFactory, fake_answer, fake_resolver
 
 # --- the builder -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ggufworker.config import ServerSettings, resolve_settings
+from ggufworker.config import ServerSettings
 from ggufworker.engine.child import pack_error, unpack_error
 from ggufworker.errors import (
     ContextLengthExceededError,
@@ -30,6 +30,7 @@ from ggufworker.server.core.rpc_split import (
     probe,
     rpc_assignments,
 )
+from ggufworker.settings_sources import resolve_settings
 from tests.conftest import REPO
 
 from .conftest import free_port

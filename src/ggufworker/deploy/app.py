@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
-from ggufworker.config import ServerSettings, resolve_settings
+from ggufworker.config import ServerSettings
 from ggufworker.deploy.remote import RemoteEngine
 from ggufworker.deploy.replica import EngineReplica
 from ggufworker.deploy.router import DEFAULT_MEMORY
 from ggufworker.errors import ModelNotFoundError
 from ggufworker.server.core.replicas import DEFAULT_AFFINITY
+from ggufworker.settings_sources import resolve_settings
 
 logger = logging.getLogger(__name__)
 

@@ -54,9 +54,10 @@ class SpecCollector(Collector):
                 logger.debug("stats of %s unavailable", model.spec.name, exc_info=True)
                 continue
             name = model.spec.name
-            drafts.add_metric([name], stats.spec_drafts)
-            tokens.add_metric([name], stats.spec_draft_tokens)
-            accepted.add_metric([name], stats.spec_accepted_tokens)
-            for i, n in enumerate(stats.spec_accepted_per_pos, 1):
+            # engines in another process or another API version may not count drafts
+            drafts.add_metric([name], getattr(stats, "spec_drafts", 0))
+            tokens.add_metric([name], getattr(stats, "spec_draft_tokens", 0))
+            accepted.add_metric([name], getattr(stats, "spec_accepted_tokens", 0))
+            for i, n in enumerate(getattr(stats, "spec_accepted_per_pos", ()), 1):
                 per_pos.add_metric([name, str(i)], n)
         yield from (drafts, tokens, accepted, per_pos)
