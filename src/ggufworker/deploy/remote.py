@@ -20,10 +20,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ggufworker.engine.chat import TextHelpers
 from ggufworker.engine.handle import EngineStats
 from ggufworker.engine.types import GenerationRequest, ModelInfo, TokenEvent
 from ggufworker.errors import ContextLengthExceededError, EngineClosedError, GGUFWorkerError
@@ -75,7 +76,7 @@ def _replica_gone(exc: BaseException) -> bool:
     return isinstance(unwrap(exc), EngineClosedError)
 
 
-class RemoteEngine:
+class RemoteEngine(TextHelpers):
     """The engine interface the server uses, over a Ray Serve deployment of engine replicas.
 
     Args:
@@ -120,38 +121,6 @@ class RemoteEngine:
             vocab.close()
             raise unwrap(exc) from None
         return cls(handle, vocab, facts, replicas=replicas)
-
-    # --- text helpers (local) ----------------------------------------------------------------
-
-    def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = False
-    ) -> list[int]:
-        return list(
-            self._vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
-        )
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return str(self._vocab.detokenize(ids))
-
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        tools: list[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-        **template_kwargs: Any,
-    ) -> str:
-        from ggufworker.engine.chat import render_chat
-
-        return render_chat(
-            self.info.chat_template,
-            messages,
-            bos_token=self.info.bos_token,
-            eos_token=self.info.eos_token,
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-            **template_kwargs,
-        )
 
     # --- requests (remote) -------------------------------------------------------------------
 

@@ -127,20 +127,22 @@ def render_chat(
 
 
 class TextHelpers:
-    """The engine's tokenizer and chat template helpers (any thread)."""
+    """Tokenizer and chat template helpers (any thread) of an engine whose ``_vocab`` is the
+    model's vocabulary (a :class:`~ggufworker.engine.model.Model`, perhaps vocabulary-only)
+    and ``info`` its :class:`~ggufworker.engine.types.ModelInfo`."""
 
-    _model: Any
+    _vocab: Any
     info: Any
 
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = False
     ) -> list[int]:
         """Tokenize ``text`` (BOS added if the model wants it and ``add_special``)."""
-        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+        return self._vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Token ids back to text."""
-        return self._model.detokenize(ids)
+        return self._vocab.detokenize(ids)
 
     def render_chat(
         self,

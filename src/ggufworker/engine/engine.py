@@ -66,6 +66,7 @@ class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
         speculation: SpeculationOptions | None = None,
     ) -> None:
         self._model = model
+        self._vocab = model  # the text helpers' vocabulary (engine/chat.py)
         self._opts = opts
         cache_opts = prompt_cache or PromptCacheOptions()
         # what saved states are checked against: the model file and the memory layout

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ggufworker.engine.chat import TextHelpers
 from ggufworker.errors import (
     EngineClosedError,
     InvalidRequestError,
@@ -143,7 +144,7 @@ def probe(endpoint: str, *, timeout: float = 1.0) -> bool:
 # --- the supervised engine -----------------------------------------------------------------
 
 
-class RpcSplitEngine:
+class RpcSplitEngine(TextHelpers):
     """The engine interface of a model split over RPC workers, its engine in a child process
     that is restarted when its workers come back (see the module docstring)."""
 
@@ -342,19 +343,6 @@ class RpcSplitEngine:
     def generate(self, request: GenerationRequest) -> Completion:
         """Run a request to the end (blocking)."""
         return self._current().generate(request)
-
-    def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = False
-    ) -> list[int]:
-        return self._vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._vocab.detokenize(ids)
-
-    def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        from ggufworker.engine.child import render_with
-
-        return render_with(self.info, messages, **kwargs)
 
     def stats(self) -> EngineStats:
         """The child's load (nothing busy while it is down)."""
