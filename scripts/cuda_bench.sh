@@ -192,6 +192,61 @@ PY
   done
 }
 
+# llama.cpp's graph-reuse counter (n_reused) for the engine's decode steps, greedy and sampled,
+# 1 and 8 streams (scripts/graph_reuse.py; BACKEND_SAMPLING picks our mode).
+reuse() {
+  timeout 200 python3 scripts/graph_reuse.py "$L1B" --streams ${STREAMS:-1,8} --temperature ${REUSE_TEMPS:-0 0.8} \
+    --backend-sampling "${BACKEND_SAMPLING:-auto}" 2>/dev/null | tee -a "$OUT/cuda_graph_reuse${TAG:-}.jsonl"
+}
+
+# A random draft for speculation with the 1B shape's vocabulary: SmolLM2-135M's dimensions
+# (576 hidden, 30 layers, 9 heads, 3 KV heads), the 1B checkpoint's tokenizer and config.
+draft_model() {
+  [ -e "$WORK/draft-135m-shape-q4_k_m.gguf" ] && return 0
+  python3 - "$WORK/llama-1b-shape" "$WORK/draft-135m-shape" <<'PY'
+import shutil, sys, torch, transformers
+src, dst = sys.argv[1], sys.argv[2]
+cfg = transformers.AutoConfig.from_pretrained(src)
+cfg.update(dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, head_dim=64))
+torch.manual_seed(1)
+transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(dst)
+for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+    shutil.copy(f"{src}/{name}", dst)
+PY
+  python3 -m converters.st2gguf "$WORK/draft-135m-shape" --outfile "$WORK/draft-135m-shape-q4_k_m.gguf" \
+    --outtype q4_k_m --no-progress --force
+}
+
+# Speculative decoding (ggufworker bench --speculation) at SPEC_CLIENTS concurrent requests;
+# SPEC_TARGETS, SPEC_SERVER_ARGS and TAG select variants; DRAFT=1 runs ours with the random
+# draft model instead (target name "ggufworker").
+spec() {
+  local bin=$WORK/build/bin/llama-server c extra=()
+  if [ -n "${DRAFT:-}" ]; then
+    draft_model || return 1
+    extra=(--spec-server-args="--spec-type draft --spec-draft-model $WORK/draft-135m-shape-q4_k_m.gguf")
+  elif [ -n "${SPEC_SERVER_ARGS:-}" ]; then
+    extra=(--spec-server-args="$SPEC_SERVER_ARGS")
+  fi
+  for c in ${SPEC_CLIENTS:-1}; do
+    timeout ${SPEC_TIMEOUT:-300} python3 -m ggufworker.cli bench --speculation --model "$L1B" \
+      --llama-server "$bin" --spec-clients $c --tokens 128 --runs "${RUNS:-3}" \
+      --spec-targets "${SPEC_TARGETS:-ggufworker,ggufworker-ngram,llama-server,llama-server-ngram}" \
+      "${extra[@]}" --json > "$OUT/spec${TAG:-}_c$c.json" 2> "$OUT/spec${TAG:-}_c$c.err"
+    python3 - "$OUT/spec${TAG:-}_c$c.json" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as exc:
+    print(sys.argv[1], "no result", exc); sys.exit(0)
+for name, res in r["targets"].items():
+    print(name, {k: (round(v["tok_s"]), v["copy_share"]) for k, v in res.items()})
+print("ratios", {k: {w: round(x, 2) for w, x in v.items()} for k, v in r["ratios"].items()})
+PY
+  done
+}
+
 # Backend sampling on the GPU against the host chain: same seeds, same tokens?
 sampling() {
   timeout 120 python3 scripts/sampling_check.py "$L1B" --requests 16 --tokens 64 2>/dev/null | tee "$OUT/cuda_sampling_check.json"
@@ -206,7 +261,7 @@ support() {
 }
 
 case "${1:-}" in
-  build | pack | profile | timing | matrix | bench | tests | http | peer | sampling | support) for step in "$@"; do "$step" || exit 1; done ;;
+  build | pack | profile | timing | matrix | bench | tests | http | peer | sampling | support | reuse | spec | draft_model) for step in "$@"; do "$step" || exit 1; done ;;
   run) tests && bench && http ;;
   *) echo "usage: $0 build|timing|matrix|bench|tests|http ... (or run = tests bench http)" >&2; exit 2 ;;
 esac
