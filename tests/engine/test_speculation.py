@@ -234,3 +234,17 @@ def test_a_draft_with_another_vocabulary_is_refused(smollm2_path: Path, gemma3_p
             smollm2_path, n_ctx=512, n_parallel=1,
             speculation=SpeculationOptions(mode="draft", draft_model=str(gemma3_path)),
         )  # fmt: skip
+
+
+def test_ngram_lookup_follows_the_copy_in_progress() -> None:
+    """Code repeats n-grams: the latest occurrence of one may be another place than the one
+    being copied; a copy goes on from where its last draft came from."""
+    src = [1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 4, 5, 60, 61]  # (3, 4, 5) twice, last followed by 60
+    index = NgramIndex((3, 2))
+    index.extend(src + [1, 2])
+    assert index.lookup(3, 2) == [4, 5]  # the copy of the first line starts at 2, 3
+    index.extend(src + [1, 2, 3, 4])  # both drafts accepted
+    # the latest (3, 4, 5) is followed by 60; the copy in progress by 6
+    assert index.lookup(5, 3) == [6, 7, 8]
+    index.extend(src + [1, 2, 3, 4, 5, 6])
+    assert index.lookup(99, 2) == []  # the copy broke off and 99 was never seen

@@ -3,18 +3,20 @@ llama-server's own n-gram speculation, in one run.
 
 Workloads that say what they are, each greedy and sampled (temperature 0.7, fixed seeds):
 ``edit`` (rewrite a given source file with one small change), ``quote`` (answer by quoting a
-given document), ``structured`` (continue a repetitive CSV listing), ``chat`` (free text). Each
-target is started alone (the machine holds one server at a time): ggufworker without and with
-``--spec-type ngram``, llama-server without and with ``--spec-type ngram-simple``. For every
-workload the report gives the median tok/s over ``--runs`` (``--spec-clients`` concurrent
-requests each), the ratios that matter, and the share of the output's word 4-grams found in the
-prompt, so that a speed-up is read against how much the model actually copies.
+given document), ``structured`` (continue a repetitive CSV listing), ``chat`` (free text). The
+targets are all started at once and asked in turn each round: ggufworker without and with
+``--spec-type ngram`` (``ggufworker-ngram-always``: without the planner), llama-server without
+and with ``--spec-type ngram-simple``. For every workload the report gives the median tok/s
+over ``--runs`` (``--spec-clients`` concurrent requests each), the ratios that matter, and the
+share of the output's character 12-grams found in the prompt, so that a speed-up is read
+against how much the model actually copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import statistics
 import sys
 import time
@@ -113,12 +115,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--spec-server-args", default="", help="extra arguments for ggufworker serve")
 
 
-def copy_share(prompt: str, output: str, n: int = 4) -> float | None:
-    """Share of the output's word n-grams that occur in the prompt (None: output too short)."""
+def copy_share(prompt: str, output: str, n: int = 12) -> float | None:
+    """Share of the output's character n-grams (whitespace runs as one space) that occur in
+    the prompt: how much of the answer is copied (None: output too short). Characters, not
+    words, so that CSV rows and code count as well as prose."""
 
-    def grams(text: str) -> list[tuple[str, ...]]:
-        w = text.split()
-        return [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    def grams(text: str) -> list[str]:
+        t = " ".join(text.split())
+        return [t[i : i + n] for i in range(len(t) - n + 1)]
 
     out = grams(output)
     if not out:
@@ -200,25 +204,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": str(path), "clients": args.spec_clients, "tokens": args.tokens,
         "runs": args.runs, "targets": {},
     }  # fmt: skip
-    for name, cmd in _commands(args, path, threads).items():
-        with started_target(cmd, args.startup_timeout) as target:
+    keys = [(w, mode, temp) for w in loads for mode, temp in (("greedy", 0.0), ("sampled", 0.7))]
+    tps: dict[str, dict[str, list[float]]] = {}
+    copy: dict[str, dict[str, list[float]]] = {}
+    with contextlib.ExitStack() as stack:
+        # every server up at once (idle ones cost nothing), rounds interleaved: each run asks
+        # every target in turn, so a slow minute of the machine hits them all alike
+        targets = {
+            name: stack.enter_context(started_target(cmd, args.startup_timeout))
+            for name, cmd in _commands(args, path, threads).items()
+        }
+        for target in targets.values():
             _one(target.base, target.model, "Hello", 8, 0, 0.0)  # warm-up
-            res: dict[str, Any] = {}
-            for w in loads:
-                for mode, temp in (("greedy", 0.0), ("sampled", 0.7)):
-                    tps, copy = [], []
-                    for r in range(args.runs):
-                        rate, text = _round(target.base, target.model, WORKLOADS[w], args, temp, r)
-                        tps.append(rate)
-                        copy.append(copy_share(WORKLOADS[w], text))
-                    shares = [c for c in copy if c is not None]
-                    res[f"{w}/{mode}"] = {
-                        "tok_s": statistics.median(tps),
-                        "samples": tps,
-                        "copy_share": statistics.median(shares) if shares else None,
-                    }
-            out["targets"][name] = res
+        for r in range(args.runs):
+            for w, mode, temp in keys:
+                for name, target in targets.items():
+                    rate, text = _round(target.base, target.model, WORKLOADS[w], args, temp, r)
+                    tps.setdefault(name, {}).setdefault(f"{w}/{mode}", []).append(rate)
+                    share = copy_share(WORKLOADS[w], text)
+                    if share is not None:
+                        copy.setdefault(name, {}).setdefault(f"{w}/{mode}", []).append(share)
+        for name, target in targets.items():  # our servers' counters over the whole run
+            if name.startswith("ggufworker"):
+                out.setdefault("spec_counters", {})[name] = _spec_counters(target.base)
+    for name, per in tps.items():
+        out["targets"][name] = {
+            k: {
+                "tok_s": statistics.median(v),
+                "samples": v,
+                "copy_share": statistics.median(copy[name][k])
+                if copy.get(name, {}).get(k)
+                else None,
+            }
+            for k, v in per.items()
+        }
     out["ratios"] = _ratios(out["targets"])
+    return out
+
+
+def _spec_counters(base: str) -> dict[str, float]:
+    """Drafted and accepted tokens from a ggufworker server's /metrics (summed over models)."""
+    out = {"drafts": 0.0, "draft_tokens": 0.0, "accepted_tokens": 0.0}
+    names = {
+        "ggufworker_spec_decode_num_drafts_total": "drafts",
+        "ggufworker_spec_decode_num_draft_tokens_total": "draft_tokens",
+        "ggufworker_spec_decode_num_accepted_tokens_total": "accepted_tokens",
+    }
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            out[names[name]] += float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -255,4 +290,10 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{k:<20}{row}   {'-' if share is None else f'{share:.2f}'}")
     for label, ratios in r["ratios"].items():
         lines.append(f"{label}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    for name, c in r.get("spec_counters", {}).items():
+        if c["draft_tokens"]:
+            lines.append(
+                f"{name}: {c['draft_tokens']:.0f} draft tokens in {c['drafts']:.0f} "
+                f"verifications, {c['accepted_tokens'] / c['draft_tokens']:.0%} accepted"
+            )
     return "\n".join(lines)

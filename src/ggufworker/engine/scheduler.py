@@ -297,8 +297,8 @@ class Scheduler(LoraSlots, SpecSlots):
                 if s.ckpt_plan and s.ckpt_plan[0] <= s.prefill_pos:
                     del s.ckpt_plan[0]
                     self._take_checkpoint(s)
-        if self.tuner is not None:
-            self._tune_threads(took, len(active), decode_only)
+        if self.tuner is not None:  # keyed by tokens: drafts make steps of one size differ
+            self._tune_threads(took, batch.n if decode_only else len(active), decode_only)
         if decode_only:
             self._observe_step(batch.n, took)
         if self.pipeline:
