@@ -277,3 +277,38 @@ def test_a_cut_that_fails_to_build_fails_only_its_requests(
         assert [ev.token_id for ev in kept if ev.token_id is not None] == alone
     finally:
         engine.close()
+
+
+def test_auto_draws_a_lone_sampled_request_on_the_host(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``auto`` (on a GPU) a sampled request that would run alone gets no chain: attaching
+    one makes llama.cpp reserve its graph again before its first token. It is drawn on the host
+    from its copied row, the same tokens for the same seed; a second sampled request running
+    beside it gets its chain into the graph."""
+    from ggufworker.engine import backend_sampling
+    from ggufworker.engine._native import llama_cpp
+
+    calls: list[bool] = []
+    original = llama_cpp.llama_set_sampler
+
+    def spy(ctx, seq, smpl):  # type: ignore[no-untyped-def]
+        calls.append(smpl is not None)
+        return original(ctx, seq, smpl)
+
+    params = [_params(0), _params(2)]  # both "cut"
+    host = _host_tokens(smollm2_path, params, chain=False)
+    monkeypatch.setattr(llama_cpp, "llama_set_sampler", spy)
+    # "auto" is "off" on this CPU; "on" with auto's threshold is what auto does on a GPU
+    engine = Engine.load(smollm2_path, n_ctx=2048, n_parallel=2, backend_sampling="on")
+    try:
+        engine._sched.min_rows = backend_sampling.AUTO_MIN_ROWS
+        alone = _tokens(engine, params[:1])
+        assert calls == []
+        engine.clear_cache()
+        together = _tokens(engine, params)
+        assert calls == [True]  # the second one, beside the first
+    finally:
+        engine.close()
+    assert alone[0] == host[0]
+    assert together == host

@@ -106,6 +106,8 @@ class SlotMemory(PromptCacheTiers):
             slot.ckpt_plan = self._checkpoint_plan(n_keep, len(req.tokens))
             slot.stream = TextStream(req.params.stop)
             slot.first_event = True
+            if req.backend and self._on_host(slot, req):
+                req.backend = ""  # its RowSampler draws from the copied row
             if req.backend:
                 self._attach_sampler(slot, req)
             else:  # a chain left attached would take this sequence's logits into the graph

@@ -19,7 +19,9 @@ temperature and dist have graph versions). Three modes:
 Attaching or detaching a chain makes llama.cpp re-plan its graph, so a slot keeps its chain for
 the next request whose graph part is the same (reset: the seed and the penalty history start
 again) and lets it go when it has been idle for :data:`CHAIN_IDLE_S` or a request without a
-chain takes the slot (an attached chain would keep that sequence's logits in the graph).
+chain takes the slot (an attached chain would keep that sequence's logits in the graph). With
+``auto`` a request that would be the only sampled one running is drawn on the host instead
+(:data:`AUTO_MIN_ROWS`): a lone client would otherwise pay the re-plan before each first token.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ BackendSampling = Literal["auto", "on", "off"]
 
 #: seconds an idle slot keeps its backend sampler chain attached (see ``_detach_idle``)
 CHAIN_IDLE_S = 0.25
+#: with ``auto``, the fewest sampled requests running together (the new one included) for
+#: which a slot without a chain gets one attached; below it the request is drawn on the host
+#: from its copied row (:meth:`AttachedChains._on_host`)
+AUTO_MIN_ROWS = 2
 #: modes whose rows the graph cuts and the host draws from (with the request's RowSampler)
 HOST_DRAWN = frozenset({"cut", "top-k"})
 
@@ -78,6 +84,22 @@ class AttachedChains:
     n_vocab: int
     slots: list[Slot]
     cutter: graph_cut.GraphCut
+    #: fewest sampled requests running together worth attaching a chain for (1: always;
+    #: :data:`AUTO_MIN_ROWS` with ``auto``)
+    min_rows: int = 1
+
+    def _on_host(self, slot: Slot, req: Request) -> bool:
+        """Whether a backend-drawn request is drawn on the host instead: its slot has no chain
+        and fewer than :attr:`min_rows` sampled requests would run with it. Attaching or
+        detaching a chain makes llama.cpp reserve its graph again at the next decode (the
+        first token waits for it), and one sampled row is drawn as fast on the host from its
+        copied logits (docs/BACKENDS.md, "On the GPU")."""
+        if self.min_rows <= 1 or slot.chain or req.backend not in HOST_DRAWN:
+            return False
+        running = sum(
+            1 for s in self.slots if s is not slot and s.req is not None and s.req.sampler
+        )
+        return running + 1 < self.min_rows
 
     def _attach_sampler(self, slot: Slot, req: Request) -> None:
         """Give a backend-sampled request the slot's chain in llama.cpp's graph: the attached

@@ -15,7 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ggufworker.engine._native import llama_cpp
-from ggufworker.engine.backend_sampling import HOST_DRAWN, BackendSampling, request_mode
+from ggufworker.engine.backend_sampling import (
+    AUTO_MIN_ROWS,
+    HOST_DRAWN,
+    BackendSampling,
+    request_mode,
+)
 from ggufworker.engine.backend_sampling import enabled as backend_enabled
 from ggufworker.engine.batch_sampling import RowSampler, vectorised
 from ggufworker.engine.budget import thinking_budget
@@ -64,6 +69,7 @@ class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
         pipeline: bool | None = None,
         prompt_cache: PromptCacheOptions | None = None,
         speculation: SpeculationOptions | None = None,
+        backend_min_rows: int = 1,
     ) -> None:
         self._model = model
         self._vocab = model  # the text helpers' vocabulary (engine/chat.py)
@@ -114,6 +120,8 @@ class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
             speculation=spec,
             draft=self._draft,
         )
+        # fewest sampled requests together worth a chain in the graph (engine/backend_sampling.py)
+        self._sched.min_rows = backend_min_rows
         self._init_embedding()
         self._init_lora()
         self._sched.start()
@@ -182,8 +190,9 @@ class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
                 (see :mod:`ggufworker.engine.devices`); None keeps llama.cpp's defaults.
             backend_sampling: ``on`` draws sampled, grammar-free requests inside llama.cpp's
                 graph (on the GPU with the model; no full logits copied back), ``off`` on the
-                host in numpy, ``auto`` (default) on when layers run on a GPU. Not with
-                ``embedding``.
+                host in numpy, ``auto`` (default) on when layers run on a GPU, except for a
+                request that would be the only sampled one running (drawn on the host: no
+                graph re-plan for it). Not with ``embedding``.
             prompt_cache: the prompt cache's RAM and disk tiers, checkpoints and slot reuse
                 threshold (default: :class:`PromptCacheOptions`' defaults, see
                 :mod:`ggufworker.engine.prompt_cache`).
@@ -261,6 +270,7 @@ class Engine(SlotCache, Embedding, LoraAdapters, TextHelpers):
                 pipeline=pipeline,
                 prompt_cache=prompt_cache,
                 speculation=spec,
+                backend_min_rows=AUTO_MIN_ROWS if backend_sampling == "auto" else 1,
             )
         except BaseException:
             model.close()
