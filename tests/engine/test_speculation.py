@@ -248,3 +248,13 @@ def test_ngram_lookup_follows_the_copy_in_progress() -> None:
     assert index.lookup(5, 3) == [6, 7, 8]
     index.extend(src + [1, 2, 3, 4, 5, 6])
     assert index.lookup(99, 2) == []  # the copy broke off and 99 was never seen
+
+
+def test_probes_are_rarer_in_a_full_batch() -> None:
+    planner = SpecPlanner(SpeculationOptions(mode="ngram", beta=0.02), gpu=True)
+    slots = [SlotSpec() for _ in range(64)]
+    for s in slots:
+        for _ in range(10):
+            s.record(8, 0)
+    probes = sum(sum(planner.plan(64, [(s, 8) for s in slots])) for _ in range(64))
+    assert probes <= 8  # one probe per slot every 16 * 64 plans: none in 64 steps

@@ -219,7 +219,7 @@ class SpecCounters:
 class SpecPlanner:
     """Chooses each speculating slot's draft length for one step (see the module doc)."""
 
-    PROBE_AFTER = 16  # plans without a draft before a slot is given one token anyway
+    PROBE_AFTER = 16  # plans without a draft before a lone slot is given one token anyway
 
     def __init__(self, opts: SpeculationOptions, *, gpu: bool) -> None:
         self.opts = opts
@@ -268,7 +268,9 @@ class SpecPlanner:
                 continue
             if ks[i] == 0:
                 spec.idle += 1
-                if spec.idle >= self.PROBE_AFTER:  # look again: copying may have resumed
+                # look again now and then (copying may have resumed): about one probe per
+                # PROBE_AFTER steps over the whole batch, so a full batch pays almost nothing
+                if spec.idle >= self.PROBE_AFTER * max(1, n_base):
                     ks[i] = 1
                     spec.idle = 0
             else:
