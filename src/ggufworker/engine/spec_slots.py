@@ -62,9 +62,6 @@ class SpecSlots:
         self.planner = SpecPlanner(opts, gpu=self.model.backend == "gpu")
         self.spec_counters = SpecCounters()
 
-    def speculates(self, req: Request) -> bool:
-        return self.spec_on and req.speculative
-
     def _observe_step(self, n_tokens: int, seconds: float) -> None:
         """A decode-only step's time, for the planner's cost model."""
         if self.spec_on:
