@@ -28,6 +28,18 @@ from typing import Any
 
 from ggufworker.paths import DEFAULT_MODEL
 
+#: benchmark modes, each a module with ``add_arguments``, ``run`` and ``format_report`` (and
+#: ``exit_code`` when a result can fail the run): the first whose option is set runs
+MODES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("ray",), "ray_bench"),
+    (("speculation",), "spec_bench"),
+    (("rpc_workers",), "rpc_bench"),
+    (("lora_adapters",), "lora_bench"),
+    (("soak",), "soak"),
+    (("embeddings", "rerank"), "embed_bench"),
+    (("agent_replay",), "agent_replay"),
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``bench`` subcommand."""
@@ -61,23 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the engine's KV cache layout (engine-level benchmark)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    from ggufworker.bench import agent_replay, embed_bench, soak
-
-    soak.add_arguments(p)
-    agent_replay.add_arguments(p)
-    embed_bench.add_arguments(p)
-    from ggufworker.bench import lora_bench
-
-    lora_bench.add_arguments(p)
-    from ggufworker.bench import rpc_bench
-
-    rpc_bench.add_arguments(p)
-    from ggufworker.bench import spec_bench
-
-    spec_bench.add_arguments(p)
-    from ggufworker.bench import ray_bench
-
-    ray_bench.add_arguments(p)
+    for _, name in MODES:
+        _mode(name).add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -88,49 +85,17 @@ def _http_module() -> Any:
     return importlib.import_module(name)
 
 
+def _mode(name: str) -> Any:
+    return importlib.import_module(f"ggufworker.bench.{name}")
+
+
 def _main(args: argparse.Namespace) -> int:
-    if args.ray:
-        from ggufworker.bench import ray_bench
-
-        result = ray_bench.run(args)
-        print(json.dumps(result, indent=2) if args.json else ray_bench.format_report(result))
-        return 0
-    if args.speculation:
-        from ggufworker.bench import spec_bench
-
-        result = spec_bench.run(args)
-        print(json.dumps(result, indent=2) if args.json else spec_bench.format_report(result))
-        return 0
-    if args.rpc_workers:
-        from ggufworker.bench import rpc_bench
-
-        result = rpc_bench.run(args)
-        print(json.dumps(result, indent=2) if args.json else rpc_bench.format_report(result))
-        return 0
-    if args.lora_adapters:
-        from ggufworker.bench import lora_bench
-
-        result = lora_bench.run(args)
-        print(json.dumps(result, indent=2) if args.json else lora_bench.format_report(result))
-        return 0
-    if args.soak:
-        from ggufworker.bench import soak
-
-        result = soak.run(args)
-        print(json.dumps(result, indent=2) if args.json else soak.format_report(result))
-        return 0 if result["failed_total"] == 0 and result["healthy_after"] else 1
-    if args.embeddings or args.rerank:
-        from ggufworker.bench import embed_bench
-
-        result = embed_bench.run(args)
-        print(json.dumps(result, indent=2) if args.json else embed_bench.format_report(result))
-        return 0
-    if args.agent_replay:
-        from ggufworker.bench import agent_replay
-
-        result = agent_replay.run(args)
-        print(json.dumps(result, indent=2) if args.json else agent_replay.format_report(result))
-        return 0
+    for options, name in MODES:
+        if any(getattr(args, o) for o in options):
+            mode = _mode(name)
+            result = mode.run(args)
+            print(json.dumps(result, indent=2) if args.json else mode.format_report(result))
+            return int(mode.exit_code(result)) if hasattr(mode, "exit_code") else 0
     if args.http:
         http = _http_module()
         if http is None:

@@ -248,6 +248,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def exit_code(r: dict[str, Any]) -> int:
+    """1 when a request failed or the server was unhealthy afterwards."""
+    return 0 if r["failed_total"] == 0 and r["healthy_after"] else 1
+
+
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable summary of :func:`run`'s result."""
     rss = r["rss_kib"]
