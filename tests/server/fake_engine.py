@@ -25,6 +25,10 @@ class FakeStats:
     busy_slots: int
     queue_depth: int
     max_queue: int
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_accepted_per_pos: tuple[int, ...] = ()
 
 
 def fake_answer(prompt: str) -> str:

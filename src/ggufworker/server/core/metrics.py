@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ggufworker.server.core.replicas import replica_stats
-from ggufworker.server.core.spec_metrics import SpecCollector
+from ggufworker.server.core.spec_metrics import SpecFamilies
 
 if TYPE_CHECKING:
     from ggufworker.server.core.models import ModelManager
@@ -68,6 +68,7 @@ class _EngineCollector(Collector):
             labels=labels,
         )  # fmt: skip
         cache = _CacheFamilies()
+        spec = SpecFamilies(PREFIX)
         count = 0
         for model in manager.all_models() if manager else ():
             name = model.spec.name
@@ -87,6 +88,7 @@ class _EngineCollector(Collector):
             slots.add_metric([name], stats.n_parallel)
             if model.spec.embedding:  # one engine, and the same name may serve chat too
                 continue
+            spec.add(name, stats)
             try:
                 cache.add(name, engine)
             except Exception:  # a model closing under us
@@ -106,6 +108,7 @@ class _EngineCollector(Collector):
         yield from (queue, busy, slots, loaded, total)
         yield from (r_slots, r_busy, r_queue, r_requests, r_cached)
         yield from cache.families()
+        yield from spec.families()
 
 
 class _CacheFamilies:
@@ -203,7 +206,6 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(manager))
-        r.register(SpecCollector(manager, PREFIX))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
