@@ -75,9 +75,11 @@ class SpecSlots:
         """Put each decoding slot's next token in the step's batch, followed by its drafts
         (all with logits); returns (output rows, draft tokens)."""
         batch = self.batch
-        room = min(self.n_batch, free_cells) - len(decoding)
-        prefill = sum(len(s.req.tokens) - s.prefill_pos for s in prefilling if s.req is not None)
-        n_draft = self._plan_drafts(decoding, room, len(decoding) + min(prefill, room))
+        n_draft = 0
+        if self.spec_on:
+            room = min(self.n_batch, free_cells) - len(decoding)
+            prefill = sum(len(s.req.tokens) - s.prefill_pos for s in prefilling if s.req)
+            n_draft = self._plan_drafts(decoding, room, len(decoding) + min(prefill, room))
         n_out = 0
         for s in decoding:
             s.out_idx = batch.add(s.next_token, len(s.cache), s.seq, True)
@@ -93,7 +95,7 @@ class SpecSlots:
         ``n_base``: the tokens the step decodes anyway."""
         for s in decoding:
             s.draft = []
-        if not self.spec_on or room <= 0:
+        if room <= 0:
             return 0
         opts = self.spec_opts
         cands: list[Slot] = []
